@@ -1,0 +1,142 @@
+# keel - disaster-recovery toolkit for VM disk images.
+#
+#   make              build keel and libkeel.a
+#   make check        install missing deps, build, run unit + shell + interop tests
+#   make SANITIZE=1 check   the same under AddressSanitizer + UBSan
+#   make demo         the main job end to end on a sample disk
+#   make bench        side-by-side benchmarks (never part of check)
+#   make fuzz         libFuzzer targets (clang)
+#   make install PREFIX=/usr/local DESTDIR=
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+CC ?= cc
+SANITIZE ?= 0
+
+PKGS := zlib libzstd libarchive libcrypto libssl uuid libxml-2.0 libcurl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+WARN := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wformat=2 -Wno-format-nonliteral
+BASE_CFLAGS := -std=gnu11 -g -O2 -pthread -D_FILE_OFFSET_BITS=64 $(WARN) -I. $(PKG_CFLAGS)
+LDLIBS := $(PKG_LIBS) -lm -pthread
+
+ifeq ($(SANITIZE),1)
+BUILD := build-san
+BASE_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+else
+BUILD := build
+endif
+CFLAGS ?=
+ALL_CFLAGS := $(BASE_CFLAGS) $(CFLAGS)
+
+MODULES := lib format snapshot convert replicate vmm
+LIB_SRCS := $(sort $(foreach m,$(MODULES),$(wildcard $(m)/*.c $(m)/*/*.c)))
+CLI_SRCS := $(sort $(wildcard cli/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/%.o)
+UNIT_SRCS := $(sort $(wildcard tests/unit/*/*.c tests/unit/*/*/*.c))
+UNIT_BINS := $(UNIT_SRCS:%.c=$(BUILD)/%)
+TESTLIB_SRCS := $(sort $(wildcard tests/common/*.c))
+TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(BUILD)/%.o)
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+
+KEEL := $(BUILD)/keel
+LIBKEEL := $(BUILD)/libkeel.a
+
+.PHONY: all check unit shell interop demo bench fuzz fuzz-run install clean deps cppcheck appliance
+
+all: $(KEEL) $(LIBKEEL)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIBKEEL): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(KEEL): $(CLI_OBJS) $(LIBKEEL)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJS) $(LIBKEEL) $(LDLIBS)
+	@ln -sf $(BUILD)/keel keel 2>/dev/null || true
+
+$(BUILD)/tests/common/%.o: tests/common/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/tests/unit/%: tests/unit/%.c $(LIBKEEL) $(TESTLIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) $(LDFLAGS) -MMD -MP -o $@ $< $(TESTLIB_OBJS) $(LIBKEEL) $(CHECK_LIBS) $(LDLIBS)
+
+deps:
+	@scripts/deps.sh
+
+# `make check`: dependencies, build, then every suite; the last line is
+# "N passed, N failed" over all suites, for CI.
+check: deps
+	@$(MAKE) --no-print-directory all unit-bins
+	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh $(UNIT_BINS)
+
+unit-bins: $(UNIT_BINS)
+
+unit: all unit-bins
+	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh --only unit $(UNIT_BINS)
+
+shell: all
+	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh --only shell
+
+interop: all
+	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh --only interop
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@KEEL=$(abspath $(KEEL)) scripts/demo.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@KEEL=$(abspath $(KEEL)) tests/bench/run.sh
+
+# libFuzzer: the library rebuilt with clang + ASan/UBSan + fuzzer hooks.
+FUZZ_BUILD := build-fuzz
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -pthread -D_FILE_OFFSET_BITS=64 -I. $(PKG_CFLAGS) \
+	-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -DKEEL_FUZZ
+FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+
+$(FUZZ_BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/libkeel.a: $(FUZZ_LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_BUILD)/libkeel.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_BUILD)/libkeel.a $(LDLIBS)
+
+fuzz: $(FUZZ_BINS)
+
+# Run each fuzz target for FUZZ_SECONDS on a corpus the tests generate.
+FUZZ_SECONDS ?= 30
+fuzz-run: fuzz all
+	@KEEL=$(abspath $(KEEL)) FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh $(FUZZ_BINS)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/keel
+	install -m 0755 $(KEEL) $(DESTDIR)$(PREFIX)/bin/keel
+	install -m 0644 $(LIBKEEL) $(DESTDIR)$(PREFIX)/lib/libkeel.a
+	for h in lib/kl.h format/format.h; do \
+		install -d $(DESTDIR)$(PREFIX)/include/keel/$$(dirname $$h); \
+		install -m 0644 $$h $(DESTDIR)$(PREFIX)/include/keel/$$h; done
+
+cppcheck:
+	cppcheck --quiet --enable=warning,performance,portability --error-exitcode=1 \
+		--suppress=missingIncludeSystem --inline-suppr -I. $(MODULES) cli
+
+clean:
+	rm -rf build build-san build-fuzz keel
+
+-include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TESTLIB_OBJS:.o=.d) $(UNIT_BINS:=.d)

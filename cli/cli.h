@@ -1,0 +1,73 @@
+/*
+ * cli/cli.h - shared pieces of the `keel` command line.
+ *
+ * Each subcommand lives in cli/cmd_<name>.c with its usage text; the table
+ * in cli/commands.c lists them once (git's commands[], kvmtool's
+ * kvm_commands[]). Only the CLI prints; it maps library codes to exit
+ * statuses: 0 ok, 1 failure, 2 usage error, 3 a verification found a
+ * difference or damage.
+ */
+#ifndef KEEL_CLI_H
+#define KEEL_CLI_H
+
+#include "format/format.h"
+
+#include <getopt.h>
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+#define CLI_EXIT_DIFF 3
+
+#define CLI_WRITES 0x1	  /* modifies images */
+#define CLI_NEEDS_KVM 0x2 /* needs /dev/kvm (or a fallback engine) */
+
+struct cli_cmd {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *summary;
+	const char *usage; /* full text for `keel help NAME` */
+	unsigned flags;
+};
+
+extern const struct cli_cmd cli_commands[];
+const struct cli_cmd *cli_find(const char *name);
+
+/* Global options, set by main before dispatch. */
+extern bool cli_force_progress; /* -p anywhere before the command */
+extern bool cli_quiet;
+
+/* "keel: error: <message>" on stderr; returns CLI_EXIT_FAIL. */
+int cli_fail(int rc);
+int cli_failf(const char *fmt, ...) KL_PRINTF(1, 2);
+void cli_warn(const char *fmt, ...) KL_PRINTF(1, 2);
+/* Usage of the current command on stderr; returns CLI_EXIT_USAGE. */
+int cli_usage(const char *cmd, const char *fmt, ...) KL_PRINTF(2, 3);
+
+/* Options every image-opening command accepts (see cli_add_open_opts). */
+struct cli_open {
+	const char *format;
+	unsigned flags;
+	const char *key_file;
+	const char *key_env;
+	uint8_t *key; /* loaded secret, wiped on release */
+	size_t key_len;
+};
+#define CLI_OPT_ALLOW_EXTERNAL 0x1001
+#define CLI_OPT_KEY_FILE 0x1002
+#define CLI_OPT_KEY_ENV 0x1003
+#define CLI_OPT_OUTPUT 0x1004
+/* Handle an open-related long option; true when it was one. */
+bool cli_open_option(struct cli_open *co, int opt, const char *arg);
+int cli_open_image(struct cli_open *co, const char *spec, unsigned flags, struct blk_dev **out);
+void cli_open_release(struct cli_open *co);
+/* Load the secret from --key-file/--key-env, or prompt on a terminal when prompt. */
+int cli_load_key(struct cli_open *co, bool prompt, bool confirm);
+
+/* --output json|human */
+int cli_parse_output(const char *arg, bool *json);
+
+/* Human-readable size in a static buffer (one per call site is fine). */
+const char *cli_size(uint64_t n);
+
+#endif

@@ -1,0 +1,40 @@
+/*
+ * cli/commands.c - the one table of keel subcommands.
+ */
+#include "cli/cli.h"
+
+#include <string.h>
+
+#define CMD(name) \
+	int cmd_##name(int argc, char **argv); \
+	extern const char cmd_##name##_usage[];
+CMD(help)
+CMD(create)
+CMD(info)
+CMD(map)
+CMD(compare)
+CMD(convert)
+CMD(io)
+#undef CMD
+
+const struct cli_cmd cli_commands[] = {
+	{ "create", cmd_create, "create an empty image (any format, optional parent)",
+	  cmd_create_usage, CLI_WRITES },
+	{ "info", cmd_info, "show an image, its snapshots and its parent chain", cmd_info_usage, 0 },
+	{ "map", cmd_map, "print the extent map (data / zero / unallocated)", cmd_map_usage, 0 },
+	{ "compare", cmd_compare, "compare what a guest sees in two images", cmd_compare_usage, 0 },
+	{ "convert", cmd_convert, "convert an image to another format", cmd_convert_usage,
+	  CLI_WRITES },
+	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
+	  cmd_io_usage, CLI_WRITES },
+	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
+	{ NULL, NULL, NULL, NULL, 0 },
+};
+
+const struct cli_cmd *cli_find(const char *name)
+{
+	for (const struct cli_cmd *c = cli_commands; c->name; c++)
+		if (!strcmp(c->name, name))
+			return c;
+	return NULL;
+}

@@ -1,0 +1,229 @@
+/*
+ * format/format.h - the block-device layer: one API over every image format.
+ *
+ * An image is opened into a struct blk_dev; reads, writes and extent
+ * queries use byte offsets and byte lengths (never sectors). A format
+ * driver that has a parent (backing file, differencing parent) opens it
+ * through this same layer, so any format can back any other.
+ *
+ * A blk_dev is not thread-safe: use one handle from one thread at a time.
+ * Errors are negative errno codes with a message set (lib/kl.h).
+ */
+#ifndef KEEL_FORMAT_H
+#define KEEL_FORMAT_H
+
+#include "lib/kl.h"
+
+struct blk_dev;
+struct blk_driver;
+
+/* ------------------------------------------------------------------ extents */
+enum blk_status {
+	BLK_DATA = 1,	 /* this layer holds data for the range */
+	BLK_ZERO = 2,	 /* reads as zeros (and hides any parent data) */
+	BLK_UNALLOC = 3, /* not in this layer: read from the parent, zeros without one */
+};
+
+#define BLK_EXT_COMPRESSED 0x1
+#define BLK_EXT_ENCRYPTED 0x2
+#define BLK_EXT_NOT_ALLOCATED 0x4 /* chain query: zero because no layer allocates it */
+#define BLK_NO_HOST_OFFSET UINT64_MAX
+
+struct blk_extent {
+	uint64_t off;	   /* virtual offset, the one asked for */
+	uint64_t len;	   /* > 0; may exceed what was asked, never past the virtual size */
+	int type;	   /* enum blk_status */
+	uint64_t host_off; /* offset of the data in the image file, or BLK_NO_HOST_OFFSET */
+	unsigned flags;	   /* BLK_EXT_* */
+	int depth;	   /* chain queries: 0 this image, 1 its parent, ... */
+};
+
+/* ------------------------------------------------------------------ open */
+#define BLK_OPEN_RDWR 0x1
+#define BLK_OPEN_NO_PARENT 0x2	     /* do not open the parent (info on a broken chain) */
+#define BLK_OPEN_ALLOW_EXTERNAL 0x4  /* allow parents/extents outside the image's directory */
+#define BLK_OPEN_PARENT_RDWR 0x8     /* open the immediate parent writable (commit) */
+#define BLK_OPEN_ALLOW_PROBED_RAW_RW 0x10 /* internal: never set by probing */
+#define BLK_OPEN_NO_CHECKSUM 0x20    /* skip per-cluster checksum verification (check -r) */
+
+/* Deepest parent chain we follow; deeper is refused as a likely loop. */
+#define BLK_MAX_CHAIN 64
+
+struct blk_open_opts {
+	const char *format;   /* driver name to force, NULL to probe by content */
+	unsigned flags;	      /* BLK_OPEN_* */
+	const char *snapshot; /* internal snapshot to read (read-only), NULL = current */
+	struct kl_opts *opts; /* driver options, borrowed for the duration of the call */
+	/* secret for encrypted images; borrowed, never stored by the caller's handle */
+	const uint8_t *key;
+	size_t key_len;
+};
+
+/*
+ * Opens SPEC, which is a path or PATH@SNAPSHOT (the @ split is used only
+ * when PATH@SNAPSHOT itself is not an existing file). The format is probed
+ * from content unless o->format is set. A file probed as raw never opens
+ * writable: pass format "raw" explicitly for that.
+ */
+int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **out);
+/* Flushes (best effort) and closes, parents included. Accepts NULL. */
+void blk_close(struct blk_dev *d);
+
+/* ------------------------------------------------------------------ create */
+struct blk_create_opts {
+	uint64_t size;		   /* virtual size in bytes (0 with a parent: the parent's) */
+	const char *parent;	   /* parent reference as it will be recorded, or NULL */
+	const char *parent_format; /* parent's format name, NULL to probe read-only */
+	struct kl_opts *opts;	   /* -o key=value options; drivers mark what they use */
+	unsigned flags;		   /* BLK_OPEN_ALLOW_EXTERNAL */
+	const uint8_t *key;	   /* secret for encrypted images */
+	size_t key_len;
+};
+
+/*
+ * Creates a new image at path (which must not exist unless opts allow) with
+ * driver `format`. Unknown -o keys are an error naming the key.
+ */
+int blk_create(const char *path, const char *format, const struct blk_create_opts *o);
+
+/* ------------------------------------------------------------------ I/O */
+/* Reads len bytes at off; the range must lie inside the virtual size. */
+int blk_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len);
+/* As blk_pread, but the part of the range past the virtual size reads as zeros. */
+int blk_pread_padded(struct blk_dev *d, uint64_t off, void *buf, size_t len);
+int blk_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len);
+#define BLK_ZERO_MAY_UNMAP 0x1 /* the range may become unallocated (if no parent shows through) */
+int blk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned flags);
+/* Drops data in the range; it then reads as zeros (never as stale parent data). */
+int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len);
+int blk_flush(struct blk_dev *d);
+
+/* Status of this layer alone at off: DATA, ZERO or UNALLOC, with its length. */
+int blk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);
+/*
+ * Status seen by a guest: UNALLOC ranges are resolved through the parent
+ * chain, so the result is DATA or ZERO; e->depth says which layer answered.
+ */
+int blk_block_status_chain(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);
+
+/* ------------------------------------------------------------------ properties */
+uint64_t blk_size(const struct blk_dev *d);
+const char *blk_format_name(const struct blk_dev *d);
+const char *blk_filename(const struct blk_dev *d);
+/* Borrowed; valid until d is closed. NULL when there is no (open) parent. */
+struct blk_dev *blk_parent(const struct blk_dev *d);
+bool blk_is_writable(const struct blk_dev *d);
+/* Preferred I/O unit (the cluster or block size; 64 KiB when the format has none). */
+uint32_t blk_cluster_size(const struct blk_dev *d);
+
+struct blk_kv {
+	char *key;
+	char *val;
+};
+
+struct blk_snapshot_info {
+	char *id;	     /* format's identifier ("3", "2026-11-21") */
+	char *name;
+	uint64_t vsize;
+	uint64_t date_ns;    /* creation time, ns since the epoch, 0 if unknown */
+	uint64_t generation; /* format-specific ordering, 0 if unknown */
+	uint64_t stored;     /* bytes exclusively held, 0 if unknown */
+};
+
+struct blk_info {
+	const char *format;	/* driver name (static) */
+	char *subformat;	/* "monolithicSparse", "dynamic", "v3", or NULL */
+	char *filename;
+	uint64_t virtual_size;
+	uint64_t file_size;	/* bytes of the image file(s) */
+	uint64_t allocated;	/* bytes allocated on the host */
+	uint32_t cluster_size;	/* 0 when the format has none */
+	char *compression;	/* NULL when none */
+	uint8_t uuid[16];
+	bool has_uuid;
+	char *parent;		/* reference as recorded, NULL if none */
+	char *parent_format;
+	bool dirty, corrupt;
+	struct blk_snapshot_info *snaps;
+	size_t nsnaps;
+	char **features;
+	size_t nfeatures;
+	struct blk_kv *extra;	/* driver-specific facts, in order */
+	size_t nextra;
+};
+
+int blk_info(struct blk_dev *d, struct blk_info *out);
+void blk_info_release(struct blk_info *info);
+int blk_info_add_feature(struct blk_info *info, const char *name);
+int blk_info_add_kv(struct blk_info *info, const char *key, const char *fmt, ...) KL_PRINTF(3, 4);
+
+/* ------------------------------------------------------------------ check */
+#define BLK_CHECK_DATA 0x1	    /* read every cluster and verify its checksum */
+#define BLK_CHECK_REPAIR_LEAKS 0x2
+#define BLK_CHECK_REPAIR_ALL 0x6
+
+#define BLK_CHECK_MAX_MSGS 64
+
+struct blk_check_report {
+	uint64_t corruptions;	     /* metadata errors (including refcount too low) */
+	uint64_t leaks;		     /* allocated but unreferenced units */
+	uint64_t data_errors;	     /* clusters whose checksum failed */
+	uint64_t repaired;	     /* problems fixed by -r */
+	uint64_t checked;	     /* clusters or units examined */
+	uint64_t allocated_clusters;
+	uint64_t total_clusters;
+	char *msgs[BLK_CHECK_MAX_MSGS]; /* first problems, human readable */
+	size_t nmsgs;
+	uint64_t dropped_msgs;
+};
+/* -ENOTSUP when the format has nothing to check. Fills r; returns 0 if it ran. */
+int blk_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags);
+void blk_check_report_release(struct blk_check_report *r);
+void blk_check_msg(struct blk_check_report *r, const char *fmt, ...) KL_PRINTF(2, 3);
+
+/* ------------------------------------------------------------------ snapshots */
+typedef int (*blk_extent_cb)(void *opaque, const struct blk_extent *e);
+
+int blk_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *n);
+void blk_snapshot_list_free(struct blk_snapshot_info *list, size_t n);
+int blk_snapshot_create(struct blk_dev *d, const char *name);
+int blk_snapshot_delete(struct blk_dev *d, const char *name);
+int blk_snapshot_revert(struct blk_dev *d, const char *name);
+/*
+ * Calls cb for each extent (type DATA for changed data, ZERO for ranges that
+ * became zero or unallocated) that differs between snapshots a and b; NULL
+ * names the current state. Formats that cannot answer from metadata return
+ * -ENOTSUP.
+ */
+int blk_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
+		      void *opaque);
+
+/* ------------------------------------------------------------------ chains */
+struct blk_identity {
+	uint8_t uuid[16];   /* image identity (keel UUID, VHD unique id, VHDX DataWriteGuid) */
+	uint64_t generation; /* keel generation, VMDK CID; 0 if none */
+	unsigned valid;	    /* BLK_ID_UUID | BLK_ID_GENERATION */
+};
+#define BLK_ID_UUID 0x1
+#define BLK_ID_GENERATION 0x2
+int blk_identity(struct blk_dev *d, struct blk_identity *id);
+
+/*
+ * Points d at a new parent reference without copying data (rebase -u).
+ * The new parent is opened and its identity recorded where the format can.
+ */
+int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned flags);
+/* Drops every cluster of d so it reads entirely from its parent (commit). */
+int blk_make_empty(struct blk_dev *d);
+
+/* ------------------------------------------------------------------ drivers */
+const struct blk_driver *blk_driver_find(const char *name);
+/* Iterate the registry: i = 0, 1, ... until NULL. */
+const struct blk_driver *blk_driver_at(size_t i);
+const char *blk_driver_name(const struct blk_driver *drv);
+const char *blk_driver_desc(const struct blk_driver *drv);
+bool blk_driver_can_create(const struct blk_driver *drv);
+/* Probe a file read-only; returns the winning driver (raw when nothing bids). */
+int blk_probe_file(const char *path, const struct blk_driver **out);
+
+#endif

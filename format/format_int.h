@@ -1,0 +1,172 @@
+/*
+ * format/format_int.h - the contract between the block-device core and the
+ * format drivers. Only format/ includes this (QEMU's block_int-common.h).
+ *
+ * The core is smart, drivers are dumb: blk_pread/blk_pwrite in core.c clamp
+ * to the virtual size, reject overflow, split unaligned writes into
+ * read-modify-write when the driver asks for alignment, resolve UNALLOC
+ * ranges through the parent chain, and refuse writes on read-only handles.
+ * A driver only maps its own clusters.
+ */
+#ifndef KEEL_FORMAT_INT_H
+#define KEEL_FORMAT_INT_H
+
+#include "format/format.h"
+
+/* What probing sees: the head and the tail of the file (VHD keeps its footer last). */
+#define BLK_PROBE_HEAD 65536
+#define BLK_PROBE_TAIL 4096
+
+struct blk_probe_buf {
+	const uint8_t *head; /* first min(size, BLK_PROBE_HEAD) bytes */
+	size_t head_len;
+	const uint8_t *tail; /* last min(size, BLK_PROBE_TAIL) bytes */
+	size_t tail_len;
+	uint64_t file_size;
+	const char *filename; /* for messages only: probing never uses the name */
+};
+
+/* Driver flags */
+#define BLK_DRV_CAN_CREATE 0x1
+#define BLK_DRV_FLAT 0x2	 /* pread works on any range: no block_status per read */
+#define BLK_DRV_SNAPSHOTS 0x4	 /* internal snapshots */
+#define BLK_DRV_APPEND_ONLY 0x8	 /* writes must come in increasing offset order (streamOptimized) */
+#define BLK_DRV_NO_PROBE 0x10	 /* never chosen by probing */
+#define BLK_DRV_HAS_PARENT 0x20	 /* can record a parent */
+
+struct blk_chain; /* loop detection during open, private to core.c */
+
+struct blk_dev {
+	const struct blk_driver *drv;
+	void *priv;		 /* instance_size bytes, zeroed, owned by the core */
+	struct kl_file *file;	 /* the image file, opened by the core */
+	char *filename;		 /* path as opened (without @snapshot) */
+	char *snapshot;		 /* selected internal snapshot, or NULL */
+	uint64_t size;		 /* virtual size: the driver's open must set it */
+	unsigned flags;		 /* BLK_OPEN_* as opened */
+	bool read_only;
+	bool probed;		 /* format came from probing */
+	uint32_t write_align;	 /* driver's write unit; the core read-modify-writes around it */
+	uint32_t cluster_size;	 /* preferred I/O unit, set by the driver (0: 64 KiB) */
+	struct blk_dev *parent;	 /* owned: closed with this device */
+	struct blk_chain *chain; /* valid during open only */
+	int depth;		 /* 0 for the top image */
+	const uint8_t *key;	 /* borrowed secret, valid during open only */
+	size_t key_len;
+};
+
+/*
+ * The driver table. Every member documents what the core guarantees and
+ * what it expects back. Optional members may be NULL.
+ */
+struct blk_driver {
+	const char *name; /* "qcow2": the -f/-O name */
+	const char *ext;  /* default file extension, without dot */
+	const char *desc; /* one line for `keel help formats` */
+	size_t instance_size;
+	unsigned flags; /* BLK_DRV_* */
+
+	/*
+	 * Score 0..100 for the bytes in pb: 100 = magic and structure match,
+	 * 1 = "could be anything" (raw only). Never allocates, never does I/O.
+	 */
+	int (*probe)(const struct blk_probe_buf *pb);
+
+	/*
+	 * d->file is open (writable iff !d->read_only), d->filename set, priv
+	 * zeroed. Parse and validate all metadata; set d->size, and
+	 * d->cluster_size/write_align where they apply. Open the parent with
+	 * blk_open_parent() unless d->flags has BLK_OPEN_NO_PARENT. When
+	 * d->snapshot is set, present that snapshot (read-only) or fail with
+	 * -ENOENT naming it. On failure free what was allocated and set a
+	 * message naming the file, the offset and what is wrong. A read-only
+	 * open never writes a byte.
+	 */
+	int (*open)(struct blk_dev *d, const struct blk_open_opts *o);
+
+	/*
+	 * Create a new image at path. o->size is the virtual size (the core
+	 * fills it from the parent when 0 and a parent is given). Consume the
+	 * -o keys you understand with kl_opts_get*; the core rejects the rest.
+	 */
+	int (*create)(const char *path, const struct blk_create_opts *o);
+
+	/*
+	 * Read [off, off+len), which the core guarantees lies inside d->size
+	 * and, unless BLK_DRV_FLAT, inside one range this driver's
+	 * block_status reported as DATA. Return 0 or -errno.
+	 */
+	int (*pread)(struct blk_dev *d, uint64_t off, void *buf, size_t len);
+
+	/*
+	 * Write [off, off+len) inside d->size, aligned to d->write_align.
+	 * For partially written clusters the driver fills the rest from its
+	 * own data or, when unallocated, with blk_read_below() (parent or zeros).
+	 */
+	int (*pwrite)(struct blk_dev *d, uint64_t off, const void *buf, size_t len);
+
+	/* Optional; aligned like pwrite. Without it the core writes zero buffers. */
+	int (*pwrite_zeroes)(struct blk_dev *d, uint64_t off, uint64_t len, unsigned flags);
+
+	/* Optional: drop the range; it must then read as zeros. */
+	int (*discard)(struct blk_dev *d, uint64_t off, uint64_t len);
+
+	/*
+	 * Status of this layer at off (inside d->size, len > 0). Fill e->type,
+	 * e->len (> 0; may be more or less than len but must not pass d->size),
+	 * e->host_off and e->flags. The core sets e->off and e->depth.
+	 */
+	int (*block_status)(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);
+
+	/* Make everything written so far durable. Optional for read-only drivers. */
+	int (*flush)(struct blk_dev *d);
+
+	/* Free what open allocated inside priv. The core closes the file and parent. */
+	void (*close)(struct blk_dev *d);
+
+	/* Fill the format-specific parts; the core fills format, sizes, parent. */
+	int (*info)(struct blk_dev *d, struct blk_info *out);
+
+	int (*check)(struct blk_dev *d, struct blk_check_report *r, unsigned flags);
+	int (*identity)(struct blk_dev *d, struct blk_identity *id);
+
+	int (*snapshot_list)(struct blk_dev *d, struct blk_snapshot_info **out, size_t *n);
+	int (*snapshot_create)(struct blk_dev *d, const char *name);
+	int (*snapshot_delete)(struct blk_dev *d, const char *name);
+	int (*snapshot_revert)(struct blk_dev *d, const char *name);
+	int (*snapshot_diff)(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
+			     void *opaque);
+
+	/* Record a new parent reference (already opened as d->parent by the core). */
+	int (*set_parent)(struct blk_dev *d, const char *ref, const char *fmt);
+	int (*make_empty)(struct blk_dev *d);
+};
+
+/* ------------------------------------------------------------------ for drivers */
+
+/*
+ * Open the parent named by ref (as recorded in d), read-only unless
+ * BLK_OPEN_PARENT_RDWR was asked of d. ref is resolved against the
+ * directory of d; references leaving that directory are refused unless
+ * BLK_OPEN_ALLOW_EXTERNAL. Loops and chains deeper than BLK_MAX_CHAIN are
+ * refused. fmt may be NULL to probe (a probed parent is always read-only).
+ * On success d->parent is set. Errors name d, ref and the resolved path.
+ */
+int blk_open_parent(struct blk_dev *d, const char *ref, const char *fmt);
+
+/*
+ * Resolve name (an extent file, a parent) against d's directory under the
+ * same escape rules; returns a newly allocated path in *out.
+ */
+int blk_resolve_path(struct blk_dev *d, const char *name, char **out);
+
+/* Open an auxiliary file (VMDK extent) next to d, under the same rules. */
+int blk_open_aux(struct blk_dev *d, const char *name, unsigned kl_flags, struct kl_file **out);
+
+/* Read what lies beneath d at [off, off+len): the parent's data, or zeros. */
+int blk_read_below(struct blk_dev *d, uint64_t off, void *buf, size_t len);
+
+/* The registry (format/registry.c), NULL-terminated, in probing order. */
+extern const struct blk_driver *const blk_drivers[];
+
+#endif

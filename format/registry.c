@@ -1,0 +1,16 @@
+/*
+ * format/registry.c - the one list of format drivers.
+ *
+ * Order matters only for ties in probing and for listings: formats with a
+ * magic number first, raw last because it bids 1 on anything
+ * (libarchive's archive_read_support_format_all.c orders its bidders the
+ * same way, cheap and specific first).
+ */
+#include "format/format_int.h"
+
+extern const struct blk_driver blk_raw_driver;
+
+const struct blk_driver *const blk_drivers[] = {
+	&blk_raw_driver,
+	NULL,
+};

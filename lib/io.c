@@ -1,0 +1,678 @@
+/*
+ * lib/io.c - the one I/O seam (SQLite's VFS in miniature) and its faults.
+ *
+ * Normal operation is a thin layer over pread/pwrite/fsync with EINTR and
+ * short-transfer handling. When a test arms a fault rule (kl_fault_arm),
+ * every mutating call becomes a numbered "I/O point" that can fail, and in
+ * crash modes every write not yet covered by a sync is journaled with its
+ * pre-image so that kl_fault_settle() can undo, keep or tear it, the way
+ * SQLite's crash VFS (src/test6.c) models a power cut.
+ */
+#define _GNU_SOURCE
+#include "kl.h"
+#include "kl_int.h"
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct kl_file {
+	int fd;
+	unsigned flags;
+	char *name;
+};
+
+/* ------------------------------------------------------------ fault state */
+
+struct kl_journal {
+	int fd;		  /* dup of the writer's fd, owned here */
+	uint64_t off;
+	size_t len;
+	uint8_t *pre;	  /* bytes before the write (zeros past old EOF) */
+	uint64_t base_size; /* file size at the last sync */
+	struct kl_journal *next;
+};
+
+static struct {
+	bool on;	/* any rule armed: the one branch the fast path pays */
+	bool fired;
+	bool crashed;
+	bool from_env;
+	struct kl_fault_rule rule;
+	uint64_t points;
+	uint64_t mallocs;
+	uint64_t rng;
+	struct kl_journal *journal; /* newest first */
+	pthread_mutex_t lock;
+} fs = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static uint64_t fault_rand(void)
+{
+	/* xorshift64*: deterministic per seed, good enough to pick subsets */
+	fs.rng ^= fs.rng >> 12;
+	fs.rng ^= fs.rng << 25;
+	fs.rng ^= fs.rng >> 27;
+	return fs.rng * 2685821657736338717ULL;
+}
+
+static bool is_crash_mode(void)
+{
+	return fs.rule.mode == KL_FAULT_CRASH || fs.rule.mode == KL_FAULT_CRASH_TORN;
+}
+
+static void journal_free_all(void)
+{
+	struct kl_journal *j = fs.journal, *n;
+
+	for (; j; j = n) {
+		n = j->next;
+		close(j->fd);
+		free(j->pre);
+		free(j);
+	}
+	fs.journal = NULL;
+}
+
+void kl_fault_reset(void)
+{
+	pthread_mutex_lock(&fs.lock);
+	journal_free_all();
+	fs.on = false;
+	fs.fired = false;
+	fs.crashed = false;
+	memset(&fs.rule, 0, sizeof(fs.rule));
+	fs.points = 0;
+	fs.mallocs = 0;
+	pthread_mutex_unlock(&fs.lock);
+}
+
+void kl_fault_arm(const struct kl_fault_rule *r)
+{
+	kl_fault_reset();
+	pthread_mutex_lock(&fs.lock);
+	fs.rule = *r;
+	if (fs.rule.err == 0)
+		fs.rule.err = EIO;
+	fs.rng = r->seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
+	if (fs.rng == 0)
+		fs.rng = 1;
+	fs.on = true;
+	pthread_mutex_unlock(&fs.lock);
+}
+
+uint64_t kl_fault_points(void)
+{
+	return __atomic_load_n(&fs.points, __ATOMIC_RELAXED);
+}
+
+uint64_t kl_fault_mallocs(void)
+{
+	return __atomic_load_n(&fs.mallocs, __ATOMIC_RELAXED);
+}
+
+bool kl_fault_fired(void)
+{
+	return fs.fired;
+}
+
+bool kl_fault_malloc_hit(void)
+{
+	uint64_t n;
+
+	if (__builtin_expect(!fs.on, 1))
+		return false;
+	n = __atomic_add_fetch(&fs.mallocs, 1, __ATOMIC_RELAXED);
+	if (fs.rule.malloc_at == 0)
+		return false;
+	if (n == fs.rule.malloc_at || (fs.rule.malloc_persist && n > fs.rule.malloc_at)) {
+		fs.fired = true;
+		return true;
+	}
+	return false;
+}
+
+/* Keep the sectors of a write that no later kept write covers already. */
+struct kept_range {
+	int fd;
+	uint64_t off, len;
+};
+
+static bool range_kept(struct kept_range *k, size_t nk, int fd, uint64_t off)
+{
+	for (size_t i = 0; i < nk; i++)
+		if (k[i].fd == fd && off >= k[i].off && off < k[i].off + k[i].len)
+			return true;
+	return false;
+}
+
+static void restore_sector(struct kl_journal *j, uint64_t soff, uint64_t slen)
+{
+	ssize_t rc = pwrite(j->fd, j->pre + (soff - j->off), slen, (off_t)soff);
+	(void)rc;
+}
+
+void kl_fault_settle(void)
+{
+	struct kept_range *kept = NULL;
+	size_t nkept = 0, cap = 0;
+	struct kl_journal *j;
+
+	pthread_mutex_lock(&fs.lock);
+	/* newest first: a later kept write wins over an earlier dropped one */
+	for (j = fs.journal; j; j = j->next) {
+		unsigned choice = (unsigned)(fault_rand() % 3);
+		bool torn = fs.rule.mode == KL_FAULT_CRASH_TORN && choice == 2;
+
+		if (!torn && choice == 2)
+			choice = fault_rand() & 1;
+		for (uint64_t s = j->off; s < j->off + j->len;) {
+			uint64_t next = (s & ~511ULL) + 512;
+			uint64_t slen = KL_MIN(next, j->off + j->len) - s;
+			bool keep = torn ? (fault_rand() & 1) : (choice == 0);
+
+			if (range_kept(kept, nkept, j->fd, s)) {
+				s += slen;
+				continue;
+			}
+			if (keep) {
+				if (nkept == cap) {
+					cap = cap ? cap * 2 : 64;
+					kept = realloc(kept, cap * sizeof(*kept));
+					if (!kept)
+						abort(); /* test-only path */
+				}
+				kept[nkept++] = (struct kept_range){ j->fd, s, slen };
+			} else {
+				restore_sector(j, s, slen);
+			}
+			s += slen;
+		}
+	}
+	/* the file ends at its synced size or at the last kept byte past it */
+	for (j = fs.journal; j; j = j->next) {
+		uint64_t end = j->base_size;
+		struct stat st;
+
+		for (size_t i = 0; i < nkept; i++)
+			if (kept[i].fd == j->fd)
+				end = KL_MAX(end, kept[i].off + kept[i].len);
+		if (fstat(j->fd, &st) == 0 && (uint64_t)st.st_size > end) {
+			int rc = ftruncate(j->fd, (off_t)end);
+			(void)rc;
+		}
+	}
+	free(kept);
+	journal_free_all();
+	fs.on = false;
+	pthread_mutex_unlock(&fs.lock);
+}
+
+static void fire(void)
+{
+	fs.fired = true;
+	if (is_crash_mode()) {
+		fs.crashed = true;
+		if (fs.from_env) {
+			/* CLI tests: the process dies here, as the machine would */
+			pthread_mutex_unlock(&fs.lock);
+			kl_fault_settle();
+			_exit(99);
+		}
+	}
+}
+
+/* Count an I/O point and decide its fate: 0 to go ahead, or -errno. */
+static int fault_point(void)
+{
+	int rc = 0;
+	uint64_t n;
+
+	if (__builtin_expect(!fs.on, 1))
+		return 0;
+	pthread_mutex_lock(&fs.lock);
+	if (fs.crashed) {
+		pthread_mutex_unlock(&fs.lock);
+		return -EIO;
+	}
+	n = ++fs.points;
+	if (fs.rule.at && (n == fs.rule.at || (fs.rule.mode == KL_FAULT_ERROR_PERSIST && n > fs.rule.at))) {
+		fire();
+		rc = is_crash_mode() ? -EIO : -fs.rule.err;
+	}
+	pthread_mutex_unlock(&fs.lock);
+	return rc;
+}
+
+static bool fault_crashed(void)
+{
+	return __builtin_expect(fs.on, 0) && fs.crashed;
+}
+
+int kl_io_event(const char *name)
+{
+	int rc = 0;
+
+	if (__builtin_expect(!fs.on, 1))
+		return 0;
+	pthread_mutex_lock(&fs.lock);
+	if (fs.crashed) {
+		rc = -EIO;
+	} else if (fs.rule.event && strcmp(fs.rule.event, name) == 0 && !fs.fired) {
+		fire();
+		rc = is_crash_mode() ? -EIO : -fs.rule.err;
+	}
+	pthread_mutex_unlock(&fs.lock);
+	if (rc)
+		kl_err(rc, "injected fault at event %s", name);
+	return rc;
+}
+
+/* Record the pre-image of a write for a later power-cut (crash modes only). */
+static void journal_write(struct kl_file *f, uint64_t off, size_t len)
+{
+	struct kl_journal *j;
+	struct stat st;
+	ssize_t n;
+
+	if (__builtin_expect(!fs.on, 1) || !is_crash_mode())
+		return;
+	pthread_mutex_lock(&fs.lock);
+	j = calloc(1, sizeof(*j));
+	if (!j || !(j->pre = calloc(1, len ? len : 1)))
+		abort(); /* test-only path */
+	j->fd = dup(f->fd);
+	j->off = off;
+	j->len = len;
+	n = pread(f->fd, j->pre, len, (off_t)off);
+	(void)n; /* past EOF stays zero */
+	/* base size: the size at the last sync of this file, or now */
+	j->base_size = fstat(f->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+	for (struct kl_journal *o = fs.journal; o; o = o->next) {
+		struct stat so;
+
+		if (fstat(o->fd, &so) == 0 && fstat(f->fd, &st) == 0 && so.st_ino == st.st_ino &&
+		    so.st_dev == st.st_dev) {
+			j->base_size = o->base_size;
+			break;
+		}
+	}
+	j->next = fs.journal;
+	fs.journal = j;
+	pthread_mutex_unlock(&fs.lock);
+}
+
+/* A sync makes this file's journaled writes durable. */
+static void journal_synced(struct kl_file *f)
+{
+	struct kl_journal **pp, *j;
+	struct stat st, so;
+
+	if (__builtin_expect(!fs.on, 1) || !is_crash_mode())
+		return;
+	if (fstat(f->fd, &st) != 0)
+		return;
+	pthread_mutex_lock(&fs.lock);
+	for (pp = &fs.journal; (j = *pp);) {
+		if (fstat(j->fd, &so) == 0 && so.st_ino == st.st_ino && so.st_dev == st.st_dev) {
+			*pp = j->next;
+			close(j->fd);
+			free(j->pre);
+			free(j);
+		} else {
+			pp = &j->next;
+		}
+	}
+	pthread_mutex_unlock(&fs.lock);
+}
+
+void kl_fault_from_env(void)
+{
+	const char *e = getenv("KEEL_FAULT");
+	const char *seed = getenv("KEEL_FAULT_SEED");
+	struct kl_fault_rule r = { 0 };
+	static char event[128];
+	const char *at;
+
+	if (!e || !*e)
+		return;
+	if (strncmp(e, "error@", 6) == 0)
+		r.mode = KL_FAULT_ERROR;
+	else if (strncmp(e, "crash@", 6) == 0)
+		r.mode = KL_FAULT_CRASH;
+	else if (strncmp(e, "torn@", 5) == 0)
+		r.mode = KL_FAULT_CRASH_TORN;
+	else if (strncmp(e, "count", 5) == 0)
+		r.mode = KL_FAULT_NONE;
+	else
+		return;
+	at = strchr(e, '@');
+	if (at && strncmp(at + 1, "ev:", 3) == 0) {
+		snprintf(event, sizeof(event), "%s", at + 4);
+		r.event = event;
+	} else if (at) {
+		r.at = strtoull(at + 1, NULL, 10);
+	}
+	r.seed = seed ? strtoull(seed, NULL, 10) : 1;
+	kl_fault_arm(&r);
+	fs.from_env = true;
+}
+
+/* ------------------------------------------------------------ files */
+
+int kl_io_open(const char *path, unsigned flags, struct kl_file **out)
+{
+	int oflags = O_CLOEXEC;
+	struct kl_file *f;
+	int fd;
+
+	*out = NULL;
+	if (fault_crashed())
+		return kl_err(-EIO, "%s: I/O after simulated crash", path);
+	oflags |= (flags & KL_O_RDWR) ? O_RDWR : O_RDONLY;
+	if (flags & KL_O_CREAT)
+		oflags |= O_CREAT;
+	if (flags & KL_O_EXCL)
+		oflags |= O_EXCL;
+	if (flags & KL_O_TRUNC)
+		oflags |= O_TRUNC;
+	do {
+		fd = open(path, oflags, 0644);
+	} while (fd < 0 && errno == EINTR);
+	if (fd < 0)
+		return kl_err(-errno, "%s: %s", path, strerror(errno));
+	f = kl_calloc(1, sizeof(*f));
+	if (!f) {
+		close(fd);
+		return -ENOMEM;
+	}
+	f->fd = fd;
+	f->flags = flags;
+	f->name = kl_strdup(path);
+	if (!f->name) {
+		close(fd);
+		kl_free(f);
+		return -ENOMEM;
+	}
+	*out = f;
+	return 0;
+}
+
+int kl_io_fdopen(int fd, const char *name, unsigned flags, struct kl_file **out)
+{
+	struct kl_file *f = kl_calloc(1, sizeof(*f));
+
+	*out = NULL;
+	if (!f)
+		return -ENOMEM;
+	f->fd = fd;
+	f->flags = flags;
+	f->name = kl_strdup(name);
+	if (!f->name) {
+		kl_free(f);
+		return -ENOMEM;
+	}
+	*out = f;
+	return 0;
+}
+
+void kl_io_close(struct kl_file *f)
+{
+	if (!f)
+		return;
+	close(f->fd);
+	kl_free(f->name);
+	kl_free(f);
+}
+
+ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len)
+{
+	size_t done = 0;
+
+	if (fault_crashed())
+		return kl_err(-EIO, "%s: read after simulated crash", f->name);
+	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
+		return kl_err(-EINVAL, "%s: read offset %llu out of range", f->name,
+			      (unsigned long long)off);
+	while (done < len) {
+		ssize_t n = pread(f->fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return kl_err(-errno, "%s: read at %llu: %s", f->name,
+				      (unsigned long long)(off + done), strerror(errno));
+		}
+		if (n == 0) {
+			memset((uint8_t *)buf + done, 0, len - done);
+			break;
+		}
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+int kl_io_pread_full(struct kl_file *f, uint64_t off, void *buf, size_t len, const char *what)
+{
+	ssize_t n = kl_io_pread(f, off, buf, len);
+
+	if (n < 0)
+		return (int)n;
+	if ((size_t)n < len)
+		return kl_err(-EUCLEAN, "%s: %s at offset %llu (%zu bytes) lies past end of file",
+			      f->name, what, (unsigned long long)off, len);
+	return 0;
+}
+
+int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len)
+{
+	size_t done = 0;
+	int rc;
+
+	if ((rc = fault_point()) < 0)
+		return kl_err(rc, "%s: write at %llu: %s (injected)", f->name,
+			      (unsigned long long)off, strerror(-rc));
+	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
+		return kl_err(-EINVAL, "%s: write offset %llu out of range", f->name,
+			      (unsigned long long)off);
+	journal_write(f, off, len);
+	while (done < len) {
+		ssize_t n = pwrite(f->fd, (const uint8_t *)buf + done, len - done,
+				   (off_t)(off + done));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return kl_err(-errno, "%s: write at %llu: %s", f->name,
+				      (unsigned long long)(off + done), strerror(errno));
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+ssize_t kl_io_read(struct kl_file *f, void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t n;
+
+		if (fault_crashed())
+			return kl_err(-EIO, "%s: read after simulated crash", f->name);
+		n = read(f->fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return kl_err(-errno, "%s: read: %s", f->name, strerror(errno));
+		return n;
+	}
+}
+
+int kl_io_write(struct kl_file *f, const void *buf, size_t len)
+{
+	size_t done = 0;
+	int rc;
+
+	if ((rc = fault_point()) < 0)
+		return kl_err(rc, "%s: write: %s (injected)", f->name, strerror(-rc));
+	while (done < len) {
+		ssize_t n = write(f->fd, (const uint8_t *)buf + done, len - done);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return kl_err(-errno, "%s: write: %s", f->name, strerror(errno));
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int kl_io_sync(struct kl_file *f)
+{
+	int rc;
+
+	if ((rc = fault_point()) < 0)
+		return kl_err(rc, "%s: fsync: %s (injected)", f->name, strerror(-rc));
+	if (fdatasync(f->fd) < 0 && errno != EINVAL && errno != EROFS)
+		return kl_err(-errno, "%s: fsync: %s", f->name, strerror(errno));
+	journal_synced(f);
+	return 0;
+}
+
+int kl_io_truncate(struct kl_file *f, uint64_t size)
+{
+	int rc;
+
+	if ((rc = fault_point()) < 0)
+		return kl_err(rc, "%s: truncate: %s (injected)", f->name, strerror(-rc));
+	if (ftruncate(f->fd, (off_t)size) < 0)
+		return kl_err(-errno, "%s: truncate to %llu: %s", f->name,
+			      (unsigned long long)size, strerror(errno));
+	return 0;
+}
+
+int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len)
+{
+	int rc;
+
+	if ((rc = fault_point()) < 0)
+		return kl_err(rc, "%s: punch: %s (injected)", f->name, strerror(-rc));
+	journal_write(f, off, (size_t)len);
+	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+		return -errno == -EOPNOTSUPP ? -ENOTSUP : -errno;
+	return 0;
+}
+
+int kl_io_size(struct kl_file *f, uint64_t *size)
+{
+	struct stat st;
+
+	if (fstat(f->fd, &st) < 0)
+		return kl_err(-errno, "%s: stat: %s", f->name, strerror(errno));
+	if (S_ISBLK(st.st_mode)) {
+		off_t end = lseek(f->fd, 0, SEEK_END);
+
+		if (end < 0)
+			return kl_err(-errno, "%s: size: %s", f->name, strerror(errno));
+		*size = (uint64_t)end;
+		return 0;
+	}
+	*size = (uint64_t)st.st_size;
+	return 0;
+}
+
+static int seek_common(struct kl_file *f, uint64_t off, int whence, uint64_t *out)
+{
+	off_t r = lseek(f->fd, (off_t)off, whence);
+
+	if (r < 0) {
+		if (errno == ENXIO)
+			return -ENXIO;
+		return -errno;
+	}
+	*out = (uint64_t)r;
+	return 0;
+}
+
+int kl_io_seek_data(struct kl_file *f, uint64_t off, uint64_t *out)
+{
+	return seek_common(f, off, SEEK_DATA, out);
+}
+
+int kl_io_seek_hole(struct kl_file *f, uint64_t off, uint64_t *out)
+{
+	return seek_common(f, off, SEEK_HOLE, out);
+}
+
+int kl_io_fd(const struct kl_file *f)
+{
+	return f->fd;
+}
+
+const char *kl_io_name(const struct kl_file *f)
+{
+	return f->name;
+}
+
+bool kl_io_writable(const struct kl_file *f)
+{
+	return (f->flags & KL_O_RDWR) != 0;
+}
+
+int kl_io_identity(struct kl_file *f, uint64_t *dev, uint64_t *ino)
+{
+	struct stat st;
+
+	if (fstat(f->fd, &st) < 0)
+		return kl_err(-errno, "%s: stat: %s", f->name, strerror(errno));
+	*dev = (uint64_t)st.st_dev;
+	*ino = (uint64_t)st.st_ino;
+	return 0;
+}
+
+int kl_io_rename(const char *from, const char *to)
+{
+	int rc;
+
+	if ((rc = fault_point()) < 0)
+		return kl_err(rc, "rename %s -> %s: %s (injected)", from, to, strerror(-rc));
+	if (rename(from, to) < 0)
+		return kl_err(-errno, "rename %s -> %s: %s", from, to, strerror(errno));
+	return 0;
+}
+
+int kl_io_unlink(const char *path)
+{
+	if (fault_crashed())
+		return -EIO;
+	if (unlink(path) < 0 && errno != ENOENT)
+		return kl_err(-errno, "unlink %s: %s", path, strerror(errno));
+	return 0;
+}
+
+int kl_io_sync_dir(const char *path)
+{
+	char *copy = kl_strdup(path);
+	int fd, rc;
+
+	if (!copy)
+		return -ENOMEM;
+	if ((rc = fault_point()) < 0) {
+		kl_free(copy);
+		return kl_err(rc, "sync directory of %s (injected)", path);
+	}
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	kl_free(copy);
+	if (fd < 0)
+		return kl_err(-errno, "open directory of %s: %s", path, strerror(errno));
+	if (fsync(fd) < 0 && errno != EINVAL) {
+		rc = -errno;
+		close(fd);
+		return kl_err(rc, "fsync directory of %s: %s", path, strerror(-rc));
+	}
+	close(fd);
+	return 0;
+}

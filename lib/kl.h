@@ -1,0 +1,369 @@
+/*
+ * lib/kl.h - small shared pieces every keel module uses: errors, memory,
+ * the one I/O seam (with its test-time fault injection), byte-order helpers,
+ * CRC-32C, a JSON writer, option lists and a progress meter.
+ *
+ * This is the only header of lib/ that other modules include.
+ */
+#ifndef KEEL_KL_H
+#define KEEL_KL_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#define KL_VERSION "0.1.0"
+
+#define KL_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define KL_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define KL_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define KL_DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+#define KL_ALIGN_UP(n, a) (((n) + (a) - 1) & ~((uint64_t)(a) - 1))
+#define KL_IS_POW2(x) ((x) != 0 && ((x) & ((x) - 1)) == 0)
+
+#if defined(__GNUC__)
+#define KL_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define KL_UNUSED __attribute__((unused))
+#else
+#define KL_PRINTF(f, a)
+#define KL_UNUSED
+#endif
+
+/* ------------------------------------------------------------------ errors
+ *
+ * Failing functions return a negative errno. The code that detects the
+ * failure records a message with kl_err(); callers add context on the way
+ * up with kl_err_prefix(). The slot is thread-local, so convert and send
+ * workers each keep their own.
+ *
+ * Codes with a fixed meaning in keel:
+ *   -EUCLEAN  corrupt metadata          -EBADMSG  checksum/authentication failure
+ *   -ENOTSUP  unsupported feature       -ESTALE   wrong parent image
+ *   -ENOSPC, -EIO, -ENOMEM              -EINVAL   caller mistake
+ */
+#ifndef EUCLEAN
+#define EUCLEAN 117
+#endif
+
+/* Records "fmt" as the current message and returns code (negative errno). */
+int kl_err(int code, const char *fmt, ...) KL_PRINTF(2, 3);
+/* Prepends "fmt: " to the current message; returns code. */
+int kl_err_prefix(int code, const char *fmt, ...) KL_PRINTF(2, 3);
+/* The current message, or kl_strerror(code) of the last code when none was set. */
+const char *kl_errmsg(void);
+/* Forget the current message. */
+void kl_err_clear(void);
+/* Words for a code: "corrupt metadata", "checksum mismatch", ... */
+const char *kl_strerror(int code);
+
+/* Debug logging of failure sites, enabled by KEEL_DEBUG=1 in the environment. */
+void kl_debug_site(const char *file, int line, int code);
+
+#define KL_TRY(expr)                                                              \
+	do {                                                                      \
+		int kl_try_rc_ = (expr);                                          \
+		if (kl_try_rc_ < 0) {                                             \
+			kl_debug_site(__FILE__, __LINE__, kl_try_rc_);            \
+			return kl_try_rc_;                                        \
+		}                                                                 \
+	} while (0)
+
+#define KL_CHECK(cond, code, ...)                                                 \
+	do {                                                                      \
+		if (!(cond)) {                                                    \
+			kl_debug_site(__FILE__, __LINE__, (code));                \
+			return kl_err((code), __VA_ARGS__);                       \
+		}                                                                 \
+	} while (0)
+
+/* ------------------------------------------------------------------ memory
+ *
+ * All allocations go through these so tests can fail the Nth one.
+ * kl_malloc and friends set an error message ("out of memory ...") when
+ * they fail. kl_free accepts NULL.
+ */
+void *kl_malloc(size_t n);
+void *kl_calloc(size_t nmemb, size_t size);
+void *kl_realloc(void *p, size_t n);
+/* Page-aligned allocation for I/O buffers; free with kl_free. */
+void *kl_aligned_alloc(size_t n);
+char *kl_strdup(const char *s);
+char *kl_strndup(const char *s, size_t n);
+char *kl_asprintf(const char *fmt, ...) KL_PRINTF(1, 2);
+void kl_free(void *p);
+/* Overwrite a secret before it is freed. */
+void kl_wipe(void *p, size_t n);
+
+/* ------------------------------------------------------------------ I/O seam
+ *
+ * Every file operation in keel goes through kl_io_*, the way SQLite routes
+ * everything through its VFS: this is what lets tests fail the Nth write,
+ * fail at a named event, or simulate a power cut.
+ *
+ * Contract (from SQLite's xRead): kl_io_pread reads exactly len bytes or
+ * returns an error; reading past EOF is a short read, which zero-fills the
+ * rest of the buffer and returns the number of bytes actually present.
+ * Nothing is durable until kl_io_sync returns 0.
+ */
+struct kl_file;
+
+#define KL_O_RDONLY 0x0
+#define KL_O_RDWR 0x1
+#define KL_O_CREAT 0x2	/* create if missing */
+#define KL_O_EXCL 0x4	/* fail if it exists */
+#define KL_O_TRUNC 0x8
+#define KL_O_DIRECT 0x10 /* hint only */
+
+int kl_io_open(const char *path, unsigned flags, struct kl_file **out);
+/* Wrap an already open descriptor (stdin/stdout/socket); takes ownership. */
+int kl_io_fdopen(int fd, const char *name, unsigned flags, struct kl_file **out);
+void kl_io_close(struct kl_file *f);
+/* Returns bytes read (< len only at EOF, rest zero-filled) or -errno. */
+ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len);
+/* Reads exactly len bytes; a short read is -EUCLEAN naming what was read. */
+int kl_io_pread_full(struct kl_file *f, uint64_t off, void *buf, size_t len, const char *what);
+int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len);
+/* Stream reads/writes for pipes and sockets (no offsets). */
+ssize_t kl_io_read(struct kl_file *f, void *buf, size_t len);
+int kl_io_write(struct kl_file *f, const void *buf, size_t len);
+int kl_io_sync(struct kl_file *f);
+int kl_io_truncate(struct kl_file *f, uint64_t size);
+/* Deallocate a byte range (punch a hole); -ENOTSUP where impossible. */
+int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len);
+int kl_io_size(struct kl_file *f, uint64_t *size);
+/* SEEK_DATA/SEEK_HOLE: next data/hole at or after off; -ENXIO past EOF/no data. */
+int kl_io_seek_data(struct kl_file *f, uint64_t off, uint64_t *out);
+int kl_io_seek_hole(struct kl_file *f, uint64_t off, uint64_t *out);
+int kl_io_fd(const struct kl_file *f);
+const char *kl_io_name(const struct kl_file *f);
+bool kl_io_writable(const struct kl_file *f);
+/* Same file as (dev, ino); for loop detection in parent chains. */
+int kl_io_identity(struct kl_file *f, uint64_t *dev, uint64_t *ino);
+
+/* Namespace operations, also through the seam. */
+int kl_io_rename(const char *from, const char *to);
+int kl_io_unlink(const char *path);
+/* fsync the directory holding path, so a rename in it is durable. */
+int kl_io_sync_dir(const char *path);
+
+/*
+ * A named point in a metadata update ("kf.header_write"). Returns 0, or a
+ * negative code when a test rule fails the operation here. Callers must
+ * propagate the result: KL_TRY(kl_io_event("kf.commit")).
+ */
+int kl_io_event(const char *name);
+
+/* ----- fault injection (used by tests; a no-op branch otherwise) -----
+ *
+ * Every kl_io_pwrite, kl_io_sync, kl_io_truncate and kl_io_rename is an
+ * "I/O point", numbered from 1 since kl_fault_reset(). A rule triggers at
+ * point N (or at the named event) and either
+ *   KL_FAULT_ERROR: that call fails with errno (once, or from then on), or
+ *   KL_FAULT_CRASH: the world stops: the call and every later one fail with
+ *      -EIO, and writes not yet synced are each kept, dropped or (with
+ *      torn) cut at a random 512-byte boundary, as after a power cut.
+ * Writes are only journaled for crash simulation while kl_fault_arm() with
+ * a crash mode is active, so the normal path pays one predictable branch.
+ */
+enum kl_fault_mode {
+	KL_FAULT_NONE = 0,
+	KL_FAULT_ERROR,	   /* fail the Nth point once */
+	KL_FAULT_ERROR_PERSIST, /* fail the Nth point and all later ones */
+	KL_FAULT_CRASH,	   /* power cut at the Nth point, unsynced writes kept or dropped */
+	KL_FAULT_CRASH_TORN,   /* as CRASH, and some writes land partly */
+};
+
+struct kl_fault_rule {
+	enum kl_fault_mode mode;
+	uint64_t at;	    /* I/O point number (1-based); 0 = use event */
+	const char *event;  /* named event, or NULL */
+	int err;	    /* errno for ERROR modes (positive), default EIO */
+	uint64_t seed;	    /* randomness for crash modes */
+	uint64_t malloc_at; /* fail the Nth allocation (1-based), 0 = never */
+	bool malloc_persist;
+};
+
+void kl_fault_reset(void);
+void kl_fault_arm(const struct kl_fault_rule *r);
+/* Number of I/O points and allocations since reset. */
+uint64_t kl_fault_points(void);
+uint64_t kl_fault_mallocs(void);
+/* True once a rule has fired. */
+bool kl_fault_fired(void);
+/*
+ * After a crash rule fired: apply the power-cut to the files (drop/tear
+ * unsynced writes) and disarm. Open handles stay failed; close them.
+ */
+void kl_fault_settle(void);
+/* Parse KEEL_FAULT ("crash@17", "error@write:3", "torn@ev:kf.commit") for CLI tests. */
+void kl_fault_from_env(void);
+
+/* ------------------------------------------------------------------ byte order */
+static inline uint16_t get_le16(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint16_t)(b[0] | b[1] << 8);
+}
+static inline uint32_t get_le32(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+static inline uint64_t get_le64(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint64_t)get_le32(b) | (uint64_t)get_le32(b + 4) << 32;
+}
+static inline uint16_t get_be16(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint16_t)(b[0] << 8 | b[1]);
+}
+static inline uint32_t get_be32(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | (uint32_t)b[3];
+}
+static inline uint64_t get_be64(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint64_t)get_be32(b) << 32 | get_be32(b + 4);
+}
+static inline void put_le16(void *p, uint16_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)v;
+	b[1] = (uint8_t)(v >> 8);
+}
+static inline void put_le32(void *p, uint32_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)v;
+	b[1] = (uint8_t)(v >> 8);
+	b[2] = (uint8_t)(v >> 16);
+	b[3] = (uint8_t)(v >> 24);
+}
+static inline void put_le64(void *p, uint64_t v)
+{
+	put_le32(p, (uint32_t)v);
+	put_le32((uint8_t *)p + 4, (uint32_t)(v >> 32));
+}
+static inline void put_be16(void *p, uint16_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)(v >> 8);
+	b[1] = (uint8_t)v;
+}
+static inline void put_be32(void *p, uint32_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)(v >> 24);
+	b[1] = (uint8_t)(v >> 16);
+	b[2] = (uint8_t)(v >> 8);
+	b[3] = (uint8_t)v;
+}
+static inline void put_be64(void *p, uint64_t v)
+{
+	put_be32(p, (uint32_t)(v >> 32));
+	put_be32((uint8_t *)p + 4, (uint32_t)v);
+}
+
+/* Overflow-checked arithmetic: true on overflow. */
+static inline bool kl_add_overflow(uint64_t a, uint64_t b, uint64_t *r)
+{
+	return __builtin_add_overflow(a, b, r);
+}
+static inline bool kl_mul_overflow(uint64_t a, uint64_t b, uint64_t *r)
+{
+	return __builtin_mul_overflow(a, b, r);
+}
+/* True when [off, off+len) lies inside [0, limit) without overflow. */
+static inline bool kl_range_ok(uint64_t off, uint64_t len, uint64_t limit)
+{
+	return off <= limit && len <= limit - off;
+}
+
+/* True when all n bytes are zero. Fast on aligned buffers. */
+bool kl_is_zero(const void *buf, size_t n);
+
+/* ------------------------------------------------------------------ checksums */
+/* CRC-32C (Castagnoli), as VHDX and the .keel format use; hardware when present. */
+uint32_t kl_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* ------------------------------------------------------------------ UUIDs */
+void kl_uuid_generate(uint8_t out[16]);
+/* Canonical text form, 36 characters + NUL. */
+void kl_uuid_format(const uint8_t u[16], char out[37]);
+bool kl_uuid_is_null(const uint8_t u[16]);
+
+/* ------------------------------------------------------------------ parsing */
+/* "64K", "1.5G", "4096": bytes; accepts K M G T P (powers of 1024) and a B suffix. */
+int kl_parse_size(const char *s, uint64_t *out);
+int kl_parse_u64(const char *s, uint64_t *out);
+/* Human size with binary units, e.g. "1.5 GiB". */
+void kl_format_size(uint64_t n, char *out, size_t outlen);
+
+/*
+ * Option lists "k=v,k2=v2" (qemu-img -o style; ",," escapes a comma).
+ * Consumers take the keys they know with kl_opts_get*, which marks them
+ * used; kl_opts_check_unused then names any key nobody understood.
+ */
+struct kl_opts;
+int kl_opts_parse(const char *s, struct kl_opts **inout);
+int kl_opts_set(struct kl_opts **inout, const char *key, const char *val);
+const char *kl_opts_get(struct kl_opts *o, const char *key);
+/* As kl_opts_get, without marking the key used. */
+const char *kl_opts_peek(const struct kl_opts *o, const char *key);
+int kl_opts_get_size(struct kl_opts *o, const char *key, uint64_t *out, bool *found);
+int kl_opts_get_bool(struct kl_opts *o, const char *key, bool *out, bool *found);
+int kl_opts_check_unused(const struct kl_opts *o, const char *context);
+void kl_opts_free(struct kl_opts *o);
+
+/* ------------------------------------------------------------------ JSON writer
+ *
+ * Tiny streaming writer for --output json; handles commas and escaping.
+ * Usage: kl_json_begin(&j, stdout); kl_json_obj_open(&j, NULL);
+ *        kl_json_str(&j, "format", "qcow2"); ... kl_json_obj_close(&j); kl_json_end(&j);
+ */
+struct kl_json {
+	FILE *fp;
+	int depth;
+	bool need_comma[32];
+	bool pretty;
+};
+void kl_json_begin(struct kl_json *j, FILE *fp);
+void kl_json_end(struct kl_json *j);
+void kl_json_obj_open(struct kl_json *j, const char *key);
+void kl_json_obj_close(struct kl_json *j);
+void kl_json_arr_open(struct kl_json *j, const char *key);
+void kl_json_arr_close(struct kl_json *j);
+void kl_json_str(struct kl_json *j, const char *key, const char *val);
+void kl_json_u64(struct kl_json *j, const char *key, uint64_t v);
+void kl_json_i64(struct kl_json *j, const char *key, int64_t v);
+void kl_json_double(struct kl_json *j, const char *key, double v);
+void kl_json_bool(struct kl_json *j, const char *key, bool v);
+void kl_json_null(struct kl_json *j, const char *key);
+
+/* ------------------------------------------------------------------ time */
+/* Monotonic seconds, for durations. */
+double kl_now(void);
+/* Wall clock in nanoseconds since the epoch. KEEL_FAKE_TIME overrides it for tests. */
+uint64_t kl_wallclock_ns(void);
+
+/* ------------------------------------------------------------------ progress
+ *
+ * A progress meter on stderr: bytes done of total, rate and ETA, redrawn at
+ * most 10 times a second. Enabled when stderr is a terminal or when forced
+ * (-p); otherwise every call is a no-op. Thread-safe for kl_progress_add.
+ */
+struct kl_progress;
+struct kl_progress *kl_progress_start(const char *label, uint64_t total, bool force);
+void kl_progress_add(struct kl_progress *p, uint64_t done);
+void kl_progress_set(struct kl_progress *p, uint64_t done);
+void kl_progress_finish(struct kl_progress *p);
+
+#endif
