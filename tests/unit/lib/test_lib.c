@@ -1,0 +1,216 @@
+/*
+ * tests/unit/lib/test_lib.c - lib/: CRC-32C, sizes, options, JSON, and the
+ * fault-injecting I/O seam itself (the crash tests rely on it being right).
+ */
+#include "tests/common/testutil.h"
+
+#include <string.h>
+
+START_TEST(crc32c_vectors)
+{
+	/* RFC 3720 B.4 test vectors */
+	uint8_t zeros[32] = { 0 }, ones[32], inc[32];
+
+	memset(ones, 0xff, sizeof(ones));
+	for (int i = 0; i < 32; i++)
+		inc[i] = (uint8_t)i;
+	ck_assert_uint_eq(kl_crc32c(0, zeros, 32), 0x8A9136AA);
+	ck_assert_uint_eq(kl_crc32c(0, ones, 32), 0x62A8AB43);
+	ck_assert_uint_eq(kl_crc32c(0, inc, 32), 0x46DD794E);
+	ck_assert_uint_eq(kl_crc32c(0, "123456789", 9), 0xE3069283);
+	/* incremental equals one shot */
+	ck_assert_uint_eq(kl_crc32c(kl_crc32c(0, "1234", 4), "56789", 5), 0xE3069283);
+}
+END_TEST
+
+START_TEST(parse_sizes)
+{
+	uint64_t v;
+
+	ck_assert_ok(kl_parse_size("4096", &v));
+	ck_assert_uint_eq(v, 4096);
+	ck_assert_ok(kl_parse_size("64K", &v));
+	ck_assert_uint_eq(v, 65536);
+	ck_assert_ok(kl_parse_size("16T", &v));
+	ck_assert_uint_eq(v, 16ULL << 40);
+	ck_assert_ok(kl_parse_size("1.5G", &v));
+	ck_assert_uint_eq(v, 3ULL << 29);
+	ck_assert_ok(kl_parse_size("2MiB", &v));
+	ck_assert_uint_eq(v, 2ULL << 20);
+	ck_assert_int_lt(kl_parse_size("-1", &v), 0);
+	ck_assert_int_lt(kl_parse_size("12Q", &v), 0);
+	ck_assert_int_lt(kl_parse_size("99999999999999999999", &v), 0);
+	ck_assert_int_lt(kl_parse_size("16777216T", &v), 0);
+}
+END_TEST
+
+START_TEST(options)
+{
+	struct kl_opts *o = NULL;
+	uint64_t cs = 0;
+	bool b = false, found;
+
+	ck_assert_ok(kl_opts_parse("cluster_size=64K,name=a,,b,azure", &o));
+	ck_assert_ok(kl_opts_get_size(o, "cluster_size", &cs, &found));
+	ck_assert(found);
+	ck_assert_uint_eq(cs, 65536);
+	ck_assert_str_eq(kl_opts_get(o, "name"), "a,b");
+	ck_assert_int_lt(kl_opts_check_unused(o, "x"), 0); /* azure not consumed */
+	ck_assert_ok(kl_opts_get_bool(o, "azure", &b, &found));
+	ck_assert(b);
+	ck_assert_ok(kl_opts_check_unused(o, "x"));
+	kl_opts_free(o);
+}
+END_TEST
+
+static void write_file(const char *path, uint8_t fill, size_t len)
+{
+	struct kl_file *f;
+	uint8_t *buf = kl_malloc(len);
+
+	memset(buf, fill, len);
+	ck_assert_ok(kl_io_open(path, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f));
+	ck_assert_ok(kl_io_pwrite(f, 0, buf, len));
+	ck_assert_ok(kl_io_sync(f));
+	kl_io_close(f);
+	kl_free(buf);
+}
+
+START_TEST(fault_error_at_point)
+{
+	struct kl_fault_rule r = { .mode = KL_FAULT_ERROR, .at = 2, .err = ENOSPC };
+	struct kl_file *f;
+	uint8_t b[512] = { 1 };
+
+	write_file(tu_path("e.bin"), 0, 4096);
+	ck_assert_ok(kl_io_open(tu_path("e.bin"), KL_O_RDWR, &f));
+	kl_fault_arm(&r);
+	ck_assert_ok(kl_io_pwrite(f, 0, b, sizeof(b)));
+	ck_assert_int_eq(kl_io_pwrite(f, 512, b, sizeof(b)), -ENOSPC);
+	ck_assert_ok(kl_io_pwrite(f, 1024, b, sizeof(b))); /* once, not persistent */
+	ck_assert(kl_fault_fired());
+	ck_assert_uint_eq(kl_fault_points(), 3);
+	kl_fault_reset();
+	kl_io_close(f);
+}
+END_TEST
+
+START_TEST(fault_crash_drops_only_unsynced)
+{
+	/* synced data always survives; unsynced writes survive or vanish whole */
+	for (uint64_t seed = 1; seed <= 40; seed++) {
+		struct kl_fault_rule r = { .mode = KL_FAULT_CRASH, .at = 4, .seed = seed };
+		struct kl_file *f;
+		uint8_t a[1024], b[1024], got[4096];
+
+		memset(a, 0xaa, sizeof(a));
+		memset(b, 0xbb, sizeof(b));
+		write_file(tu_path("c.bin"), 0, 4096);
+		ck_assert_ok(kl_io_open(tu_path("c.bin"), KL_O_RDWR, &f));
+		kl_fault_arm(&r);
+		ck_assert_ok(kl_io_pwrite(f, 0, a, sizeof(a)));	   /* 1 */
+		ck_assert_ok(kl_io_sync(f));			   /* 2 */
+		ck_assert_ok(kl_io_pwrite(f, 1024, b, sizeof(b))); /* 3 */
+		ck_assert_int_eq(kl_io_pwrite(f, 2048, b, sizeof(b)), -EIO); /* 4: crash */
+		ck_assert_int_lt(kl_io_sync(f), 0);
+		kl_io_close(f);
+		kl_fault_settle();
+		ck_assert_ok(kl_io_open(tu_path("c.bin"), KL_O_RDONLY, &f));
+		ck_assert_int_eq(kl_io_pread(f, 0, got, sizeof(got)), 4096);
+		kl_io_close(f);
+		ck_assert(memcmp(got, a, 1024) == 0);
+		ck_assert(kl_is_zero(got + 1024, 1024) || memcmp(got + 1024, b, 1024) == 0);
+		ck_assert(kl_is_zero(got + 2048, 2048)); /* the crashing write never happened */
+	}
+}
+END_TEST
+
+START_TEST(fault_torn_write_is_sector_granular)
+{
+	bool saw_partial = false;
+
+	for (uint64_t seed = 1; seed <= 60; seed++) {
+		struct kl_fault_rule r = { .mode = KL_FAULT_CRASH_TORN, .at = 2, .seed = seed };
+		struct kl_file *f;
+		uint8_t b[4096], got[4096];
+		int kept = 0;
+
+		memset(b, 0xcc, sizeof(b));
+		write_file(tu_path("t.bin"), 0, 4096);
+		ck_assert_ok(kl_io_open(tu_path("t.bin"), KL_O_RDWR, &f));
+		kl_fault_arm(&r);
+		ck_assert_ok(kl_io_pwrite(f, 0, b, sizeof(b)));
+		ck_assert_int_lt(kl_io_sync(f), 0);
+		kl_io_close(f);
+		kl_fault_settle();
+		ck_assert_ok(kl_io_open(tu_path("t.bin"), KL_O_RDONLY, &f));
+		ck_assert_int_eq(kl_io_pread(f, 0, got, sizeof(got)), 4096);
+		kl_io_close(f);
+		for (int s = 0; s < 8; s++) {
+			bool all_new = memcmp(got + s * 512, b, 512) == 0;
+
+			ck_assert(all_new || kl_is_zero(got + s * 512, 512));
+			kept += all_new;
+		}
+		if (kept > 0 && kept < 8)
+			saw_partial = true;
+	}
+	ck_assert(saw_partial);
+}
+END_TEST
+
+START_TEST(fault_malloc)
+{
+	struct kl_fault_rule r = { .malloc_at = 2 };
+	void *a, *b, *c;
+
+	kl_fault_arm(&r);
+	a = kl_malloc(10);
+	b = kl_malloc(10);
+	c = kl_malloc(10);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_ptr_null(b);
+	ck_assert_ptr_nonnull(c);
+	kl_fault_reset();
+	kl_free(a);
+	kl_free(c);
+}
+END_TEST
+
+START_TEST(short_read_zero_fills)
+{
+	struct kl_file *f;
+	uint8_t got[8192];
+
+	write_file(tu_path("s.bin"), 0x77, 1000);
+	ck_assert_ok(kl_io_open(tu_path("s.bin"), KL_O_RDONLY, &f));
+	memset(got, 0xee, sizeof(got));
+	ck_assert_int_eq(kl_io_pread(f, 0, got, sizeof(got)), 1000);
+	ck_assert(kl_is_zero(got + 1000, sizeof(got) - 1000));
+	ck_assert_int_eq(kl_io_pread_full(f, 0, got, 2000, "header"), -EUCLEAN);
+	ck_assert(strstr(kl_errmsg(), "header") != NULL);
+	kl_io_close(f);
+}
+END_TEST
+
+static Suite *lib_suite(void)
+{
+	Suite *s = suite_create("lib");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, crc32c_vectors);
+	tcase_add_test(tc, parse_sizes);
+	tcase_add_test(tc, options);
+	tcase_add_test(tc, fault_error_at_point);
+	tcase_add_test(tc, fault_crash_drops_only_unsynced);
+	tcase_add_test(tc, fault_torn_write_is_sector_granular);
+	tcase_add_test(tc, fault_malloc);
+	tcase_add_test(tc, short_read_zero_fills);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return tu_run_suite(lib_suite());
+}
