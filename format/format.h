@@ -45,6 +45,7 @@ struct blk_extent {
 #define BLK_OPEN_PARENT_RDWR 0x8     /* open the immediate parent writable (commit) */
 #define BLK_OPEN_ALLOW_PROBED_RAW_RW 0x10 /* internal: never set by probing */
 #define BLK_OPEN_NO_CHECKSUM 0x20    /* skip per-cluster checksum verification (check -r) */
+#define BLK_OPEN_REPAIR 0x40	     /* check -r: open writable an image that needs repair */
 
 /* Deepest parent chain we follow; deeper is refused as a likely loop. */
 #define BLK_MAX_CHAIN 64
