@@ -15,6 +15,7 @@ CMD(map)
 CMD(compare)
 CMD(convert)
 CMD(io)
+CMD(check)
 #undef CMD
 
 const struct cli_cmd cli_commands[] = {
@@ -27,6 +28,8 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
 	  cmd_io_usage, CLI_WRITES },
+	{ "check", cmd_check, "check (and repair) an image's metadata", cmd_check_usage,
+	  CLI_WRITES },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };

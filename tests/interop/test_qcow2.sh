@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# qcow2 interop: images qemu-img makes read back through keel byte for byte as
+# qemu-img's own `convert -O raw`; images keel writes pass `qemu-img check`,
+# compare identical with qemu-img and open in libqcow (qcowinfo/qcowmount).
+. "$(dirname "$0")/../shell/lib.sh"
+command -v qemu-img >/dev/null || skip "qemu-img not installed (apt-get install qemu-utils)"
+command -v qemu-io >/dev/null || skip "qemu-io not installed (apt-get install qemu-utils)"
+SAMPLES=${KEEL_INTEROP_SAMPLES:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/interop-samples}
+[ -d "$SAMPLES" ] || SAMPLES=/work/shared/interop-samples
+cd "$TMP" || exit 1
+
+# rawcmp A B: byte equality of two raw files, reading only their data
+# extents (SEEK_DATA/SEEK_HOLE): cmp on a sparse 4 GiB file takes a minute.
+rawcmp() {
+	python3 - "$1" "$2" <<'PY'
+import os, sys
+a, b = (open(p, 'rb') for p in sys.argv[1:3])
+sa, sb = os.fstat(a.fileno()).st_size, os.fstat(b.fileno()).st_size
+if sa != sb:
+    sys.exit("size %d != %d" % (sa, sb))
+def extents(f, size):
+    fd, off = f.fileno(), 0
+    while off < size:
+        try:
+            d = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:
+            return
+        h = os.lseek(fd, d, os.SEEK_HOLE)
+        yield d, h
+        off = h
+ranges = sorted(list(extents(a, sa)) + list(extents(b, sb)))
+for s, e in ranges:
+    a.seek(s); b.seek(s)
+    while s < e:
+        n = min(e - s, 1 << 20)
+        x, y = a.read(n), b.read(n)
+        if x != y:
+            i = next(i for i in range(n) if x[i] != y[i])
+            sys.exit("differ at byte %d" % (s + i))
+        s += n
+PY
+}
+
+# mountcmp SRC FILE: FILE (a FUSE view, no holes to skip) holds SRC's bytes:
+# every data extent of SRC compared, plus 256 KiB after each extent and the
+# tail past SRC's size must read as zeros. Reading a 4 GiB FUSE file whole
+# takes half a minute here.
+mountcmp() {
+	python3 - "$1" "$2" <<'PY'
+import os, sys
+src, mnt = open(sys.argv[1], 'rb'), open(sys.argv[2], 'rb')
+size, msize = os.fstat(src.fileno()).st_size, os.fstat(mnt.fileno()).st_size
+if msize < size:
+    sys.exit("mounted size %d < %d" % (msize, size))
+def rd(f, off, n):
+    f.seek(off); return f.read(n)
+off = 0
+while off < size:
+    try:
+        d = os.lseek(src.fileno(), off, os.SEEK_DATA)
+    except OSError:
+        break
+    h = os.lseek(src.fileno(), d, os.SEEK_HOLE)
+    for p in range(d, h, 1 << 20):
+        n = min(h - p, 1 << 20)
+        if rd(src, p, n) != rd(mnt, p, n):
+            sys.exit("differ in [%d, %d)" % (p, p + n))
+    try:
+        nd = os.lseek(src.fileno(), h, os.SEEK_DATA)
+    except OSError:
+        nd = size
+    z = rd(mnt, h, min(256 << 10, nd - h))
+    if z.count(0) != len(z):
+        sys.exit("hole at %d is not zero" % h)
+    off = h
+if rd(mnt, size, msize - size).count(0) != msize - size:
+    sys.exit("tail past %d is not zero" % size)
+PY
+}
+
+# The source: the shared pattern (data, zero runs, holes), a virtual size
+# over 4 GiB with data beyond 4 GiB, and an odd tail (not a multiple of 512).
+SIZE=$(( (4 << 30) + (3 << 20) + 777 ))
+pattern_file head.raw $((6 << 20))
+pattern_file far.raw $((1 << 20))
+truncate -s $SIZE src.raw
+dd if=head.raw of=src.raw conv=notrunc status=none
+dd if=far.raw of=src.raw bs=1 seek=$(( (4 << 30) + 12345 )) conv=notrunc status=none
+printf 'odd tail bytes' | dd of=src.raw bs=1 seek=$((SIZE - 14)) conv=notrunc status=none
+# a small source for the slow cases (512-byte clusters, snapshots, chains)
+pattern_file small.raw $(( (5 << 20) + 333 ))
+
+# read_case NAME SRC ARGS...: qemu-img writes NAME.qcow2 from SRC with ARGS;
+# keel must read what qemu-img's own convert -O raw reads.
+read_case() {
+	local n=$1 src=$2; shift 2
+	if ! qemu-img convert -f raw -O qcow2 "$@" "$src" "$n.qcow2" >"$n.log" 2>&1; then
+		bad "read $n: qemu-img convert $* failed"; sed 's/^/    # /' "$n.log"; return
+	fi
+	check_read "$n"
+}
+check_read() {
+	local n=$1 spec=${2:-$1.qcow2} ref=${3:-}
+	if [ -z "$ref" ]; then
+		ref=$n.ref.raw
+		qemu-img convert -O raw "$n.qcow2" "$ref"
+	fi
+	t "read $n: keel compare with qemu-img's raw" keel compare "$ref" "$spec"
+	t "read $n: keel convert -O raw is byte-identical" \
+		sh -c "'$KEEL' -q convert -O raw '$spec' '$n.keel.raw' && $(declare -f rawcmp); rawcmp '$ref' '$n.keel.raw'"
+	rm -f "$n.keel.raw"
+}
+
+# ------------------------------------------------------------------ read matrix
+read_case c64k src.raw
+read_case c512 src.raw -o cluster_size=512
+read_case c4k src.raw -o cluster_size=4096
+read_case c2m src.raw -o cluster_size=2M
+read_case v2 src.raw -o compat=0.10
+read_case v2-512 small.raw -o compat=0.10,cluster_size=512
+read_case rb1 src.raw -o refcount_bits=1
+read_case rb64 small.raw -o refcount_bits=64,cluster_size=4096
+read_case zlib src.raw -c -o compression_type=zlib
+read_case zstd src.raw -c -o compression_type=zstd
+read_case zlib512 small.raw -c -o cluster_size=512
+read_case zstd2m small.raw -c -o compression_type=zstd,cluster_size=2M
+read_case xl2 src.raw -o extended_l2=on
+read_case xl2-2m small.raw -o extended_l2=on,cluster_size=2M
+t "info says v2 and v3" sh -c "'$KEEL' info v2.qcow2 | grep -q 'qcow2 (v2)' && '$KEEL' info c64k.qcow2 | grep -q 'qcow2 (v3)'"
+t "info shows zstd and extended_l2" sh -c "'$KEEL' info zstd.qcow2 | grep -q 'compression: zstd' && '$KEEL' info xl2.qcow2 | grep -q extended_l2"
+t "map flags compressed clusters" sh -c "'$KEEL' map --output json zlib.qcow2 | grep -q '\"compressed\": *true'"
+
+# zero clusters: v3 zero flag over a backing file, v2 without one
+qemu-img convert -O qcow2 small.raw zb.qcow2
+qemu-img create -q -f qcow2 -b zb.qcow2 -F qcow2 zero3.qcow2
+qemu-io -c "write -z 0 1M" -c "write -z 2M 300k" -c "write -P 0x5a 3M 4k" zero3.qcow2 >/dev/null
+check_read zero3
+t "zero clusters show as zero in map" sh -c "'$KEEL' map --output json zero3.qcow2 | grep -q '\"type\": *\"zero\"'"
+qemu-img convert -O qcow2 -o compat=0.10 small.raw zero2.qcow2
+qemu-io -c "write -z 64k 1M" -c "write -z 3000000 70000" zero2.qcow2 >/dev/null
+check_read zero2
+
+# extended L2: subclusters written partly over a backing file
+qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k -b zb.qcow2 -F qcow2 sub.qcow2
+qemu-io -c "write -P 0x11 4k 2k" -c "write -z 64k 6k" -c "write -P 0x22 130k 1k" \
+	-c "write -P 0x33 1M 64k" sub.qcow2 >/dev/null
+check_read sub
+t "block_status has subcluster granularity (2 KiB runs)" \
+	sh -c "'$KEEL' map --output json sub.qcow2 | python3 -c 'import json,sys; m=json.load(sys.stdin); assert any(e[\"length\"] % 65536 and e[\"length\"] % 2048 == 0 for e in m), m'"
+
+# backing files: qcow2 parent, raw parent recorded relative (rebase -u)
+qemu-img create -q -f qcow2 -b "$TMP/zlib.qcow2" -F qcow2 ov-q.qcow2
+qemu-img rebase -u -b zlib.qcow2 -F qcow2 ov-q.qcow2
+qemu-io -c "write -P 0x44 1000000 300000" -c "write -z 4G 64k" ov-q.qcow2 >/dev/null
+check_read ov-q
+t "info names the backing file and format" sh -c "'$KEEL' info ov-q.qcow2 | grep -q 'parent: zlib.qcow2 (format qcow2)'"
+cp --sparse=always small.raw base.raw
+qemu-img create -q -f qcow2 -b "$TMP/base.raw" -F raw ov-r.qcow2
+qemu-img rebase -u -b base.raw -F raw ov-r.qcow2
+qemu-io -c "write -P 0x45 4095 10000" -c "write -z 1M 100k" ov-r.qcow2 >/dev/null
+check_read ov-r
+# no backing format recorded: the parent is probed (read-only)
+qemu-img create -q -f qcow2 -b zb.qcow2 -F qcow2 ov-nofmt.qcow2
+python3 - ov-nofmt.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b'); h = f.read(4096)
+pos = struct.unpack('>I', h[100:104])[0]
+while True:
+    t, l = struct.unpack('>II', h[pos:pos + 8])
+    if t == 0: break
+    if t == 0xE2792ACA:
+        f.seek(pos); f.write(struct.pack('>I', 0x12345678))  # make it an unknown extension
+    pos += 8 + (l + 7) // 8 * 8
+PY
+t "backing without a recorded format is probed" keel compare zb.qcow2 ov-nofmt.qcow2
+
+# other formats as parents, where keel reads them
+for pf in vmdk vpc vhdx vdi; do
+	"$KEEL" help formats 2>/dev/null | grep -qw "${pf/vpc/vhd}" || continue
+	qemu-img convert -O $pf small.raw "parent-$pf.img" 2>/dev/null || continue
+	qemu-img create -q -f qcow2 -b "parent-$pf.img" -F $pf "ov-$pf.qcow2"
+	qemu-io -c "write -P 0x46 65536 5000" "ov-$pf.qcow2" >/dev/null
+	check_read "ov-$pf"
+done
+
+# internal snapshots: read @name, @id and the current state
+qemu-img convert -O qcow2 small.raw snap.qcow2
+qemu-img snapshot -c first snap.qcow2
+qemu-io -c "write -P 0x61 0 300000" -c "write -z 1M 1M" snap.qcow2 >/dev/null
+qemu-img snapshot -c second snap.qcow2
+qemu-io -c "write -P 0x62 2M 100000" snap.qcow2 >/dev/null
+qemu-img convert -O raw -l snapshot.name=first snap.qcow2 snap-first.raw
+qemu-img convert -O raw -l snapshot.name=second snap.qcow2 snap-second.raw
+check_read snap
+check_read snap-first snap.qcow2@first snap-first.raw
+check_read snap-second snap.qcow2@2 snap-second.raw
+t "info lists both snapshots" sh -c "'$KEEL' info snap.qcow2 | grep -q ' first ' && '$KEEL' info snap.qcow2 | grep -q ' second '"
+expect_err "unknown snapshot is refused by name" "no snapshot named 'third'" keel info snap.qcow2@third
+expect_err "a snapshot is read-only" "read-only" keel io -c "write 0 4k" snap.qcow2@first
+
+# images made by other people's qemu
+for s in ext2.qcow2 windows_volume.qcow2; do
+	[ -f "$SAMPLES/$s" ] || { echo "# note: sample $s not present in $SAMPLES"; continue; }
+	cp "$SAMPLES/$s" "sample-$s"
+	check_read "sample-${s%.qcow2}" "sample-$s"
+done
+if [ -f "$SAMPLES/ext2.vmdk" ] && "$KEEL" help formats 2>/dev/null | grep -qw vmdk; then
+	cp "$SAMPLES/ext2.vmdk" .
+	qemu-img create -q -f qcow2 -b ext2.vmdk -F vmdk ov-ext2.qcow2
+	qemu-io -c "write -P 0x47 1M 4k" ov-ext2.qcow2 >/dev/null
+	check_read ov-ext2
+fi
+
+# ------------------------------------------------------------------ write matrix
+HAVE_MOUNT=0
+mkdir -p mnt
+if command -v qcowmount >/dev/null && qcowmount c64k.qcow2 mnt >/dev/null 2>&1; then
+	HAVE_MOUNT=1
+	fusermount -u mnt 2>/dev/null || umount mnt
+else
+	echo "# note: qcowmount cannot mount here (no FUSE?); qcowinfo only"
+fi
+
+# write_case NAME ARGS...: keel convert -O qcow2 ARGS src.raw NAME.qcow2
+write_case() {
+	local n=$1 src=$2 libqcow=$3; shift 3
+	t "write $n: keel convert $*" keel -q convert -O qcow2 "$@" "$src" "$n.qcow2"
+	t "write $n: qemu-img check finds no errors or leaks" qemu-img check -q -f qcow2 "$n.qcow2"
+	t "write $n: qemu-img compare says identical" qemu-img compare -q -f raw -F qcow2 "$src" "$n.qcow2"
+	if [ "$libqcow" = yes ] && command -v qcowinfo >/dev/null; then
+		t "write $n: qcowinfo opens it" qcowinfo "$n.qcow2"
+		if [ $HAVE_MOUNT = 1 ]; then
+			t "write $n: qcowmount reads the same bytes" sh -c "qcowmount '$n.qcow2' mnt >/dev/null && $(declare -f mountcmp); mountcmp '$src' mnt/qcow1; r=\$?; fusermount -u mnt; exit \$r"
+		fi
+	fi
+}
+write_case w64k src.raw yes
+write_case wz src.raw yes -c
+write_case wzstd src.raw no -c -o compression_type=zstd
+write_case wzstd2 small.raw no -c -o compression=zstd,cluster_size=4K
+write_case w512 small.raw yes -o cluster_size=512
+write_case w4k src.raw yes -o cluster_size=4K
+write_case w2m src.raw yes -o cluster_size=2M
+write_case wrb1 small.raw yes -o refcount_bits=1
+write_case wrb64 small.raw yes -o refcount_bits=64,cluster_size=512
+write_case wz512 small.raw yes -c -o cluster_size=512
+write_case wxl2 small.raw no -o extended_l2=on
+write_case wv2 small.raw yes -o compat=0.10
+t "compressed output holds compressed clusters" sh -c "qemu-img check wz.qcow2 | grep -q '[1-9][0-9.]*% compressed'"
+t "zstd output records zstd" sh -c "qemu-img info wzstd.qcow2 | grep -q 'compression type: zstd'"
+t "-c output is smaller" sh -c "[ \$(stat -c %s wz.qcow2) -lt \$(stat -c %s w64k.qcow2) ]"
+
+# a backing file via keel create -b, then keel io writes at odd offsets
+qemu-img convert -O qcow2 small.raw kb.qcow2
+t "keel create -b" keel -q create -f qcow2 -b kb.qcow2 kov.qcow2
+t "keel io writes into the overlay" keel -q io -c "write -P 0x71 1000 5000" \
+	-c "write -P 0x72 65536 131072" -c "write -P 0x73 4194000 300000" \
+	-c "write -z 500000 1000" -c "write -z 2M 128k" -c "discard 800000 300000" kov.qcow2
+cp --sparse=always small.raw kov.expect
+python3 - kov.expect <<'PY'
+import sys
+f = open(sys.argv[1], 'r+b')
+for off, data in ((1000, b'\x71' * 5000), (65536, b'\x72' * 131072), (4194000, b'\x73' * 300000),
+                  (500000, bytes(1000)), (2 << 20, bytes(128 << 10)), (800000, bytes(300000))):
+    f.seek(off); f.write(data)
+PY
+t "overlay: qemu-img check" qemu-img check -q kov.qcow2
+t "overlay: qemu-img compare with the expected bytes" qemu-img compare -q -f raw -F qcow2 kov.expect kov.qcow2
+t "overlay: backing format recorded" sh -c "qemu-img info kov.qcow2 | grep -q 'backing file format: qcow2'"
+t "overlay: qcowinfo opens it" qcowinfo kov.qcow2
+
+# keel writing into images qemu made: compressed, extended L2, snapshots, v2
+cp zlib512.qcow2 kw1.qcow2; cp sub.qcow2 kw2.qcow2; cp snap.qcow2 kw3.qcow2; cp v2-512.qcow2 kw4.qcow2
+for n in kw1 kw2 kw3 kw4; do
+	qemu-img convert -O raw $n.qcow2 $n.expect
+	t "$n: keel io writes" keel -q io -c "write -P 0x81 3000 70000" -c "write -z 200000 5000" \
+		-c "write -P 0x82 1M 64k" -c "discard 2M 100000" $n.qcow2
+	python3 - $n.expect <<'PY'
+import sys
+f = open(sys.argv[1], 'r+b')
+for off, data in ((3000, b'\x81' * 70000), (200000, bytes(5000)), (1 << 20, b'\x82' * 65536),
+                  (2 << 20, bytes(100000))):
+    f.seek(off); f.write(data)
+PY
+	t "$n: qemu-img check" qemu-img check -q $n.qcow2
+	t "$n: qemu-img compare" qemu-img compare -q -f raw -F qcow2 $n.expect $n.qcow2
+done
+t "kw3: snapshots keep their data after keel's writes" sh -c \
+	"qemu-img convert -O raw -l snapshot.name=first kw3.qcow2 kw3-first.raw && cmp kw3-first.raw snap-first.raw && qemu-img convert -O raw -l snapshot.name=second kw3.qcow2 kw3-second.raw && cmp kw3-second.raw snap-second.raw"
+
+# the refcount table has to grow: 512-byte clusters, 64-bit refcounts
+t "refcount table growth" keel -q create -f qcow2 -o cluster_size=512,refcount_bits=64 grow.qcow2 64M
+t "refcount table growth: 8 MiB of writes" keel -q io -c "write -P 0x91 0 8M" -c "write -P 0x92 20M 3M" grow.qcow2
+t "refcount table growth: qemu-img check" qemu-img check -q grow.qcow2
+t "refcount table growth: data" sh -c "qemu-io -c 'read -P 0x91 0 8M' -c 'read -P 0x92 20M 3M' grow.qcow2 | grep -vq 'Pattern verification failed'"
+
+# dirty bit (lazy refcounts, killed writer): readable, writable only after check -r all
+qemu-img create -q -f qcow2 -o lazy_refcounts=on dirty.qcow2 8M
+bash -c "qemu-io -c 'write -P 0x42 0 1M' -c abort dirty.qcow2" >/dev/null 2>&1
+t "dirty image reads" keel io -c "read -P 0x42 0 1M" dirty.qcow2
+t "dirty shows in info" sh -c "'$KEEL' info dirty.qcow2 | grep -q 'dirty: yes'"
+expect_err "dirty image refuses writes" "keel check -r all" keel io -c "write 0 4k" dirty.qcow2
+expect_rc 3 "keel check reports the stale refcounts" keel check dirty.qcow2
+t "keel check -r all repairs" keel check -r all dirty.qcow2
+t "repaired: qemu-img check" qemu-img check -q dirty.qcow2
+t "repaired: writable" keel -q io -c "write -P 0x43 0 4k" -c "read -P 0x42 4k 1020k" dirty.qcow2
+finish
