@@ -414,6 +414,10 @@ static int l2_for_write(struct blk_dev *d, uint32_t l1i, struct qcow2_cache_entr
 	uint8_t *copy = NULL;
 	int rc;
 
+	if (old && qcow2_overlaps_metadata(d, old, s->cluster_size))
+		return qcow2_corrupt(d, "%s: L2 table at %llu (L1 entry %u) overlaps other metadata; "
+				     "refusing to write through it", d->filename,
+				     (unsigned long long)old, l1i);
 	if (old) {
 		if (l1e & QCOW2_OFLAG_COPIED)
 			return qcow2_l2_load(d, old, out);

@@ -632,8 +632,7 @@ int qcow2_flush(struct blk_dev *d)
 	if (d->read_only || !s->l2c.e)
 		return 0;
 	if (s->broken)
-		return kl_err(-EUCLEAN, "%s: corrupt metadata found earlier; not flushing",
-			      d->filename);
+		return -EUCLEAN; /* the detection site set the message; keep it */
 	/* 1: refcount increments, so nothing below points at an unreferenced cluster */
 	KL_TRY(qcow2_cache_flush(d, &s->rbc, &wrote));
 	if (wrote)

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# qcow2 bad input: damaged or hostile images give "keel: error: ..." naming
+# the file and what is wrong; never a crash, a hang or silently wrong data.
+# Images are made by keel itself, then patched. Run it against the
+# sanitizer build too: KEEL=build-san/keel.
+. "$(dirname "$0")/lib.sh"
+cd "$TMP" || exit 1
+
+# patch FILE CODE: run python CODE with the image open as f and helpers
+# u32/u64 (read big-endian), w8/w32/w64 (write big-endian).
+patch() {
+	python3 - "$@" <<'PY'
+import struct, sys, zlib
+f = open(sys.argv[1], 'r+b')
+def u32(o): f.seek(o); return struct.unpack('>I', f.read(4))[0]
+def u64(o): f.seek(o); return struct.unpack('>Q', f.read(8))[0]
+def w8(o, v): f.seek(o); f.write(bytes([v]))
+def w32(o, v): f.seek(o); f.write(struct.pack('>I', v))
+def w64(o, v): f.seek(o); f.write(struct.pack('>Q', v))
+def wb(o, b): f.seek(o); f.write(b)
+def l2_of(guest=0):
+    cb = u32(20); l1 = u64(40)
+    return u64(l1 + 8 * (guest >> (2 * cb - 3))) & 0x00fffffffffffe00
+exec(sys.argv[2])
+PY
+}
+# fresh NAME [create options]: a 1 MiB image with data in its first cluster
+fresh() {
+	local n=$1; shift
+	"$KEEL" -q create -f qcow2 "$@" "$n" 1M >/dev/null &&
+		"$KEEL" -q io -c "write -P 0x5a 0 64k" "$n" >/dev/null
+}
+rd() { keel -q convert -O raw "$1" "$1.out.raw"; }
+
+fresh good.qcow2
+t "a fresh image reads" rd good.qcow2
+
+head -c 50 good.qcow2 >trunc.qcow2
+expect_err "truncated header" "trunc.qcow2: file is 50 bytes, too short" keel info trunc.qcow2
+head -c 70000 good.qcow2 >trunc2.qcow2
+expect_err "truncated after the header: tables past EOF" "trunc2.qcow2.*past" keel info trunc2.qcow2
+
+cp good.qcow2 bits.qcow2; patch bits.qcow2 'w32(20, 8)'
+expect_err "cluster_bits 8" "bits.qcow2: cluster_bits 8 at offset 20 is outside 9..21" keel info bits.qcow2
+patch bits.qcow2 'w32(20, 22)'
+expect_err "cluster_bits 22" "bits.qcow2: cluster_bits 22" keel info bits.qcow2
+patch bits.qcow2 'w32(20, 0xffffffff)'
+expect_err "cluster_bits 2^32-1" "bits.qcow2: cluster_bits 4294967295" keel info bits.qcow2
+
+cp good.qcow2 ver.qcow2; patch ver.qcow2 'w32(4, 1)'
+expect_err "qcow version 1" "ver.qcow2: qcow version 1" keel info ver.qcow2
+patch ver.qcow2 'w32(4, 4)'
+expect_err "version 4" "ver.qcow2: qcow2 version 4 is not supported" keel info ver.qcow2
+
+cp good.qcow2 hl.qcow2; patch hl.qcow2 'w32(100, 101)'
+expect_err "header_length not a multiple of 8" "hl.qcow2: header_length 101" keel info hl.qcow2
+cp good.qcow2 ro.qcow2; patch ro.qcow2 'w32(96, 7)'
+expect_err "refcount_order 7" "ro.qcow2: refcount_order 7" keel info ro.qcow2
+
+cp good.qcow2 l1eof.qcow2; patch l1eof.qcow2 'w64(40, 1 << 40)'
+expect_err "L1 table offset past EOF" "l1eof.qcow2: L1 table at 1099511627776.*past the end of the file" keel info l1eof.qcow2
+cp good.qcow2 l1big.qcow2; patch l1big.qcow2 'w32(36, 0xffffffff)'
+expect_err "absurd L1 size (overflow bait)" "l1big.qcow2: L1 table has 4294967295 entries, more than" keel info l1big.qcow2
+cp good.qcow2 l1file.qcow2; patch l1file.qcow2 'w32(36, 4 << 20)'
+expect_err "L1 size capped against the file" "l1file.qcow2: L1 table.*past the end of the file" keel info l1file.qcow2
+cp good.qcow2 l1small.qcow2; patch l1small.qcow2 'w64(24, 1 << 50)'
+expect_err "virtual size larger than the L1 table maps" "l1small.qcow2: L1 table has 1 entries but the virtual size" keel info l1small.qcow2
+cp good.qcow2 l1mis.qcow2; patch l1mis.qcow2 'w64(40, u64(40) + 8)'
+expect_err "misaligned L1 table" "l1mis.qcow2: L1 table offset .* not a cluster-aligned" keel info l1mis.qcow2
+
+cp good.qcow2 rteof.qcow2; patch rteof.qcow2 'w64(48, 1 << 40)'
+expect_err "refcount table past EOF" "rteof.qcow2: refcount table at .*past the end of the file" keel info rteof.qcow2
+cp good.qcow2 rtbig.qcow2; patch rtbig.qcow2 'w32(56, 0x7fffffff)'
+expect_err "absurd refcount table size" "rtbig.qcow2: refcount table of 2147483647 clusters" keel info rtbig.qcow2
+cp good.qcow2 rbeof.qcow2; patch rbeof.qcow2 'w64(u64(48), 1 << 40)'
+expect_err "refcount block past EOF: check" "rbeof.qcow2: refcount block at offset 1099511627776.*past end of file" keel check rbeof.qcow2
+expect_err "refcount block past EOF: write" "rbeof.qcow2: refcount block at offset 1099511627776" keel io -c "write 128k 64k" rbeof.qcow2
+
+cp good.qcow2 overlap.qcow2; patch overlap.qcow2 'w64(40, u64(48))'
+expect_err "L1 table overlapping the refcount table" "overlap.qcow2: L1 table at 65536 overlaps the refcount table" keel info overlap.qcow2
+cp good.qcow2 l2hdr.qcow2; patch l2hdr.qcow2 'w64(u64(40), 0 | (1 << 63) | 512)'
+expect_err "L2 table inside the header" "l2hdr.qcow2: L2 table offset 512" rd l2hdr.qcow2
+cp good.qcow2 l2rt.qcow2; patch l2rt.qcow2 'w64(u64(40), u64(48) | (1 << 63))'
+expect_err "L2 table on top of the refcount table: write refused" "l2rt.qcow2: L2 table at 65536 (L1 entry 0) overlaps other metadata" keel io -c "write -P 1 0 4k" l2rt.qcow2
+t "...and the refcount table is intact" sh -c "'$KEEL' check --output json l2rt.qcow2 | grep -q '\"filename\"'"
+
+cp good.qcow2 l2eof.qcow2; patch l2eof.qcow2 'w64(u64(40), (1 << 40) | (1 << 63))'
+expect_err "L2 table past EOF" "l2eof.qcow2: L2 table at offset 1099511627776.*past end of file" rd l2eof.qcow2
+cp good.qcow2 deof.qcow2; patch deof.qcow2 'w64(l2_of(), (1 << 40) | (1 << 63))'
+expect_err "data cluster past EOF" "deof.qcow2: data of guest offset 0 at host offset 1099511627776 lies past the end" rd deof.qcow2
+cp good.qcow2 dmis.qcow2; patch dmis.qcow2 'w64(l2_of(), u64(l2_of()) + 4096)'
+expect_err "misaligned data cluster" "dmis.qcow2: L2 table at .* entry 0: cluster offset .* not cluster aligned" rd dmis.qcow2
+
+# compressed clusters that lie
+keel -q convert -c -O qcow2 good.qcow2 comp.qcow2 >/dev/null
+cp comp.qcow2 infl.qcow2
+patch infl.qcow2 '
+e = u64(l2_of()); cb = u32(20); shift = 62 - (cb - 8)
+off = e & ((1 << shift) - 1); n = ((e >> shift) & ((1 << (cb - 8)) - 1)) + 1
+room = n * 512 - (off & 511)
+c = zlib.compressobj(9, zlib.DEFLATED, -12)
+z = c.compress(bytes(3 << 16)) + c.flush()
+assert len(z) <= room, (len(z), room)
+wb(off, z)'
+expect_err "compressed data inflating past the cluster" "infl.qcow2: compressed cluster at .* inflates past the cluster size 65536" rd infl.qcow2
+cp comp.qcow2 short.qcow2
+patch short.qcow2 '
+e = u64(l2_of()); off = e & ((1 << 54) - 1)
+c = zlib.compressobj(9, zlib.DEFLATED, -12)
+wb(off, c.compress(bytes(1000)) + c.flush())'
+expect_err "compressed data too short" "short.qcow2: compressed cluster at .* corrupt or short" rd short.qcow2
+cp comp.qcow2 garbage.qcow2
+patch garbage.qcow2 'e = u64(l2_of()); wb(e & ((1 << 54) - 1), b"\xff" * 64)'
+expect_err "compressed garbage" "garbage.qcow2: compressed cluster at" rd garbage.qcow2
+keel -q convert -c -O qcow2 -o compression_type=zstd good.qcow2 zcomp.qcow2 >/dev/null
+cp zcomp.qcow2 zgarb.qcow2
+patch zgarb.qcow2 'e = u64(l2_of()); wb(e & ((1 << 54) - 1), b"\x28\xb5\x2f\xfd" + b"\xff" * 60)'
+expect_err "zstd garbage" "zgarb.qcow2: compressed cluster at .*zstd" rd zgarb.qcow2
+cp comp.qcow2 ctype.qcow2; patch ctype.qcow2 'w8(104, 1)'
+expect_err "compression type without its feature bit" "ctype.qcow2: compression type 1 at offset 104 without" keel info ctype.qcow2
+cp comp.qcow2 ctype2.qcow2; patch ctype2.qcow2 'w8(104, 7); w64(72, 8)'
+expect_err "unknown compression type" "ctype2.qcow2: unknown compression type 7" keel info ctype2.qcow2
+
+# feature bits
+cp good.qcow2 incompat.qcow2; patch incompat.qcow2 'w64(72, 1 << 7)'
+expect_err "unknown incompatible bit" "incompat.qcow2: unsupported incompatible feature bit 7" keel info incompat.qcow2
+cp good.qcow2 named.qcow2
+patch named.qcow2 '
+p = u32(100)
+while u32(p) != 0x6803F857: p += 8 + (u32(p + 4) + 7) // 8 * 8
+wb(p + 8, bytes([0, 9]) + b"future widget".ljust(46, b"\0")); w64(72, 1 << 9)'
+expect_err "unknown bit named from the feature table" "named.qcow2: unsupported incompatible feature bit 9 ('future widget')" keel info named.qcow2
+cp good.qcow2 enc.qcow2; patch enc.qcow2 'w32(32, 2)'
+expect_err "encrypted image" "enc.qcow2: encrypted qcow2 (crypt_method 2, LUKS) is not supported" keel info enc.qcow2
+cp good.qcow2 corrupt.qcow2; patch corrupt.qcow2 'w64(72, 2)'
+t "corrupt bit: readable" rd corrupt.qcow2
+t "corrupt bit: info says so" sh -c "'$KEEL' info corrupt.qcow2 | grep -q 'corrupt: yes'"
+expect_err "corrupt bit: no writable open" "corrupt.qcow2: image is marked corrupt" keel io -c "write 0 4k" corrupt.qcow2
+if command -v qemu-img >/dev/null; then
+	qemu-img create -q -f qcow2 -o data_file=datafile.raw ext.qcow2 1M
+	expect_err "external data file" "ext.qcow2: guest data lives in an external data file 'datafile.raw'" keel info ext.qcow2
+fi
+cp good.qcow2 v2zero.qcow2; keel -q convert -O qcow2 -o compat=0.10 good.qcow2 v2zero.qcow2
+patch v2zero.qcow2 'w64(l2_of(), u64(l2_of()) | 1)'
+expect_err "zero flag in a v2 image" "v2zero.qcow2: L2 table at .* entry 0: zero flag in a version 2 image" rd v2zero.qcow2
+keel -q create -f qcow2 -o extended_l2=on xl2.qcow2 1M
+keel -q io -c "write 0 64k" xl2.qcow2
+cp xl2.qcow2 xl2bad.qcow2; patch xl2bad.qcow2 'w64(l2_of() + 8, 0x00000001_00000001)'
+expect_err "subcluster both allocated and zero" "xl2bad.qcow2: L2 table at .* both allocated and zero" rd xl2bad.qcow2
+
+# snapshot table
+cp good.qcow2 snap.qcow2; patch snap.qcow2 'w32(60, 1); w64(64, 1 << 40)'
+expect_err "snapshot table past EOF" "snap.qcow2: snapshot table offset 1099511627776" keel info snap.qcow2
+cp good.qcow2 snap2.qcow2; patch snap2.qcow2 'w32(60, 0xffffffff); w64(64, 65536 * 4)'
+expect_err "absurd snapshot count" "snap2.qcow2: 4294967295 snapshots" keel info snap2.qcow2
+cp good.qcow2 snap3.qcow2; size=$(stat -c %s snap3.qcow2); truncate -s $((size + 4096)) snap3.qcow2
+patch snap3.qcow2 "w32(60, 1000); w64(64, $size)"
+expect_err "snapshot entries running past EOF" "snap3.qcow2: snapshot .* runs past the end" keel info snap3.qcow2
+
+# backing chains
+cp good.qcow2 bname.qcow2; patch bname.qcow2 'w64(8, 1 << 20); w32(16, 10)'
+expect_err "backing name outside the header cluster" "bname.qcow2: backing file name at offset 1048576" keel info bname.qcow2
+keel -q create -f qcow2 a.qcow2 1M
+keel -q create -f qcow2 -b a.qcow2 b.qcow2
+keel -q create -f qcow2 -b b.qcow2 a2.qcow2 && mv a2.qcow2 a.qcow2
+expect_err "backing loop a -> b -> a" "loops back" keel info a.qcow2
+keel -q create -f qcow2 gone.qcow2 1M
+keel -q create -f qcow2 -b gone.qcow2 orphan.qcow2 && rm gone.qcow2
+expect_err "missing backing file" "orphan.qcow2.*'gone.qcow2' not found" keel info orphan.qcow2
+t "info without the parent still works" keel info --no-parent orphan.qcow2
+mkdir -p inner outer
+keel -q create -f qcow2 outer/base.qcow2 1M
+keel -q create -f qcow2 --allow-external-backing -b ../outer/base.qcow2 inner/esc.qcow2
+expect_err "backing file outside the directory" "inner/esc.qcow2.*outside the image's directory.*allow-external-backing" keel info inner/esc.qcow2
+t "...accepted with --allow-external-backing" keel info --allow-external-backing inner/esc.qcow2
+finish
