@@ -37,6 +37,7 @@ int qcow2_file_write(struct blk_dev *d, uint64_t off, const void *buf, size_t le
 	struct qcow2_state *s = qcow2_s(d);
 
 	KL_TRY(kl_io_pwrite(d->file, off, buf, len));
+	s->unsynced = true;
 	if (off + len > s->file_size)
 		s->file_size = off + len;
 	return 0;
@@ -650,7 +651,11 @@ int qcow2_flush(struct blk_dev *d)
 		KL_TRY(qcow2_apply_frees(d));
 		KL_TRY(qcow2_cache_flush(d, &s->rbc, NULL));
 	}
-	return kl_io_sync(d->file);
+	if (!s->unsynced)
+		return 0;
+	KL_TRY(kl_io_sync(d->file));
+	s->unsynced = false;
+	return 0;
 }
 
 /* ------------------------------------------------------------------ create */

@@ -228,6 +228,7 @@ struct qcow2_state {
 	size_t nfrees, cap_frees;
 	uint64_t *rb_offsets;	 /* sorted refcount block offsets, for overlap checks */
 	size_t n_rb_offsets;
+	bool unsynced;		 /* written since the last sync */
 	bool wrote_header_bits;	 /* autoclear bits cleared before the first write */
 	bool broken;		 /* corruption seen while writing: refuse further writes */
 	uint32_t *check_refs;	 /* during check -r: computed references per cluster */
