@@ -231,6 +231,7 @@ static int create_refblock(struct blk_dev *d, uint64_t ti)
 	s->rt[ti] = off;
 	if (s->check_refs && c < s->check_nclusters)
 		s->check_refs[c]++;
+	s->alloc_end = KL_MAX(s->alloc_end, c + 1);
 	return add_rb_offset(d, off);
 }
 
@@ -305,6 +306,7 @@ static int grow_table(struct blk_dev *d, uint64_t min_ti)
 	s->rt_entries = entries;
 	s->rt_offset = (E + B) * cs;
 	s->rt_clusters = (uint32_t)T;
+	s->alloc_end = KL_MAX(s->alloc_end, E + B + T);
 	for (uint64_t j = 0; j < B && rc == 0; j++)
 		rc = add_rb_offset(d, (E + j) * cs);
 	if (rc == 0)
@@ -368,6 +370,13 @@ static int find_free(struct blk_dev *d, uint64_t *out)
 	struct qcow2_state *s = qcow2_s(d);
 	uint64_t idx = s->free_hint;
 	uint64_t max_idx = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+	/*
+	 * Past the end of the file (and of what this session allocated) only
+	 * a few leaked clusters can have references; hostile refcount blocks
+	 * claiming billions must not keep us scanning.
+	 */
+	uint64_t end = KL_MAX(KL_DIV_ROUND_UP(s->file_size, s->cluster_size), s->alloc_end);
+	uint64_t limit = end + 65536;
 
 	for (;;) {
 		uint64_t boff, v = 0;
@@ -375,6 +384,10 @@ static int find_free(struct blk_dev *d, uint64_t *out)
 		if (idx >= max_idx)
 			return kl_err(-ENOSPC, "%s: no room left below the 64 PiB qcow2 offset limit",
 				      d->filename);
+		if (idx >= limit)
+			return qcow2_corrupt(d, "%s: refcounts claim clusters far past the end of the "
+					     "file (cluster %llu); run 'keel check'", d->filename,
+					     (unsigned long long)idx);
 		KL_TRY(rb_offset(d, idx / s->rb_entries, &boff));
 		if (boff)
 			KL_TRY(qcow2_get_refcount(d, idx, &v));
@@ -437,6 +450,7 @@ int qcow2_alloc_clusters(struct blk_dev *d, uint64_t n, uint64_t *off, uint64_t 
 		for (uint64_t c = st; c < st + k && c < s->check_nclusters; c++)
 			s->check_refs[c]++;
 	s->free_hint = st + k;
+	s->alloc_end = KL_MAX(s->alloc_end, st + k);
 	*off = st << s->cluster_bits;
 	if (got)
 		*got = k;
@@ -623,12 +637,38 @@ static int ck_l2(struct check_ctx *k, uint64_t l2_off, bool active)
 static int ck_l1(struct check_ctx *k, const uint64_t *l1, uint32_t n, bool active)
 {
 	struct qcow2_state *s = qcow2_s(k->d);
+	uint64_t *seen = kl_malloc(((size_t)n + 1) * sizeof(uint64_t));
+	uint64_t *dups = kl_malloc(((size_t)n + 1) * sizeof(uint64_t));
+	bool *walked = kl_calloc((size_t)n + 1, sizeof(bool));
+	size_t nseen = 0, ndup = 0;
+	int rc = 0;
 
-	for (uint32_t i = 0; i < n; i++) {
+	if (!seen || !dups || !walked) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	/* an L2 table used twice by one L1 table is corrupt; walk it once only */
+	for (uint32_t i = 0; i < n; i++)
+		if (l1[i] & QCOW2_OFFSET_MASK)
+			seen[nseen++] = l1[i] & QCOW2_OFFSET_MASK;
+	qsort(seen, nseen, sizeof(uint64_t), cmp_u64);
+	for (size_t j = 1; j < nseen; j++)
+		if (seen[j] == seen[j - 1] && (ndup == 0 || dups[ndup - 1] != seen[j]))
+			dups[ndup++] = seen[j];
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
 		uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+		uint64_t *hit;
 
 		if (!l2)
 			continue;
+		hit = ndup ? bsearch(&l2, dups, ndup, sizeof(uint64_t), cmp_u64) : NULL;
+		if (hit) {
+			if (walked[hit - dups])
+				continue;
+			walked[hit - dups] = true;
+			ck_corrupt(k, "L2 table at %llu is used by more than one L1 entry (first: %u)",
+				   (unsigned long long)l2, i);
+		}
 		if (l2 % s->cluster_size || l2 < s->cluster_size) {
 			ck_corrupt(k, "L1 entry %u: L2 table offset %llu is misaligned or in the "
 				   "header", i, (unsigned long long)l2);
@@ -636,9 +676,13 @@ static int ck_l1(struct check_ctx *k, const uint64_t *l1, uint32_t n, bool activ
 		}
 		ck_ref(k, l2, s->cluster_size, "L2 table");
 		if ((l2 >> s->cluster_bits) < k->nclusters)
-			KL_TRY(ck_l2(k, l2, active));
+			rc = ck_l2(k, l2, active);
 	}
-	return 0;
+out:
+	kl_free(seen);
+	kl_free(dups);
+	kl_free(walked);
+	return rc;
 }
 
 static int ck_read_l1(struct check_ctx *k, uint64_t off, uint32_t n, uint64_t **out)
@@ -728,59 +772,91 @@ static int ck_bitmaps(struct check_ctx *k)
 	return rc;
 }
 
+static int ck_copied_one(struct check_ctx *k, const uint64_t *l1, uint32_t i, bool fix);
+
 /* Make the copied flags of the active tables say exactly "refcount is 1". */
 static int ck_copied(struct check_ctx *k, const uint64_t *l1, uint32_t n, bool fix)
 {
 	struct blk_dev *d = k->d;
 	struct qcow2_state *s = qcow2_s(d);
+	uint64_t *uniq = kl_malloc(((size_t)n + 1) * sizeof(uint64_t));
+	bool *done = kl_calloc((size_t)n + 1, sizeof(bool));
+	size_t nu = 0;
+	int rc = 0;
 
-	for (uint32_t i = 0; i < n; i++) {
-		uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK, rc1;
-		struct qcow2_cache_entry *e;
+	if (!uniq || !done) {
+		kl_free(uniq);
+		kl_free(done);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		if (l1[i] & QCOW2_OFFSET_MASK)
+			uniq[nu++] = l1[i] & QCOW2_OFFSET_MASK;
+	qsort(uniq, nu, sizeof(uint64_t), cmp_u64);
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
+		uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+		size_t u;
 
 		if (!l2 || l2 % s->cluster_size || (l2 >> s->cluster_bits) >= k->nclusters)
 			continue;
-		KL_TRY(qcow2_get_refcount(d, l2 >> s->cluster_bits, &rc1));
-		if ((rc1 == 1) != !!(l1[i] & QCOW2_OFLAG_COPIED)) {
-			ck_corrupt(k, "L1 entry %u: copied flag %s but the L2 table's refcount is %llu",
-				   i, l1[i] & QCOW2_OFLAG_COPIED ? "set" : "clear",
-				   (unsigned long long)rc1);
-			if (fix && s->cur_snap < 0) {
-				s->l1[i] = rc1 == 1 ? s->l1[i] | QCOW2_OFLAG_COPIED
-						    : s->l1[i] & ~QCOW2_OFLAG_COPIED;
-				s->l1_dirty_lo = KL_MIN(s->l1_dirty_lo, i);
-				s->l1_dirty_hi = KL_MAX(s->l1_dirty_hi, i);
-				k->r->repaired++;
-			}
-		}
-		for (uint32_t j = 0; j < s->l2_entries; j++) {
-			uint64_t ent, host, rc2;
+		u = (size_t)((uint64_t *)bsearch(&l2, uniq, nu, sizeof(uint64_t), cmp_u64) - uniq);
+		if (done[u])
+			continue; /* each table once, however many entries point at it */
+		done[u] = true;
+		rc = ck_copied_one(k, l1, i, fix);
+	}
+	kl_free(uniq);
+	kl_free(done);
+	return rc;
+}
 
-			if (qcow2_cache_get(d, &s->l2c, l2, true, &e) < 0) {
-				kl_err_clear();
-				break;
-			}
-			ent = qcow2_l2_entry(s, e->buf, j);
-			host = ent & QCOW2_OFFSET_MASK;
-			if ((ent & QCOW2_OFLAG_COMPRESSED) || !host || host % s->cluster_size ||
-			    (host >> s->cluster_bits) >= k->nclusters)
-				continue;
-			KL_TRY(qcow2_get_refcount(d, host >> s->cluster_bits, &rc2));
-			if ((rc2 == 1) == !!(ent & QCOW2_OFLAG_COPIED))
-				continue;
-			ck_corrupt(k, "data cluster %llu (L2 table %llu entry %u): copied flag %s "
-				   "but refcount %llu", (unsigned long long)host,
-				   (unsigned long long)l2, j, ent & QCOW2_OFLAG_COPIED ? "set" : "clear",
-				   (unsigned long long)rc2);
-			if (fix && (rc1 == 1)) {
-				KL_TRY(qcow2_cache_get(d, &s->l2c, l2, true, &e));
-				qcow2_set_l2(s, e->buf, j,
-					     rc2 == 1 ? ent | QCOW2_OFLAG_COPIED
-						      : ent & ~QCOW2_OFLAG_COPIED,
-					     qcow2_l2_bitmap(s, e->buf, j));
-				qcow2_cache_dirty(e);
-				k->r->repaired++;
-			}
+static int ck_copied_one(struct check_ctx *k, const uint64_t *l1, uint32_t i, bool fix)
+{
+	struct blk_dev *d = k->d;
+	struct qcow2_state *s = qcow2_s(d);
+	uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK, rc1;
+	struct qcow2_cache_entry *e;
+
+	KL_TRY(qcow2_get_refcount(d, l2 >> s->cluster_bits, &rc1));
+	if ((rc1 == 1) != !!(l1[i] & QCOW2_OFLAG_COPIED)) {
+		ck_corrupt(k, "L1 entry %u: copied flag %s but the L2 table's refcount is %llu",
+			   i, l1[i] & QCOW2_OFLAG_COPIED ? "set" : "clear",
+			   (unsigned long long)rc1);
+		if (fix && s->cur_snap < 0) {
+			s->l1[i] = rc1 == 1 ? s->l1[i] | QCOW2_OFLAG_COPIED
+					    : s->l1[i] & ~QCOW2_OFLAG_COPIED;
+			s->l1_dirty_lo = KL_MIN(s->l1_dirty_lo, i);
+			s->l1_dirty_hi = KL_MAX(s->l1_dirty_hi, i);
+			k->r->repaired++;
+		}
+	}
+	for (uint32_t j = 0; j < s->l2_entries; j++) {
+		uint64_t ent, host, rc2;
+
+		if (qcow2_cache_get(d, &s->l2c, l2, true, &e) < 0) {
+			kl_err_clear();
+			break;
+		}
+		ent = qcow2_l2_entry(s, e->buf, j);
+		host = ent & QCOW2_OFFSET_MASK;
+		if ((ent & QCOW2_OFLAG_COMPRESSED) || !host || host % s->cluster_size ||
+		    (host >> s->cluster_bits) >= k->nclusters)
+			continue;
+		KL_TRY(qcow2_get_refcount(d, host >> s->cluster_bits, &rc2));
+		if ((rc2 == 1) == !!(ent & QCOW2_OFLAG_COPIED))
+			continue;
+		ck_corrupt(k, "data cluster %llu (L2 table %llu entry %u): copied flag %s "
+			   "but refcount %llu", (unsigned long long)host,
+			   (unsigned long long)l2, j, ent & QCOW2_OFLAG_COPIED ? "set" : "clear",
+			   (unsigned long long)rc2);
+		if (fix && (rc1 == 1)) {
+			KL_TRY(qcow2_cache_get(d, &s->l2c, l2, true, &e));
+			qcow2_set_l2(s, e->buf, j,
+				     rc2 == 1 ? ent | QCOW2_OFLAG_COPIED
+					      : ent & ~QCOW2_OFLAG_COPIED,
+				     qcow2_l2_bitmap(s, e->buf, j));
+			qcow2_cache_dirty(e);
+			k->r->repaired++;
 		}
 	}
 	return 0;

@@ -224,6 +224,7 @@ struct qcow2_state {
 	uint8_t *zbuf;		 /* compressed output */
 	uint64_t free_byte_offset; /* where the next compressed cluster is packed, 0 = none */
 	uint64_t free_hint;	 /* no free cluster below this index */
+	uint64_t alloc_end;	 /* one past the highest cluster allocated by this handle */
 	struct qcow2_free *frees; /* references dropped, applied after the L2 tables are durable */
 	size_t nfrees, cap_frees;
 	uint64_t *rb_offsets;	 /* sorted refcount block offsets, for overlap checks */
