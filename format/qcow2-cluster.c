@@ -162,6 +162,7 @@ int qcow2_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk
 	struct qcow2_state *s = qcow2_s(d);
 	struct qcow2_piece p;
 
+	KL_TRY(qcow2_pend_flush(d));
 	KL_TRY(qcow2_map(d, off, len, true, &p));
 	e->len = p.len;
 	switch (p.type) {
@@ -342,6 +343,7 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 	struct qcow2_state *s = qcow2_s(d);
 	uint8_t *b = buf;
 
+	KL_TRY(qcow2_pend_flush(d));
 	while (len > 0) {
 		struct qcow2_piece p;
 		size_t n;
@@ -548,6 +550,45 @@ static int write_new_cluster(struct blk_dev *d, uint64_t ci, const uint8_t *data
 			 host | QCOW2_OFLAG_COPIED, QCOW2_L2_BITMAP_ALL_ALLOC);
 }
 
+int qcow2_pend_flush(struct blk_dev *d)
+{
+	struct qcow2_state *s = qcow2_s(d);
+
+	if (!s->pend)
+		return 0;
+	s->pend = false;
+	return write_new_cluster(d, s->pend_ci, s->pbuf);
+}
+
+/*
+ * compress=on and a write covering part of a cluster that is not ours yet:
+ * collect the cluster in pbuf (starting from what it reads as now) and
+ * store it, compressed, once it is full or something else happens. This
+ * is what lets `convert -c`, which writes 64 KiB at a time and skips zero
+ * blocks, produce compressed clusters larger than that.
+ */
+static int stage_write(struct blk_dev *d, uint64_t ci, uint64_t coff, const uint8_t *src, size_t n)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint64_t cstart = ci << s->cluster_bits;
+	uint64_t clen = KL_MIN((uint64_t)s->cluster_size, d->size - cstart);
+
+	if (s->pend && s->pend_ci != ci)
+		KL_TRY(qcow2_pend_flush(d));
+	if (!s->pend) {
+		if (!s->pbuf && !(s->pbuf = kl_aligned_alloc(s->cluster_size)))
+			return -ENOMEM;
+		KL_TRY(blk_pread(d, cstart, s->pbuf, (size_t)clen));
+		memset(s->pbuf + clen, 0, s->cluster_size - clen);
+		s->pend_ci = ci;
+		s->pend = true;
+	}
+	memcpy(s->pbuf + coff, src, n);
+	if (coff + n == clen)
+		return qcow2_pend_flush(d); /* filled up to its end: store it now */
+	return 0;
+}
+
 /* A write covering part of cluster ci: read the cluster whole, patch it, write it. */
 static int cow_cluster(struct blk_dev *d, uint64_t ci, uint64_t coff, const uint8_t *src, size_t n)
 {
@@ -609,10 +650,20 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
 		size_t n, run;
 		bool ok;
 
+		if (s->pend && s->pend_ci != ci)
+			KL_TRY(qcow2_pend_flush(d));
 		if (s->nfrees > QCOW2_MAX_PENDING_FREES)
 			KL_TRY(qcow2_flush(d));
 		clen = KL_MIN((uint64_t)s->cluster_size, d->size - cstart);
 		n = (size_t)KL_MIN((uint64_t)len, clen - coff);
+		if (s->pend) {
+			/* more of the cluster being collected */
+			KL_TRY(stage_write(d, ci, coff, b, n));
+			b += n;
+			off += n;
+			len -= n;
+			continue;
+		}
 		KL_TRY(l2_for_write(d, l1i, &e));
 		ent = qcow2_l2_entry(s, e->buf, l2i);
 		bm = qcow2_l2_bitmap(s, e->buf, l2i);
@@ -660,6 +711,8 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
 			n = (size_t)(k * s->cluster_size);
 		} else if (coff == 0 && n == s->cluster_size) {
 			KL_TRY(write_new_cluster(d, ci, b));
+		} else if (s->compress && !(s->ext_l2 && (ent & QCOW2_OFFSET_MASK))) {
+			KL_TRY(stage_write(d, ci, coff, b, n));
 		} else {
 			KL_TRY(cow_cluster(d, ci, coff, b, n));
 		}
@@ -699,6 +752,7 @@ int qcow2_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned 
 	struct qcow2_state *s = qcow2_s(d);
 
 	KL_TRY(qcow2_prepare_write(d));
+	KL_TRY(qcow2_pend_flush(d));
 	while (len > 0) {
 		uint64_t ci = off >> s->cluster_bits, cstart = ci << s->cluster_bits;
 		uint64_t coff = off - cstart, clen, n;

@@ -970,13 +970,14 @@ out:
 	return rc;
 }
 
-int qcow2_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
+static int check_run(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 {
 	struct qcow2_state *s = qcow2_s(d);
 	uint64_t bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
 	bool all = (flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL;
 	struct blk_check_report again;
 	uint8_t b[8];
+	int rc;
 
 	if (d->read_only)
 		flags = 0;
@@ -992,10 +993,12 @@ int qcow2_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		return 0;
 	/* report what is left after the repair, keeping the first messages */
 	memset(&again, 0, sizeof(again));
-	KL_TRY(check_pass(d, &again, 0));
+	rc = check_pass(d, &again, 0);
 	r->corruptions = again.corruptions;
 	r->leaks = again.leaks;
 	blk_check_report_release(&again);
+	if (rc < 0)
+		return rc;
 	if (all && !r->corruptions && (s->incompat & bits)) {
 		s->incompat &= ~bits;
 		put_be64(b, s->incompat);
@@ -1004,4 +1007,14 @@ int qcow2_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		r->repaired++;
 	}
 	return 0;
+}
+
+int qcow2_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
+{
+	int rc = check_run(d, r, flags);
+
+	/* a failed check leaves nothing for the caller to free */
+	if (rc < 0)
+		blk_check_report_release(r);
+	return rc;
 }

@@ -332,6 +332,7 @@ static void qcow2_close(struct blk_dev *d)
 	kl_free(s->dbuf);
 	kl_free(s->wbuf);
 	kl_free(s->zbuf);
+	kl_free(s->pbuf);
 	kl_free(s->frees);
 	kl_free(s->rb_offsets);
 	kl_free(s->check_refs);
@@ -634,6 +635,7 @@ int qcow2_flush(struct blk_dev *d)
 		return 0;
 	if (s->broken)
 		return -EUCLEAN; /* the detection site set the message; keep it */
+	KL_TRY(qcow2_pend_flush(d));
 	/* 1: refcount increments, so nothing below points at an unreferenced cluster */
 	KL_TRY(qcow2_cache_flush(d, &s->rbc, &wrote));
 	if (wrote)

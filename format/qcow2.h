@@ -222,6 +222,9 @@ struct qcow2_state {
 	ZSTD_CCtx *zcctx;
 	uint8_t *wbuf;		 /* one cluster of scratch for COW and compression input */
 	uint8_t *zbuf;		 /* compressed output */
+	uint8_t *pbuf;		 /* compress=on: a cluster being filled by partial writes */
+	uint64_t pend_ci;	 /* its guest cluster index */
+	bool pend;		 /* pbuf holds data not yet stored */
 	uint64_t free_byte_offset; /* where the next compressed cluster is packed, 0 = none */
 	uint64_t free_hint;	 /* no free cluster below this index */
 	uint64_t alloc_end;	 /* one past the highest cluster allocated by this handle */
@@ -311,6 +314,8 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len);
 int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len);
 int qcow2_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned flags);
 int qcow2_discard(struct blk_dev *d, uint64_t off, uint64_t len);
+/* Store the cluster compress=on is still filling (every entry point calls this first). */
+int qcow2_pend_flush(struct blk_dev *d);
 /* Decompress the cluster an L2 descriptor names into s->dbuf (cached). */
 int qcow2_decompress(struct blk_dev *d, uint64_t desc);
 /* Load an L2 table through the cache, checking its offset first. */

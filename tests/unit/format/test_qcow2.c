@@ -266,6 +266,43 @@ START_TEST(compressed_zstd_refcount1)
 }
 END_TEST
 
+START_TEST(compressed_from_partial_writes)
+{
+	/* 64 KiB writes into 256 KiB clusters, skipping blocks, as convert -c does */
+	const char *p = tu_path("cstage.qcow2");
+	uint64_t size = 2 * MIB, cs = 256 * 1024;
+	uint8_t *model = calloc(1, size), tmp[100];
+	struct blk_extent e;
+	struct blk_dev *d;
+
+	create_img(p, size, "cluster_size=256K,compress=on", NULL, NULL);
+	d = open_img(p, BLK_OPEN_RDWR);
+	for (uint64_t i = 0; i < size; i++)
+		model[i] = (uint8_t)("staged compressed write "[i % 24]);
+	memset(model + 64 * 1024, 0, 64 * 1024);  /* skipped: reads as zeros */
+	memset(model + cs + 3 * 65536, 0, 65536); /* last block of cluster 1 skipped */
+	for (uint64_t off = 0; off < size; off += 65536) {
+		if (kl_is_zero(model + off, 65536))
+			continue;
+		ck_assert_ok(blk_pwrite(d, off, model + off, 65536));
+		if (off == 5 * cs + 65536) /* a read in the middle stores the cluster early */
+			ck_assert_ok(blk_pread(d, off, tmp, sizeof(tmp)));
+	}
+	verify(d, model, size);
+	ck_assert_ok(blk_block_status(d, 0, cs, &e));
+	ck_assert(e.flags & BLK_EXT_COMPRESSED);
+	ck_assert_ok(blk_block_status(d, cs, cs, &e));
+	ck_assert(e.flags & BLK_EXT_COMPRESSED);
+	blk_close(d);
+	d = open_img(p, 0);
+	verify(d, model, size);
+	check_clean(d, false);
+	blk_close(d);
+	qemu_check(p);
+	free(model);
+}
+END_TEST
+
 START_TEST(zero_and_discard_status)
 {
 	const char *p = tu_path("zero.qcow2");
@@ -618,6 +655,7 @@ int main(void)
 	tcase_add_test(tc, unaligned_writes_compressed);
 	tcase_add_test(tc, compressed_zlib);
 	tcase_add_test(tc, compressed_zstd_refcount1);
+	tcase_add_test(tc, compressed_from_partial_writes);
 	tcase_add_test(tc, zero_and_discard_status);
 	tcase_add_test(tc, backing_cow);
 	tcase_add_test(tc, refcount_table_grows);
