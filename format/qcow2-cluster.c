@@ -613,9 +613,10 @@ static int cow_cluster(struct blk_dev *d, uint64_t ci, uint64_t coff, const uint
 			KL_TRY(qcow2_get_refcount(d, host >> s->cluster_bits, &rc));
 		if (rc == 1) {
 			/* partly allocated cluster of ours: complete it in place */
-			if (qcow2_overlaps_metadata(d, host, s->cluster_size))
-				return qcow2_corrupt(d, "%s: data cluster at %llu overlaps metadata",
-						     d->filename, (unsigned long long)host);
+			if (qcow2_overlaps_metadata(d, host, s->cluster_size) || host >= s->file_size)
+				return qcow2_corrupt(d, "%s: data cluster at %llu overlaps metadata "
+						     "or lies past the end of the file", d->filename,
+						     (unsigned long long)host);
 			KL_TRY(qcow2_file_write(d, host, s->wbuf, s->cluster_size));
 			KL_TRY(l2_for_write(d, l1i, &e));
 			qcow2_set_l2(s, e->buf, l2i, ent, QCOW2_L2_BITMAP_ALL_ALLOC);
@@ -687,6 +688,12 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
 						     "overlaps metadata", d->filename,
 						     (unsigned long long)off,
 						     (unsigned long long)(host + coff));
+			if (host >= s->file_size)
+				return qcow2_corrupt(d, "%s: data cluster of guest offset %llu at host "
+						     "%llu lies past the end of the file (%llu)",
+						     d->filename, (unsigned long long)off,
+						     (unsigned long long)host,
+						     (unsigned long long)s->file_size);
 			KL_TRY(qcow2_file_write(d, host + coff, b, run));
 			n = run;
 		} else if (coff == 0 && n == s->cluster_size && !s->compress) {

@@ -532,6 +532,9 @@ int qcow2_apply_frees(struct blk_dev *d)
 
 /* ------------------------------------------------------------------ check */
 
+/* One 32-bit counter per host cluster: 1 GiB of memory at most */
+#define QCOW2_CHECK_MAX_CLUSTERS (1u << 28)
+
 struct check_ctx {
 	struct blk_dev *d;
 	struct blk_check_report *r;
@@ -871,6 +874,10 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 	int rc;
 
 	k.nclusters = KL_DIV_ROUND_UP(s->file_size, s->cluster_size);
+	if (k.nclusters > QCOW2_CHECK_MAX_CLUSTERS)
+		return kl_err(-EFBIG, "%s: %llu clusters are more than check counts in memory (%u)",
+			      d->filename, (unsigned long long)k.nclusters,
+			      QCOW2_CHECK_MAX_CLUSTERS);
 	k.refs = kl_calloc((size_t)(k.nclusters ? k.nclusters : 1), sizeof(uint32_t));
 	if (!k.refs)
 		return -ENOMEM;

@@ -88,6 +88,9 @@ cp good.qcow2 l2eof.qcow2; patch l2eof.qcow2 'w64(u64(40), (1 << 40) | (1 << 63)
 expect_err "L2 table past EOF" "l2eof.qcow2: L2 table at offset 1099511627776.*past end of file" rd l2eof.qcow2
 cp good.qcow2 deof.qcow2; patch deof.qcow2 'w64(l2_of(), (1 << 40) | (1 << 63))'
 expect_err "data cluster past EOF" "deof.qcow2: data of guest offset 0 at host offset 1099511627776 lies past the end" rd deof.qcow2
+cp deof.qcow2 deof2.qcow2
+expect_err "write into a data cluster past EOF is refused" "deof2.qcow2: data cluster of guest offset 0 at host 1099511627776 lies past the end" keel io -c "write 0 4k" deof2.qcow2
+t "...and the file did not grow" sh -c "[ \$(stat -c %s deof2.qcow2) -lt 1048576 ]"
 cp good.qcow2 dmis.qcow2; patch dmis.qcow2 'w64(l2_of(), u64(l2_of()) + 4096)'
 expect_err "misaligned data cluster" "dmis.qcow2: L2 table at .* entry 0: cluster offset .* not cluster aligned" rd dmis.qcow2
 
