@@ -185,157 +185,6 @@ int qcow2_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk
 	return 0;
 }
 
-/* ------------------------------------------------------------------ compression */
-
-static int inflate_cluster(struct blk_dev *d, size_t in_len, uint64_t coff)
-{
-	struct qcow2_state *s = qcow2_s(d);
-	z_stream *z = &s->inflate;
-	uint8_t extra;
-	int r;
-
-	if (!s->inflate_ready) {
-		memset(z, 0, sizeof(*z));
-		/* raw deflate, no zlib header; 15 accepts any window a writer used */
-		if (inflateInit2(z, -15) != Z_OK)
-			return kl_err(-ENOMEM, "%s: cannot set up zlib", d->filename);
-		s->inflate_ready = true;
-	} else {
-		inflateReset(z);
-	}
-	z->next_in = s->cbuf;
-	z->avail_in = (uInt)in_len;
-	z->next_out = s->dbuf;
-	z->avail_out = s->cluster_size;
-	r = inflate(z, Z_FINISH);
-	if (z->avail_out != 0 || (r != Z_STREAM_END && r != Z_OK && r != Z_BUF_ERROR))
-		return qcow2_corrupt(d, "%s: compressed cluster at %llu: deflate data is corrupt or "
-				     "short (%u of %u bytes produced)", d->filename,
-				     (unsigned long long)coff, s->cluster_size - z->avail_out,
-				     s->cluster_size);
-	if (r != Z_STREAM_END) {
-		/* the cluster is full: the stream must end here, not produce more */
-		z->next_out = &extra;
-		z->avail_out = 1;
-		r = inflate(z, Z_FINISH);
-		if (z->avail_out == 0)
-			return qcow2_corrupt(d, "%s: compressed cluster at %llu inflates past the "
-					     "cluster size %u", d->filename, (unsigned long long)coff,
-					     s->cluster_size);
-	}
-	return 0;
-}
-
-static int unzstd_cluster(struct blk_dev *d, size_t in_len, uint64_t coff)
-{
-	struct qcow2_state *s = qcow2_s(d);
-	ZSTD_inBuffer in = { s->cbuf, in_len, 0 };
-	ZSTD_outBuffer out = { s->dbuf, s->cluster_size, 0 };
-	size_t r = 1;
-	uint8_t extra;
-
-	if (!s->zdctx && !(s->zdctx = ZSTD_createDCtx()))
-		return kl_err(-ENOMEM, "%s: cannot set up zstd", d->filename);
-	ZSTD_DCtx_reset(s->zdctx, ZSTD_reset_session_only);
-	while (out.pos < out.size) {
-		size_t ip = in.pos, op = out.pos;
-
-		r = ZSTD_decompressStream(s->zdctx, &out, &in);
-		if (ZSTD_isError(r))
-			return qcow2_corrupt(d, "%s: compressed cluster at %llu: zstd: %s", d->filename,
-					     (unsigned long long)coff, ZSTD_getErrorName(r));
-		if (in.pos == ip && out.pos == op)
-			return qcow2_corrupt(d, "%s: compressed cluster at %llu: zstd data ends after "
-					     "%zu of %u bytes", d->filename, (unsigned long long)coff,
-					     out.pos, s->cluster_size);
-	}
-	if (r != 0) {
-		ZSTD_outBuffer more = { &extra, 1, 0 };
-
-		r = ZSTD_decompressStream(s->zdctx, &more, &in);
-		if (ZSTD_isError(r) || more.pos || r != 0)
-			return qcow2_corrupt(d, "%s: compressed cluster at %llu: zstd frame does not "
-					     "end at the cluster size %u", d->filename,
-					     (unsigned long long)coff, s->cluster_size);
-	}
-	return 0;
-}
-
-int qcow2_decompress(struct blk_dev *d, uint64_t desc)
-{
-	struct qcow2_state *s = qcow2_s(d);
-	uint64_t coff, clen;
-	ssize_t n;
-	int rc;
-
-	if (s->dbuf && s->dbuf_desc == desc)
-		return 0;
-	if (!s->cbuf) {
-		/* at most 2^(cluster_bits-8) sectors: twice a cluster */
-		s->cbuf = kl_malloc((size_t)s->cluster_size * 2 + QCOW2_CSECTOR);
-		s->dbuf = kl_malloc(s->cluster_size);
-		if (!s->cbuf || !s->dbuf)
-			return -ENOMEM;
-	}
-	s->dbuf_desc = 0;
-	qcow2_compressed_range(s, desc, &coff, &clen);
-	if (coff >= s->file_size || coff < s->cluster_size)
-		return qcow2_corrupt(d, "%s: compressed cluster at %llu lies in the header or past "
-				     "the end of the file (%llu)", d->filename,
-				     (unsigned long long)coff, (unsigned long long)s->file_size);
-	/* the last sector may be cut short by the end of the file: zero-filled */
-	n = kl_io_pread(d->file, coff, s->cbuf, (size_t)clen);
-	if (n < 0)
-		return (int)n;
-	if (s->compression_type == QCOW2_COMP_ZSTD)
-		rc = unzstd_cluster(d, (size_t)clen, coff);
-	else
-		rc = inflate_cluster(d, (size_t)clen, coff);
-	if (rc < 0)
-		return rc;
-	s->dbuf_desc = desc;
-	return 0;
-}
-
-/* Compress one cluster into s->zbuf; 1 when it would not shrink below a cluster. */
-static int compress_cluster(struct blk_dev *d, const uint8_t *in, size_t *out_len)
-{
-	struct qcow2_state *s = qcow2_s(d);
-	size_t cap = s->cluster_size - 1;
-
-	if (!s->zbuf && !(s->zbuf = kl_malloc(s->cluster_size)))
-		return -ENOMEM;
-	if (s->compression_type == QCOW2_COMP_ZSTD) {
-		size_t r;
-
-		if (!s->zcctx && !(s->zcctx = ZSTD_createCCtx()))
-			return kl_err(-ENOMEM, "%s: cannot set up zstd", d->filename);
-		r = ZSTD_compress2(s->zcctx, s->zbuf, cap, in, s->cluster_size);
-		if (ZSTD_isError(r))
-			return 1;
-		*out_len = r;
-		return 0;
-	}
-	if (!s->deflate_ready) {
-		memset(&s->deflate, 0, sizeof(s->deflate));
-		/* what qemu writes and reads back: raw deflate, 4 KiB window */
-		if (deflateInit2(&s->deflate, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-				 Z_DEFAULT_STRATEGY) != Z_OK)
-			return kl_err(-ENOMEM, "%s: cannot set up zlib", d->filename);
-		s->deflate_ready = true;
-	} else {
-		deflateReset(&s->deflate);
-	}
-	s->deflate.next_in = (Bytef *)in;
-	s->deflate.avail_in = s->cluster_size;
-	s->deflate.next_out = s->zbuf;
-	s->deflate.avail_out = (uInt)cap;
-	if (deflate(&s->deflate, Z_FINISH) != Z_STREAM_END)
-		return 1;
-	*out_len = cap - s->deflate.avail_out;
-	return 0;
-}
-
 /* ------------------------------------------------------------------ reads */
 
 int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
@@ -364,6 +213,27 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 				return (int)r;
 			break;
 		case QCOW2_P_COMPRESSED:
+			if ((off & (s->cluster_size - 1)) == 0 && len >= 2 * (size_t)s->cluster_size) {
+				/* a run of whole compressed clusters: decompress them together */
+				uint64_t descs[QCOW2_BATCH];
+				unsigned k = 1, max = qcow2_batch_clusters(s);
+
+				descs[0] = p.host;
+				while (k < max && (k + 1) * (size_t)s->cluster_size <= len) {
+					struct qcow2_piece q;
+
+					KL_TRY(qcow2_map(d, off + (uint64_t)k * s->cluster_size,
+							 s->cluster_size, false, &q));
+					if (q.type != QCOW2_P_COMPRESSED || q.len < s->cluster_size)
+						break;
+					descs[k++] = q.host;
+				}
+				if (k > 1) {
+					KL_TRY(qcow2_decompress_batch(d, descs, k, b));
+					n = (size_t)k * s->cluster_size;
+					break;
+				}
+			}
 			KL_TRY(qcow2_decompress(d, p.host));
 			memcpy(b, s->dbuf + (off & (s->cluster_size - 1)), n);
 			break;
@@ -507,47 +377,63 @@ static int set_entry(struct blk_dev *d, uint32_t l1i, uint32_t l2i, uint64_t ent
 	return qcow2_free_entry(d, old);
 }
 
-/* Store one whole cluster compressed when that saves space; *done says whether it did. */
-static int write_compressed(struct blk_dev *d, uint64_t ci, const uint8_t *data, bool *done)
+/* Store compressed batch job j (s->zout, s->zlen[j]) as guest cluster ci. */
+static int store_compressed(struct blk_dev *d, uint64_t ci, unsigned j)
 {
 	struct qcow2_state *s = qcow2_s(d);
+	size_t zlen = s->zlen[j];
 	uint64_t coff, nsec, desc;
-	size_t zlen = 0;
-	int rc;
 
-	*done = false;
-	rc = compress_cluster(d, data, &zlen);
-	if (rc != 0)
-		return rc < 0 ? rc : 0;
 	KL_TRY(qcow2_alloc_bytes(d, zlen, &coff));
 	if (coff + zlen > s->coffset_mask)
 		return kl_err(-ENOSPC, "%s: compressed data offset %llu past the descriptor's limit",
 			      d->filename, (unsigned long long)coff);
-	KL_TRY(qcow2_file_write(d, coff, s->zbuf, zlen));
+	KL_TRY(qcow2_file_write(d, coff, s->zout + (size_t)j * s->cluster_size, zlen));
 	nsec = ((coff + zlen - 1) / QCOW2_CSECTOR) - (coff / QCOW2_CSECTOR);
 	desc = QCOW2_OFLAG_COMPRESSED | (nsec << s->csize_shift) | coff;
-	KL_TRY(set_entry(d, (uint32_t)(ci >> s->l2_bits), (uint32_t)(ci & (s->l2_entries - 1)), desc,
-			 0));
-	*done = true;
+	return set_entry(d, (uint32_t)(ci >> s->l2_bits), (uint32_t)(ci & (s->l2_entries - 1)), desc,
+			 0);
+}
+
+/* Whole cluster contents into a newly allocated, uncompressed cluster. */
+static int write_plain_cluster(struct blk_dev *d, uint64_t ci, const uint8_t *data)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint64_t host;
+
+	KL_TRY(qcow2_alloc_clusters(d, 1, &host, NULL));
+	KL_TRY(qcow2_file_write(d, host, data, s->cluster_size));
+	return set_entry(d, (uint32_t)(ci >> s->l2_bits), (uint32_t)(ci & (s->l2_entries - 1)),
+			 host | QCOW2_OFLAG_COPIED, QCOW2_L2_BITMAP_ALL_ALLOC);
+}
+
+/*
+ * n whole clusters from data into new clusters from ci on, compressed
+ * (in parallel) where that saves space when compress=on.
+ */
+static int write_new_clusters(struct blk_dev *d, uint64_t ci, const uint8_t *data, unsigned n)
+{
+	struct qcow2_state *s = qcow2_s(d);
+
+	if (!s->compress) {
+		for (unsigned j = 0; j < n; j++)
+			KL_TRY(write_plain_cluster(d, ci + j, data + (size_t)j * s->cluster_size));
+		return 0;
+	}
+	KL_TRY(qcow2_compress_batch(d, data, n));
+	for (unsigned j = 0; j < n; j++) {
+		if (qcow2_compressed_ok(s, j))
+			KL_TRY(store_compressed(d, ci + j, j));
+		else
+			KL_TRY(write_plain_cluster(d, ci + j, data + (size_t)j * s->cluster_size));
+	}
 	return 0;
 }
 
 /* Write whole cluster contents (cs bytes) into a newly allocated cluster. */
 static int write_new_cluster(struct blk_dev *d, uint64_t ci, const uint8_t *data)
 {
-	struct qcow2_state *s = qcow2_s(d);
-	uint64_t host;
-	bool done;
-
-	if (s->compress) {
-		KL_TRY(write_compressed(d, ci, data, &done));
-		if (done)
-			return 0;
-	}
-	KL_TRY(qcow2_alloc_clusters(d, 1, &host, NULL));
-	KL_TRY(qcow2_file_write(d, host, data, s->cluster_size));
-	return set_entry(d, (uint32_t)(ci >> s->l2_bits), (uint32_t)(ci & (s->l2_entries - 1)),
-			 host | QCOW2_OFLAG_COPIED, QCOW2_L2_BITMAP_ALL_ALLOC);
+	return write_new_clusters(d, ci, data, 1);
 }
 
 int qcow2_pend_flush(struct blk_dev *d)
@@ -717,7 +603,20 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
 						 QCOW2_L2_BITMAP_ALL_ALLOC));
 			n = (size_t)(k * s->cluster_size);
 		} else if (coff == 0 && n == s->cluster_size) {
-			KL_TRY(write_new_cluster(d, ci, b));
+			/* compress=on: a run of whole clusters, compressed together */
+			unsigned k = 1, max = qcow2_batch_clusters(s);
+
+			while (k < max && l2i + k < s->l2_entries &&
+			       (uint64_t)(k + 1) * s->cluster_size <= len) {
+				uint64_t e2 = qcow2_l2_entry(s, e->buf, l2i + k);
+
+				KL_TRY(in_place(d, e2, qcow2_l2_bitmap(s, e->buf, l2i + k), &ok));
+				if (ok)
+					break;
+				k++;
+			}
+			KL_TRY(write_new_clusters(d, ci, b, k));
+			n = (size_t)k * s->cluster_size;
 		} else if (s->compress && !(s->ext_l2 && (ent & QCOW2_OFFSET_MASK))) {
 			KL_TRY(stage_write(d, ci, coff, b, n));
 		} else {

@@ -328,20 +328,12 @@ static void qcow2_close(struct blk_dev *d)
 	kl_free(s->backing_format);
 	kl_free(s->data_file);
 	kl_free(s->feature_table);
-	kl_free(s->cbuf);
-	kl_free(s->dbuf);
+	qcow2_workers_release(d);
 	kl_free(s->wbuf);
-	kl_free(s->zbuf);
 	kl_free(s->pbuf);
 	kl_free(s->frees);
 	kl_free(s->rb_offsets);
 	kl_free(s->check_refs);
-	if (s->inflate_ready)
-		inflateEnd(&s->inflate);
-	if (s->deflate_ready)
-		deflateEnd(&s->deflate);
-	ZSTD_freeDCtx(s->zdctx);
-	ZSTD_freeCCtx(s->zcctx);
 	memset(s, 0, sizeof(*s));
 }
 

@@ -145,6 +145,19 @@ int qcow2_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_
 
 /* ------------------------------------------------------------------ state */
 
+/* Threads that compress or decompress runs of clusters, and the run length */
+#define QCOW2_MAX_WORKERS 8
+#define QCOW2_BATCH 32
+
+struct qcow2_worker {
+	z_stream inflate;
+	bool inflate_ready;
+	ZSTD_DCtx *zd;
+	z_stream deflate;
+	bool deflate_ready;
+	ZSTD_CCtx *zc;
+};
+
 struct qcow2_free {
 	uint64_t off;	/* host byte offset */
 	uint64_t len;	/* bytes; every cluster the range touches loses one reference */
@@ -207,21 +220,22 @@ struct qcow2_state {
 	struct qcow2_cache l2c;
 	struct qcow2_cache rbc;
 
-	/* reading compressed clusters */
-	uint8_t *cbuf;		 /* compressed bytes: up to 2 clusters + a sector */
-	uint8_t *dbuf;		 /* the last decompressed cluster */
+	/* compressed clusters (qcow2-compress.c): per-worker codecs, batch buffers */
+	struct qcow2_worker wk[QCOW2_MAX_WORKERS];
+	unsigned nworkers;
+	uint8_t *zin;		 /* compressed bytes of a batch being read */
+	uint8_t *zout;		 /* compressed output of a batch, one cluster per job */
+	uint8_t *dbuf;		 /* the last cluster decompressed alone */
 	uint64_t dbuf_desc;	 /* its L2 descriptor, 0 = none */
-	z_stream inflate;
-	bool inflate_ready;
-	ZSTD_DCtx *zdctx;
+	size_t zlen[QCOW2_BATCH];
+	int zrc[QCOW2_BATCH];
+	size_t zsrc[QCOW2_BATCH];
+	uint64_t zsrclen[QCOW2_BATCH];
+	uint64_t zcoff[QCOW2_BATCH];
 
 	/* writing */
 	bool compress;		 /* compress=on: full-cluster writes compressed when it helps */
-	z_stream deflate;
-	bool deflate_ready;
-	ZSTD_CCtx *zcctx;
-	uint8_t *wbuf;		 /* one cluster of scratch for COW and compression input */
-	uint8_t *zbuf;		 /* compressed output */
+	uint8_t *wbuf;		 /* one cluster of scratch for COW */
 	uint8_t *pbuf;		 /* compress=on: a cluster being filled by partial writes */
 	uint64_t pend_ci;	 /* its guest cluster index */
 	bool pend;		 /* pbuf holds data not yet stored */
@@ -316,10 +330,25 @@ int qcow2_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned 
 int qcow2_discard(struct blk_dev *d, uint64_t off, uint64_t len);
 /* Store the cluster compress=on is still filling (every entry point calls this first). */
 int qcow2_pend_flush(struct blk_dev *d);
-/* Decompress the cluster an L2 descriptor names into s->dbuf (cached). */
-int qcow2_decompress(struct blk_dev *d, uint64_t desc);
 /* Load an L2 table through the cache, checking its offset first. */
 int qcow2_l2_load(struct blk_dev *d, uint64_t l2_off, struct qcow2_cache_entry **out);
+
+/* ------------------------------------------------------------------ qcow2-compress.c */
+
+/* Clusters per parallel batch (a few MiB in flight). */
+unsigned qcow2_batch_clusters(const struct qcow2_state *s);
+/*
+ * Compress n whole clusters at in, in parallel: job j's output is at
+ * s->zout + j * cluster_size, s->zlen[j] bytes, usable when
+ * qcow2_compressed_ok(s, j) (it did not fit in cluster_size - 1 otherwise).
+ */
+int qcow2_compress_batch(struct blk_dev *d, const uint8_t *in, unsigned n);
+bool qcow2_compressed_ok(const struct qcow2_state *s, unsigned j);
+/* Decompress the cluster an L2 descriptor names into s->dbuf (cached). */
+int qcow2_decompress(struct blk_dev *d, uint64_t desc);
+/* Decompress n clusters (descriptors) into out, one after another, in parallel. */
+int qcow2_decompress_batch(struct blk_dev *d, const uint64_t *descs, unsigned n, uint8_t *out);
+void qcow2_workers_release(struct blk_dev *d);
 
 /* ------------------------------------------------------------------ qcow2-refcount.c */
 
