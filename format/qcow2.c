@@ -78,6 +78,9 @@ int qcow2_prepare_write(struct blk_dev *d)
 			      d->filename, d->filename);
 	if (s->cur_snap >= 0)
 		return kl_err(-EROFS, "%s: a snapshot is never writable", d->filename);
+	if (s->backing_file && !d->parent)
+		return kl_err(-EINVAL, "%s: opened without its backing file '%s'; writing would lose "
+			      "the data it provides", d->filename, s->backing_file);
 	if (s->wrote_header_bits)
 		return 0;
 	/*

@@ -381,6 +381,11 @@ START_TEST(backing_cow)
 	blk_info_release(&in);
 	check_clean(d, false);
 	blk_close(d);
+	/* without its parent the overlay must not take partial writes */
+	d = open_img(ov, BLK_OPEN_RDWR | BLK_OPEN_NO_PARENT);
+	ck_assert_int_eq(blk_pwrite(d, 3, buf, 10), -EINVAL);
+	ck_assert(strstr(kl_errmsg(), "without its backing file"));
+	blk_close(d);
 	qemu_check(ov);
 	free(model);
 }
