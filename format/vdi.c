@@ -86,6 +86,8 @@ struct vdi_state {
 	uint32_t nalloc;	/* allocated map entries (what blocks_allocated should say) */
 	uint32_t next_index;	/* data block index of the next allocation */
 	uint32_t *map;
+	uint8_t *map_dirty;	/* one bit per 512-byte sector of the map changed since flush */
+	bool meta_dirty;	/* map entries and blocks_allocated wait for flush */
 	uint8_t *blkbuf;	/* one block, for allocating writes that need filling */
 	char *parent_ref;
 	char *note;
@@ -147,6 +149,8 @@ static void vdi_state_release(struct vdi_state *s)
 {
 	kl_free(s->map);
 	s->map = NULL;
+	kl_free(s->map_dirty);
+	s->map_dirty = NULL;
 	kl_free(s->blkbuf);
 	s->blkbuf = NULL;
 	kl_free(s->parent_ref);
@@ -265,6 +269,9 @@ static int vdi_load_map(struct blk_dev *d)
 				"VDI block map"));
 	for (uint32_t i = 0; i < s->nblocks; i++)
 		s->map[i] = get_le32((const uint8_t *)s->map + 4 * (size_t)i);
+	s->map_dirty = kl_calloc(1, (size_t)KL_DIV_ROUND_UP((uint64_t)s->nblocks * 4, 512ULL * 8));
+	if (!s->map_dirty)
+		return -ENOMEM;
 	/* (data index, map index) pairs, sorted: two entries sharing a block sit together */
 	pairs = kl_malloc((size_t)s->nblocks * sizeof(*pairs));
 	if (!pairs)
@@ -519,20 +526,21 @@ static int vdi_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 	return 0;
 }
 
-static int vdi_write_map_entry(struct blk_dev *d, uint32_t blk)
+/* Mark a map entry changed; flush writes it after syncing the data it points to. */
+static void vdi_map_dirty(struct vdi_state *s, uint32_t blk)
 {
-	struct vdi_state *s = d->priv;
-	uint8_t v[4];
+	uint32_t sec = blk / 128;
 
-	put_le32(v, s->map[blk]);
-	return kl_io_pwrite(d->file, s->offset_bmap + (uint64_t)blk * 4, v, 4);
+	s->map_dirty[sec / 8] |= (uint8_t)(1u << (sec % 8));
+	s->meta_dirty = true;
 }
 
 /*
  * Allocate a data block for blk and write [in, in+len) into it. The rest of
  * the block is zeros, or the parent's data when a differencing image's
- * entry was never allocated. Order: data, map entry, blocks_allocated; a
- * crash before the map write leaves a block the next open reuses.
+ * entry was never allocated. The map entry and blocks_allocated are written
+ * by the next flush after a sync of the data; a crash before that leaves a
+ * block no entry points to, which the next open reuses.
  */
 static int vdi_alloc_write(struct blk_dev *d, uint32_t blk, uint64_t in, const uint8_t *buf,
 			   size_t len)
@@ -542,7 +550,6 @@ static int vdi_alloc_write(struct blk_dev *d, uint32_t blk, uint64_t in, const u
 	uint64_t boff, bend;
 	bool from_parent = s->map[blk] == VDI_FREE && s->type == VDI_TYPE_DIFF && d->parent;
 	bool whole = in == 0 && len == s->block_size;
-	uint8_t cnt[4];
 
 	if (index >= s->nblocks)
 		return kl_err(-ENOSPC, "%s: no free VDI data block index below %u (the block map "
@@ -581,12 +588,10 @@ static int vdi_alloc_write(struct blk_dev *d, uint32_t blk, uint64_t in, const u
 	s->file_size = KL_MAX(s->file_size, bend);
 	KL_TRY(kl_io_event("vdi.block_written"));
 	s->map[blk] = index;
-	KL_TRY(vdi_write_map_entry(d, blk));
+	vdi_map_dirty(s, blk);
 	s->next_index = index + 1;
 	s->nalloc++;
-	put_le32(s->header + V_ALLOCATED, s->nalloc);
-	put_le32(cnt, s->nalloc);
-	return kl_io_pwrite(d->file, V_ALLOCATED, cnt, 4);
+	return 0;
 }
 
 static int vdi_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
@@ -628,7 +633,7 @@ static int vdi_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsi
 			   (n == s->block_size || off + n == d->size) && in == 0) {
 			/* a whole block over a parent: mark it zero, nothing to write */
 			s->map[blk] = VDI_ZERO;
-			KL_TRY(vdi_write_map_entry(d, blk));
+			vdi_map_dirty(s, blk);
 		} else {
 			for (uint64_t done = 0; done < n;) {
 				size_t k = (size_t)KL_MIN(n - done, (uint64_t)sizeof(zero));
@@ -643,8 +648,35 @@ static int vdi_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsi
 	return 0;
 }
 
+/* Sync the data, then the map sectors and blocks_allocated that point at it. */
 static int vdi_flush(struct blk_dev *d)
 {
+	struct vdi_state *s = d->priv;
+	uint64_t nsec = KL_DIV_ROUND_UP((uint64_t)s->nblocks * 4, 512);
+	uint8_t buf[512], cnt[4];
+
+	if (!s->meta_dirty)
+		return kl_io_sync(d->file);
+	KL_TRY(kl_io_sync(d->file));
+	KL_TRY(kl_io_event("vdi.data_synced"));
+	for (uint64_t k = 0; k < nsec; k++) {
+		uint32_t first = (uint32_t)(k * 128);
+		uint32_t n = KL_MIN(s->nblocks - first, 128u);
+
+		if (!(s->map_dirty[k / 8] & (1u << (k % 8))))
+			continue;
+		for (uint32_t i = 0; i < n; i++)
+			put_le32(buf + 4 * i, s->map[first + i]);
+		KL_TRY(kl_io_pwrite(d->file, s->offset_bmap + (uint64_t)first * 4, buf,
+				    (size_t)n * 4));
+		s->map_dirty[k / 8] &= (uint8_t)~(1u << (k % 8));
+	}
+	if (get_le32(s->header + V_ALLOCATED) != s->nalloc) {
+		put_le32(cnt, s->nalloc);
+		KL_TRY(kl_io_pwrite(d->file, V_ALLOCATED, cnt, 4));
+		put_le32(s->header + V_ALLOCATED, s->nalloc);
+	}
+	s->meta_dirty = false;
 	return kl_io_sync(d->file);
 }
 

@@ -112,6 +112,7 @@ struct vhd_locator {
 struct vhd_bm_slot {
 	uint32_t block;
 	bool valid;
+	bool dirty;	/* bits set in memory, written at the next flush */
 };
 
 struct vhd_state {
@@ -128,6 +129,8 @@ struct vhd_state {
 	uint32_t max_entries;
 	uint32_t nblocks;	/* BAT entries in use: ceil(size / block_size) */
 	uint32_t *bat;
+	uint8_t *bat_dirty;	/* one bit per BAT sector changed since the last flush */
+	bool meta_dirty;	/* BAT entries or bitmaps wait for flush */
 	uint32_t block_size;
 	uint32_t bitmap_size;	/* bytes, a multiple of 512 */
 	uint64_t next_off;	/* where the next block goes (the end footer's place) */
@@ -419,6 +422,8 @@ static void vhd_state_release(struct vhd_state *s)
 {
 	kl_free(s->bat);
 	s->bat = NULL;
+	kl_free(s->bat_dirty);
+	s->bat_dirty = NULL;
 	kl_free(s->bm_buf);
 	s->bm_buf = NULL;
 	kl_free(s->note);
@@ -797,31 +802,115 @@ static void vhd_pick_display_ref(struct vhd_state *s)
 		}
 }
 
-static int vhd_open_parent(struct blk_dev *d)
+/* Parent lookup state: what was tried, for the error message and to skip repeats. */
+struct vhd_lookup {
+	char tried[1536];
+	size_t tl;
+	char *seen[VHD_NLOC + 1]; /* real paths already opened or found missing */
+	int nseen;
+	bool stale;
+	const char *dir;
+};
+
+static void vhd_tried(struct vhd_lookup *lk, const char *fmt, ...) KL_PRINTF(2, 3);
+static void vhd_tried(struct vhd_lookup *lk, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (lk->tl >= sizeof(lk->tried) - 1)
+		return;
+	if (lk->tl)
+		lk->tl += (size_t)snprintf(lk->tried + lk->tl, sizeof(lk->tried) - lk->tl, "; ");
+	if (lk->tl >= sizeof(lk->tried) - 1)
+		return;
+	va_start(ap, fmt);
+	lk->tl += (size_t)vsnprintf(lk->tried + lk->tl, sizeof(lk->tried) - lk->tl, fmt, ap);
+	va_end(ap);
+	lk->tl = KL_MIN(lk->tl, sizeof(lk->tried) - 1);
+}
+
+/*
+ * Try one parent reference (POSIX, relative to the child's directory).
+ * Returns 1 when it is the parent (d->parent set), 0 to try the next one,
+ * or a negative error that ends the search (corrupt parent, loop, escape).
+ */
+static int vhd_try_parent(struct blk_dev *d, struct vhd_lookup *lk, const char *label,
+			  const char *text, const char *ref)
 {
 	struct vhd_state *s = d->priv;
 	const uint8_t *want = s->header + H_PARENT_UUID;
-	char tried[1536], want_s[37], *dir, *dcopy, *rdir;
-	size_t tl = 0;
-	bool stale = false, any = false;
+	struct blk_identity id;
+	char *path, *real, got_s[37];
 	int rc;
 
-	tried[0] = '\0';
-	vhd_uuid_str(want, want_s);
+	path = ref[0] == '/' ? kl_strdup(ref) : kl_asprintf("%s/%s", lk->dir, ref);
+	if (!path)
+		return -ENOMEM;
+	real = realpath(path, NULL);
+	/* the same file again (W2ru and W2ku usually agree): its verdict stands */
+	for (int i = 0; i < lk->nseen; i++)
+		if (strcmp(lk->seen[i], real ? real : path) == 0) {
+			free(real);
+			kl_free(path);
+			return 0;
+		}
+	if (lk->nseen < (int)KL_ARRAY_SIZE(lk->seen)) {
+		lk->seen[lk->nseen] = kl_strdup(real ? real : path);
+		if (lk->seen[lk->nseen])
+			lk->nseen++;
+	}
+	free(real);
+	rc = blk_open_parent(d, ref, "vhd");
+	if (rc == -ENOENT) {
+		vhd_tried(lk, "%s '%s': %s not found", label, text, path);
+		kl_free(path);
+		return 0;
+	}
+	kl_free(path);
+	if (rc < 0)
+		return rc;
+	KL_TRY(blk_identity(d->parent, &id));
+	if ((id.valid & BLK_ID_UUID) && memcmp(id.uuid, want, 16) == 0)
+		return 1;
+	if (id.valid & BLK_ID_UUID)
+		vhd_uuid_str(id.uuid, got_s);
+	else
+		snprintf(got_s, sizeof(got_s), "none");
+	vhd_tried(lk, "%s '%s': %s has unique id %s", label, text, blk_filename(d->parent), got_s);
+	lk->stale = true;
+	blk_close(d->parent);
+	d->parent = NULL;
+	return 0;
+}
+
+/*
+ * Find and open the parent: relative locators first, then absolute ones,
+ * then (as libvhdi does) the parent name field, whose last path component
+ * is looked up next to the child. The parent's footer unique id must equal
+ * the id the child recorded.
+ */
+static int vhd_open_parent(struct blk_dev *d)
+{
+	struct vhd_state *s = d->priv;
+	struct vhd_lookup lk = { .tl = 0 };
+	char want_s[37], *dcopy, *rdir;
+	bool any = false;
+	int rc = 0;
+
+	lk.tried[0] = '\0';
+	vhd_uuid_str(s->header + H_PARENT_UUID, want_s);
 	dcopy = kl_strdup(d->filename);
 	if (!dcopy)
 		return -ENOMEM;
-	dir = dirname(dcopy);
-	rdir = realpath(dir, NULL);
+	lk.dir = dirname(dcopy);
+	rdir = realpath(lk.dir, NULL);
 	if (rdir)
-		dir = rdir;
-	for (size_t k = 0; k < KL_ARRAY_SIZE(vhd_loc_order); k++) {
-		for (int i = 0; i < VHD_NLOC; i++) {
+		lk.dir = rdir;
+	for (size_t k = 0; k < KL_ARRAY_SIZE(vhd_loc_order) && rc == 0; k++) {
+		for (int i = 0; i < VHD_NLOC && rc == 0; i++) {
 			struct vhd_locator *l = &s->loc[i];
-			struct blk_identity id;
 			const char *why = NULL;
-			char name[5], got_s[37];
-			char *ref;
+			char name[5], *ref;
 
 			if (l->code != vhd_loc_order[k])
 				continue;
@@ -830,66 +919,58 @@ static int vhd_open_parent(struct blk_dev *d)
 			ref = vhd_loc_posix(l, &why);
 			if (!ref && !why) {
 				rc = -ENOMEM;
-				goto out;
+				break;
 			}
 			if (!ref) {
-				tl += (size_t)snprintf(tried + tl, sizeof(tried) - KL_MIN(tl, sizeof(tried)),
-						      "%s%s '%s': %s", tl ? "; " : "", name,
-						      l->text ? l->text : "", why);
-				tl = KL_MIN(tl, sizeof(tried));
+				vhd_tried(&lk, "%s '%s': %s", name, l->text ? l->text : "", why);
 				continue;
 			}
-			rc = blk_open_parent(d, ref, "vhd");
-			if (rc == -ENOENT) {
-				tl += (size_t)snprintf(tried + tl, sizeof(tried) - KL_MIN(tl, sizeof(tried)),
-						      "%s%s '%s': %s%s%s not found", tl ? "; " : "",
-						      name, l->text, ref[0] == '/' ? "" : dir,
-						      ref[0] == '/' ? "" : "/", ref);
-				tl = KL_MIN(tl, sizeof(tried));
-				kl_free(ref);
-				continue;
+			rc = vhd_try_parent(d, &lk, name, l->text, ref);
+			if (rc == 1) {
+				kl_free(s->parent_ref);
+				s->parent_ref = ref;
+				ref = NULL;
 			}
-			if (rc < 0) {
-				kl_free(ref);
-				goto out;
-			}
-			rc = blk_identity(d->parent, &id);
-			if (rc < 0) {
-				kl_free(ref);
-				goto out;
-			}
-			if (!(id.valid & BLK_ID_UUID) || memcmp(id.uuid, want, 16) != 0) {
-				if (id.valid & BLK_ID_UUID)
-					vhd_uuid_str(id.uuid, got_s);
-				else
-					snprintf(got_s, sizeof(got_s), "none");
-				tl += (size_t)snprintf(tried + tl, sizeof(tried) - KL_MIN(tl, sizeof(tried)),
-						      "%s%s '%s': %s has unique id %s", tl ? "; " : "",
-						      name, l->text, blk_filename(d->parent), got_s);
-				tl = KL_MIN(tl, sizeof(tried));
-				stale = true;
-				blk_close(d->parent);
-				d->parent = NULL;
-				kl_free(ref);
-				continue;
-			}
-			kl_free(s->parent_ref);
-			s->parent_ref = ref;
-			rc = 0;
-			goto out;
+			kl_free(ref);
 		}
 	}
-	if (!any)
-		rc = kl_err(-EUCLEAN, "%s: differencing VHD has no parent locator (expected parent "
-			    "unique id %s, name '%s')", d->filename, want_s,
-			    s->parent_name ? s->parent_name : "");
-	else if (stale)
+	if (rc == 0 && s->parent_name && *s->parent_name) {
+		const char *base = strrchr(s->parent_name, '\\');
+		const char *why = NULL;
+		char *ref;
+
+		any = true;
+		base = base ? base + 1 : s->parent_name;
+		ref = vhd_win_to_posix(base, &why);
+		if (ref) {
+			rc = vhd_try_parent(d, &lk, "parent name", s->parent_name, ref);
+			if (rc == 1) {
+				kl_free(s->parent_ref);
+				s->parent_ref = ref;
+				ref = NULL;
+			}
+			kl_free(ref);
+		} else if (why) {
+			vhd_tried(&lk, "parent name '%s': %s", s->parent_name, why);
+		} else {
+			rc = -ENOMEM;
+		}
+	}
+	if (rc == 1)
+		rc = 0;
+	else if (rc < 0)
+		;
+	else if (!any)
+		rc = kl_err(-EUCLEAN, "%s: differencing VHD names no parent (no locator, empty parent "
+			    "name; expected parent unique id %s)", d->filename, want_s);
+	else if (lk.stale)
 		rc = kl_err(-ESTALE, "%s: wrong parent: this differencing VHD expects parent unique "
-			    "id %s; %s", d->filename, want_s, tried);
+			    "id %s; %s", d->filename, want_s, lk.tried);
 	else
 		rc = kl_err(-ENOENT, "%s: parent not found: %s (expected parent unique id %s)",
-			    d->filename, tried, want_s);
-out:
+			    d->filename, lk.tried, want_s);
+	for (int i = 0; i < lk.nseen; i++)
+		kl_free(lk.seen[i]);
 	free(rdir);
 	kl_free(dcopy);
 	return rc;
@@ -964,6 +1045,9 @@ static int vhd_open_dynamic(struct blk_dev *d)
 					"VHD block allocation table"));
 		for (uint32_t i = 0; i < s->nblocks; i++)
 			s->bat[i] = get_be32((const uint8_t *)s->bat + 4 * (size_t)i);
+		s->bat_dirty = kl_calloc(1, (size_t)KL_DIV_ROUND_UP(bat_bytes, VHD_SECTOR * 8ULL));
+		if (!s->bat_dirty)
+			return -ENOMEM;
 	}
 
 	meta[nmeta++] = (struct vhd_range){ 0, VHD_FOOTER_SIZE, UINT32_MAX };
@@ -1058,19 +1142,40 @@ static void vhd_close(struct blk_dev *d)
 
 /* ------------------------------------------------------------------ reads */
 
+/* Write a cached bitmap whose bits changed; the data it covers must be synced. */
+static int vhd_bm_writeback(struct blk_dev *d, int i)
+{
+	struct vhd_state *s = d->priv;
+	struct vhd_bm_slot *slot = &s->bm[i];
+
+	if (!slot->valid || !slot->dirty)
+		return 0;
+	KL_TRY(kl_io_pwrite(d->file, (uint64_t)s->bat[slot->block] * VHD_SECTOR,
+			    s->bm_buf + (size_t)i * s->bitmap_size, s->bitmap_size));
+	slot->dirty = false;
+	return 0;
+}
+
 /* The sector bitmap of an allocated block of a differencing disk. */
 static int vhd_bitmap(struct blk_dev *d, uint32_t blk, uint8_t **out)
 {
 	struct vhd_state *s = d->priv;
-	struct vhd_bm_slot *slot = &s->bm[blk % VHD_BM_CACHE];
-	uint8_t *bits = s->bm_buf + (size_t)(blk % VHD_BM_CACHE) * s->bitmap_size;
+	int i = (int)(blk % VHD_BM_CACHE);
+	struct vhd_bm_slot *slot = &s->bm[i];
+	uint8_t *bits = s->bm_buf + (size_t)i * s->bitmap_size;
 
 	if (!slot->valid || slot->block != blk) {
+		if (slot->valid && slot->dirty) {
+			/* data before the bits that make it visible */
+			KL_TRY(kl_io_sync(d->file));
+			KL_TRY(vhd_bm_writeback(d, i));
+		}
 		slot->valid = false;
 		KL_TRY(kl_io_pread_full(d->file, (uint64_t)s->bat[blk] * VHD_SECTOR, bits,
 					s->bitmap_size, "VHD sector bitmap"));
 		slot->block = blk;
 		slot->valid = true;
+		slot->dirty = false;
 	}
 	*out = bits;
 	return 0;
@@ -1193,10 +1298,11 @@ static void vhd_bm_set_range(uint8_t *bits, uint64_t first, uint64_t count)
 
 /*
  * Allocate block blk at the end of the file and write [inblk, inblk+len)
- * into it. Order (as qemu): bitmap and data where the footer was, the
- * footer after the new block, then the BAT entry. A crash before the BAT
- * write leaves an unreferenced block and, at worst, a missing end footer,
- * which the copy at offset 0 replaces on the next open.
+ * into it: bitmap and data where the footer was, then the footer after the
+ * new block (qemu's order). The BAT entry that makes the block visible is
+ * written by the next flush, after a sync of the data, so a crash before
+ * it leaves an unreferenced block (the old state) and, at worst, a missing
+ * end footer, which the copy at offset 0 replaces on the next open.
  */
 static int vhd_alloc_write(struct blk_dev *d, uint32_t blk, uint64_t inblk, const uint8_t *buf,
 			   size_t len)
@@ -1204,7 +1310,7 @@ static int vhd_alloc_write(struct blk_dev *d, uint32_t blk, uint64_t inblk, cons
 	struct vhd_state *s = d->priv;
 	uint64_t at = s->next_off;
 	uint64_t end = at + s->bitmap_size + s->block_size;
-	uint8_t *bm, ent[4];
+	uint8_t *bm;
 	int rc;
 
 	if (at / VHD_SECTOR >= VHD_BAT_FREE || end + VHD_FOOTER_SIZE > (uint64_t)UINT32_MAX * 512)
@@ -1226,23 +1332,23 @@ static int vhd_alloc_write(struct blk_dev *d, uint32_t blk, uint64_t inblk, cons
 	KL_TRY(kl_io_event("vhd.block_written"));
 	KL_TRY(kl_io_pwrite(d->file, end, s->footer, VHD_FOOTER_SIZE));
 	KL_TRY(kl_io_event("vhd.footer_moved"));
-	put_be32(ent, (uint32_t)(at / VHD_SECTOR));
-	KL_TRY(kl_io_pwrite(d->file, s->bat_off + (uint64_t)blk * 4, ent, 4));
 	s->bat[blk] = (uint32_t)(at / VHD_SECTOR);
+	s->bat_dirty[blk / (VHD_SECTOR / 4) / 8] |= (uint8_t)(1u << (blk / (VHD_SECTOR / 4) % 8));
+	s->meta_dirty = true;
 	s->next_off = end;
 	s->footer_off = end;
-	if (s->bm_buf) {
-		s->bm[blk % VHD_BM_CACHE].valid = false;
-	}
 	return 0;
 }
 
-/* Differencing disk: mark written sectors of an allocated block as present. */
+/*
+ * Differencing disk: mark written sectors of an allocated block as present.
+ * The bits stay in the cache until flush (or eviction) writes them after
+ * the data is synced.
+ */
 static int vhd_bitmap_mark(struct blk_dev *d, uint32_t blk, uint64_t inblk, size_t len)
 {
 	struct vhd_state *s = d->priv;
 	uint64_t first = inblk / VHD_SECTOR, count = KL_DIV_ROUND_UP(len, VHD_SECTOR);
-	uint64_t lo, hi;
 	uint8_t *bits;
 	bool all = true;
 
@@ -1252,12 +1358,9 @@ static int vhd_bitmap_mark(struct blk_dev *d, uint32_t blk, uint64_t inblk, size
 	if (all)
 		return 0;
 	vhd_bm_set_range(bits, first, count);
-	/* rewrite the bitmap sectors that changed */
-	lo = (first / 8) / VHD_SECTOR * VHD_SECTOR;
-	hi = KL_ALIGN_UP((first + count + 7) / 8, VHD_SECTOR);
-	hi = KL_MIN(hi, (uint64_t)s->bitmap_size);
-	return kl_io_pwrite(d->file, (uint64_t)s->bat[blk] * VHD_SECTOR + lo, bits + lo,
-			    (size_t)(hi - lo));
+	s->bm[blk % VHD_BM_CACHE].dirty = true;
+	s->meta_dirty = true;
+	return 0;
 }
 
 static int vhd_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
@@ -1318,8 +1421,37 @@ static int vhd_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsi
 	return 0;
 }
 
+/*
+ * Make writes durable: sync the data, then write the metadata that points
+ * at it (dirty bitmaps, dirty BAT sectors), then sync again. Only the bytes
+ * of entries below nblocks are written, so BAT padding is left as found.
+ */
 static int vhd_flush(struct blk_dev *d)
 {
+	struct vhd_state *s = d->priv;
+	uint64_t nsec;
+	uint8_t buf[VHD_SECTOR];
+
+	if (!s->meta_dirty)
+		return kl_io_sync(d->file);
+	KL_TRY(kl_io_sync(d->file));
+	KL_TRY(kl_io_event("vhd.data_synced"));
+	if (s->bm_buf)
+		for (int i = 0; i < VHD_BM_CACHE; i++)
+			KL_TRY(vhd_bm_writeback(d, i));
+	nsec = KL_DIV_ROUND_UP((uint64_t)s->nblocks * 4, VHD_SECTOR);
+	for (uint64_t k = 0; k < nsec; k++) {
+		uint32_t first = (uint32_t)(k * (VHD_SECTOR / 4));
+		uint32_t n = KL_MIN(s->nblocks - first, VHD_SECTOR / 4);
+
+		if (!(s->bat_dirty[k / 8] & (1u << (k % 8))))
+			continue;
+		for (uint32_t i = 0; i < n; i++)
+			put_be32(buf + 4 * i, s->bat[first + i]);
+		KL_TRY(kl_io_pwrite(d->file, s->bat_off + (uint64_t)first * 4, buf, (size_t)n * 4));
+		s->bat_dirty[k / 8] &= (uint8_t)~(1u << (k % 8));
+	}
+	s->meta_dirty = false;
 	return kl_io_sync(d->file);
 }
 
