@@ -44,6 +44,7 @@
 #define VDI_MAX_BLOCK (256u << 20)
 #define VDI_MAX_EXTRA (1u << 20)
 #define VDI_DATA_ALIGN (1u << 20)
+#define VDI_MAX_MAP_BYTES (1ULL << 30)
 #define VDI_MAX_SCAN 4096	/* directory entries examined when looking for a parent */
 #define VDI_TEXT "<<< keel Virtual Disk Image >>>\n"
 
@@ -236,6 +237,9 @@ static int vdi_parse_header(struct blk_dev *d)
 			      "end of the file (%llu bytes)", d->filename,
 			      (unsigned long long)s->offset_bmap, s->nblocks,
 			      (unsigned long long)s->file_size);
+	if ((uint64_t)s->nblocks * 4 > VDI_MAX_MAP_BYTES)
+		return kl_err(-ENOTSUP, "%s: a block map of %u entries is larger than keel's limit "
+			      "of 1 GiB", d->filename, s->nblocks);
 	if (s->offset_data < s->offset_bmap + map_bytes)
 		return kl_err(-EUCLEAN, "%s: data area offset %llu overlaps the block map at %llu "
 			      "(%llu bytes)", d->filename, (unsigned long long)s->offset_data,
@@ -273,9 +277,12 @@ static int vdi_load_map(struct blk_dev *d)
 	if (!s->map_dirty)
 		return -ENOMEM;
 	/* (data index, map index) pairs, sorted: two entries sharing a block sit together */
-	pairs = kl_malloc((size_t)s->nblocks * sizeof(*pairs));
+	for (uint32_t i = 0; i < s->nblocks; i++)
+		count += vdi_allocated(s->map[i]);
+	pairs = kl_malloc((size_t)KL_MAX(count, 1u) * sizeof(*pairs));
 	if (!pairs)
 		return -ENOMEM;
+	count = 0;
 	for (uint32_t i = 0; i < s->nblocks; i++) {
 		uint32_t e = s->map[i];
 
@@ -311,26 +318,33 @@ out:
 	return rc;
 }
 
-/* Read the link UUID of the VDI at path (0 and *match when it is the parent). */
-static int vdi_peek(const char *path, const uint8_t *link, bool *match)
+#define VDI_MAX_CAND 16
+
+/* A *.vdi file whose image UUID matches the link UUID. */
+struct vdi_cand {
+	char *ref;	/* relative to the child's directory */
+	bool exact;	/* its modification UUID is the one the child recorded */
+};
+
+/* 1 when the VDI at path has image UUID link (exact: modification UUID too). */
+static int vdi_peek(const char *path, const uint8_t *link, const uint8_t *modify, bool *exact)
 {
 	uint8_t h[VDI_HEADER_SECTOR];
 	struct kl_file *f;
 	ssize_t n;
 
-	*match = false;
 	if (kl_io_open(path, KL_O_RDONLY, &f) < 0) {
 		kl_err_clear();
 		return 0;
 	}
 	n = kl_io_pread(f, 0, h, sizeof(h));
 	kl_io_close(f);
-	if (n < (ssize_t)sizeof(h)) {
-		kl_err_clear();
+	kl_err_clear();
+	if (n < (ssize_t)sizeof(h) || get_le32(h + V_SIGNATURE) != VDI_SIGNATURE ||
+	    memcmp(h + V_UUID_IMAGE, link, 16) != 0)
 		return 0;
-	}
-	*match = get_le32(h + V_SIGNATURE) == VDI_SIGNATURE && memcmp(h + V_UUID_IMAGE, link, 16) == 0;
-	return 0;
+	*exact = memcmp(h + V_UUID_SNAP, modify, 16) == 0;
+	return 1;
 }
 
 static bool vdi_name_is_vdi(const char *n)
@@ -340,12 +354,18 @@ static bool vdi_name_is_vdi(const char *n)
 	return l > 4 && strcasecmp(n + l - 4, ".vdi") == 0;
 }
 
-/*
- * Look in dir for a *.vdi whose image UUID is link. On success *out is the
- * reference relative to the child's directory (prefix + name).
- */
+static int vdi_cand_cmp(const void *a, const void *b)
+{
+	const struct vdi_cand *x = a, *y = b;
+
+	if (x->exact != y->exact)
+		return x->exact ? -1 : 1;
+	return strcmp(x->ref, y->ref);
+}
+
+/* Add the *.vdi files in dir whose image UUID is link to c[] (refs: prefix + name). */
 static int vdi_scan_dir(struct blk_dev *d, const char *dir, const char *prefix,
-			const uint8_t *link, char **out)
+			const uint8_t *link, const uint8_t *modify, struct vdi_cand *c, int *nc)
 {
 	const char *self = strrchr(d->filename, '/');
 	DIR *dh = opendir(dir);
@@ -353,12 +373,11 @@ static int vdi_scan_dir(struct blk_dev *d, const char *dir, const char *prefix,
 	int seen = 0;
 
 	self = self ? self + 1 : d->filename;
-	*out = NULL;
 	if (!dh)
 		return 0;
-	while ((de = readdir(dh)) && seen < VDI_MAX_SCAN) {
+	while ((de = readdir(dh)) && seen < VDI_MAX_SCAN && *nc < VDI_MAX_CAND) {
+		bool exact = false;
 		char *p;
-		bool match;
 
 		if (!vdi_name_is_vdi(de->d_name) || (!*prefix && strcmp(de->d_name, self) == 0))
 			continue;
@@ -368,25 +387,35 @@ static int vdi_scan_dir(struct blk_dev *d, const char *dir, const char *prefix,
 			closedir(dh);
 			return -ENOMEM;
 		}
-		vdi_peek(p, link, &match);
-		kl_free(p);
-		if (match) {
-			*out = kl_asprintf("%s%s", prefix, de->d_name);
-			closedir(dh);
-			return *out ? 0 : -ENOMEM;
+		if (vdi_peek(p, link, modify, &exact)) {
+			c[*nc].ref = kl_asprintf("%s%s", prefix, de->d_name);
+			c[*nc].exact = exact;
+			if (!c[*nc].ref) {
+				kl_free(p);
+				closedir(dh);
+				return -ENOMEM;
+			}
+			(*nc)++;
 		}
+		kl_free(p);
 	}
 	closedir(dh);
 	return 0;
 }
 
+/*
+ * Candidates are tried best first: the one whose modification UUID is the
+ * one recorded at link time, then by name. One that fails to open (a
+ * damaged copy of the parent) is skipped; if all fail, the first failure
+ * is the error.
+ */
 static int vdi_open_parent(struct blk_dev *d)
 {
 	struct vdi_state *s = d->priv;
 	const uint8_t *link = s->header + V_UUID_LINK;
-	char link_s[37], *dcopy, *dir, *up = NULL, *ref = NULL;
-	struct vdi_state *ps;
-	int rc;
+	struct vdi_cand c[VDI_MAX_CAND];
+	char link_s[37], *dcopy, *dir, *up = NULL, *first_err = NULL;
+	int nc = 0, rc, first_rc = 0;
 
 	vdi_uuid_str(link, link_s);
 	if (kl_uuid_is_null(link))
@@ -396,17 +425,17 @@ static int vdi_open_parent(struct blk_dev *d)
 	if (!dcopy)
 		return -ENOMEM;
 	dir = dirname(dcopy);
-	rc = vdi_scan_dir(d, dir, "", link, &ref);
-	if (rc == 0 && !ref && (d->flags & BLK_OPEN_ALLOW_EXTERNAL)) {
+	rc = vdi_scan_dir(d, dir, "", link, s->header + V_UUID_PARENT, c, &nc);
+	if (rc == 0 && nc == 0 && (d->flags & BLK_OPEN_ALLOW_EXTERNAL)) {
 		up = kl_asprintf("%s/..", dir);
 		if (!up)
 			rc = -ENOMEM;
 		else
-			rc = vdi_scan_dir(d, up, "../", link, &ref);
+			rc = vdi_scan_dir(d, up, "../", link, s->header + V_UUID_PARENT, c, &nc);
 	}
 	if (rc < 0)
 		goto out;
-	if (!ref) {
+	if (nc == 0) {
 		rc = kl_err(-ENOENT, "%s: parent not found: no *.vdi file in %s has image UUID %s "
 			    "(the differencing image's link UUID; VirtualBox records the parent's "
 			    "path only in its media registry)%s", d->filename, dir, link_s,
@@ -415,24 +444,39 @@ static int vdi_open_parent(struct blk_dev *d)
 								     "keel also looks in the directory above");
 		goto out;
 	}
-	rc = blk_open_parent(d, ref, "vdi");
-	if (rc < 0)
-		goto out;
-	/* the match was by link UUID; the parent's modification UUID is only advisory */
-	ps = d->parent->priv;
-	if (!kl_uuid_is_null(s->header + V_UUID_PARENT) &&
-	    memcmp(ps->header + V_UUID_SNAP, s->header + V_UUID_PARENT, 16) != 0) {
-		char a[37], b[37];
+	qsort(c, (size_t)nc, sizeof(c[0]), vdi_cand_cmp);
+	rc = -ENOENT;
+	for (int i = 0; i < nc; i++) {
+		struct vdi_state *ps;
 
-		vdi_uuid_str(s->header + V_UUID_PARENT, a);
-		vdi_uuid_str(ps->header + V_UUID_SNAP, b);
-		vdi_note(s, "parent %s was modified after this image was made (expected modification "
-			 "UUID %s, found %s)", ref, a, b);
+		rc = blk_open_parent(d, c[i].ref, "vdi");
+		if (rc < 0) {
+			if (!first_err) {
+				first_rc = rc;
+				first_err = kl_strdup(kl_errmsg());
+			}
+			continue;
+		}
+		ps = d->parent->priv;
+		if (!kl_uuid_is_null(s->header + V_UUID_PARENT) &&
+		    memcmp(ps->header + V_UUID_SNAP, s->header + V_UUID_PARENT, 16) != 0) {
+			char a[37], b[37];
+
+			vdi_uuid_str(s->header + V_UUID_PARENT, a);
+			vdi_uuid_str(ps->header + V_UUID_SNAP, b);
+			vdi_note(s, "parent %s was modified after this image was made (expected "
+				 "modification UUID %s, found %s)", c[i].ref, a, b);
+		}
+		s->parent_ref = c[i].ref;
+		c[i].ref = NULL;
+		break;
 	}
-	s->parent_ref = ref;
-	ref = NULL;
+	if (rc < 0)
+		rc = first_err ? kl_err(first_rc, "%s", first_err) : rc;
 out:
-	kl_free(ref);
+	for (int i = 0; i < nc; i++)
+		kl_free(c[i].ref);
+	kl_free(first_err);
 	kl_free(up);
 	kl_free(dcopy);
 	return rc;

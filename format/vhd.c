@@ -454,7 +454,7 @@ static int vhd_probe(const struct blk_probe_buf *pb)
 	if (pb->tail_len >= VHD_FOOTER_SIZE - 1 && vhd_cookie(pb->tail + pb->tail_len - 511))
 		return 100;
 	/* dynamic/differencing disk whose end footer is damaged: the copy at 0 */
-	if (pb->head_len >= VHD_FOOTER_SIZE && vhd_cookie(pb->head))
+	if (pb->head_len >= 8 && vhd_cookie(pb->head))
 		return 95;
 	return 0;
 }
@@ -1649,7 +1649,7 @@ static int vhd_load_parent(const char *path, const struct blk_create_opts *o,
 	struct stat st;
 	int rc;
 
-	if (o->parent_format && strcmp(o->parent_format, "vhd") != 0)
+	if (o->parent_format && blk_driver_find(o->parent_format) != blk_driver_find("vhd"))
 		return kl_err(-ENOTSUP, "%s: a VHD differencing disk needs a VHD parent, not %s "
 			      "(%s)", path, o->parent_format, o->parent);
 	if (o->parent[0] == '/') {
