@@ -121,6 +121,8 @@ print(set_count, "sectors from the child")
 PY
 
 # ---------------------------------------------------------------- WRITE matrix
+have_vhdi=1
+command -v vhdiinfo >/dev/null || { have_vhdi=0; echo "# vhdiinfo (libvhdi-utils) not installed: libvhdi checks skipped"; }
 have_mount=0
 if command -v vhdimount >/dev/null && [ -e /dev/fuse ]; then
 	mkdir -p "$TMP/mnt"
@@ -150,7 +152,7 @@ for src in small big; do
 		t "write $n: keel convert -O vhd -o $o" keel convert -O vhd -o "$o" "$TMP/$src.raw" "$TMP/$n.vhd"
 		t "write $n: qemu-img compare -F vpc says identical" \
 			qemu-img compare -f raw -F vpc "$TMP/$src.raw" "$TMP/$n.vhd"
-		t "write $n: vhdiinfo opens it" sh -c "vhdiinfo '$TMP/$n.vhd' | grep -q 'Media size'"
+		[ $have_vhdi = 1 ] && t "write $n: vhdiinfo opens it" sh -c "vhdiinfo '$TMP/$n.vhd' | grep -q 'Media size'"
 		if [ $have_mount = 1 ] && [ "$src" = small ]; then
 			t "write $n: vhdimount reads the same bytes" mount_cmp "$TMP/$n.vhd" "$TMP/$src.raw"
 		fi
@@ -163,7 +165,8 @@ keel convert -O vhd -o azure "$TMP/small.raw" "$TMP/az.vhd" >/dev/null
 az=$(vsize vpc "$TMP/az.vhd")
 t "azure: virtual size is a whole number of MiB ($az)" test $((az % 1048576)) -eq 0
 t "azure: size rounded up, not down" test "$az" -ge "$(stat -c %s "$TMP/small.raw")"
-t "azure: fixed disk (vhdiinfo)" sh -c "vhdiinfo '$TMP/az.vhd' | grep -q 'Disk type.*Fixed'"
+t "azure: fixed disk" sh -c "'$KEEL' info '$TMP/az.vhd' | grep -q 'file format: vhd (fixed)'"
+[ $have_vhdi = 1 ] && t "azure: fixed disk (vhdiinfo)" sh -c "vhdiinfo '$TMP/az.vhd' | grep -q 'Disk type.*Fixed'"
 t "azure: file is virtual size + 512-byte footer" test "$(stat -c %s "$TMP/az.vhd")" -eq $((az + 512))
 t "azure: qemu-img sees the same size (no CHS rounding)" \
 	test "$(vsize vpc "$TMP/az.vhd")" -eq "$(keel_vsize "$TMP/az.vhd")"
@@ -182,11 +185,13 @@ for off, byte, n in ((1000448, 0xab, 70000), (4194304, 0x11, 2 << 20), (20971520
     f.seek(off); f.write(bytes([byte]) * n)
 PY
 t "chain: keel reads child over parent" keel compare "$TMP/expect.raw" "$TMP/child.vhd"
-vhdiinfo "$TMP/child.vhd" >"$TMP/child.vhdiinfo" 2>&1
 base_uuid=$(keel info --output json "$TMP/base.vhd" | python3 -c 'import json,sys; print(json.load(sys.stdin)["uuid"])')
-t "chain: vhdiinfo sees a differencing disk" grep -q 'Disk type.*Differential' "$TMP/child.vhdiinfo"
-t "chain: vhdiinfo sees the parent's unique id" grep -q "Parent identifier.*$base_uuid" "$TMP/child.vhdiinfo"
-t "chain: vhdiinfo sees the parent file name" grep -q 'Parent filename.*base.vhd' "$TMP/child.vhdiinfo"
+if [ $have_vhdi = 1 ]; then
+	vhdiinfo "$TMP/child.vhd" >"$TMP/child.vhdiinfo" 2>&1
+	t "chain: vhdiinfo sees a differencing disk" grep -q 'Disk type.*Differential' "$TMP/child.vhdiinfo"
+	t "chain: vhdiinfo sees the parent's unique id" grep -q "Parent identifier.*$base_uuid" "$TMP/child.vhdiinfo"
+	t "chain: vhdiinfo sees the parent file name" grep -q 'Parent filename.*base.vhd' "$TMP/child.vhdiinfo"
+fi
 if [ $have_mount = 1 ]; then
 	# libvhdi 20210425 (Debian 12) finds and opens the parent, but returns the
 	# parent's data for every sector of a differencing image, Windows-made
