@@ -866,6 +866,13 @@ static int vhd_try_parent(struct blk_dev *d, struct vhd_lookup *lk, const char *
 		kl_free(path);
 		return 0;
 	}
+	if (rc == -EPERM) {
+		/* outside the child's directory: say so, and let other locators try */
+		vhd_tried(lk, "%s '%s': %s is outside the image's directory (follow it with "
+			  "--allow-external-backing)", label, text, path);
+		kl_free(path);
+		return 0;
+	}
 	kl_free(path);
 	if (rc < 0)
 		return rc;

@@ -130,6 +130,14 @@ cp "$B/child.vhd" "$B/self.vhd"
 keel create -f vhd -b self.vhd "$B/loop-child.vhd" >/dev/null
 mv "$B/loop-child.vhd" "$B/self.vhd"
 expect_err "parent loop (a child that is its own parent)" "self.vhd.*loops back" R self
+# a child moved away from its parent: W2ru misses, W2ku (absolute) leaves the directory
+mkdir -p "$B/moved"
+cp "$B/child.vhd" "$B/moved/child.vhd"
+expect_err "moved child: both locators named, the absolute one needs permission" \
+	"moved/child.vhd: parent not found: W2ru '.\\\\good.vhd': $B/moved/good.vhd not found; W2ku '.*good.vhd': $B/good.vhd is outside the image's directory" \
+	R moved/child
+t "moved child: --allow-external-backing follows the absolute locator" \
+	keel convert --allow-external-backing -O raw "$B/moved/child.vhd" "$TMP/moved.raw"
 rm "$B/good.vhd"
 expect_err "missing parent" "child.vhd: parent not found: W2ru '.\\\\good.vhd': $B/good.vhd not found" R child
 expect_err "create: larger than VHD allows" "larger than the VHD maximum of 2040 GiB" \
