@@ -673,6 +673,34 @@ START_TEST(crash_during_allocation)
 }
 END_TEST
 
+START_TEST(short_footer_511)
+{
+	TP(p, "short.vhd");
+	const struct blk_driver *drv;
+	struct kl_file *f;
+	struct blk_dev *d;
+	struct blk_info in;
+
+	/* old Virtual PC wrote 511-byte footers: the reserved last byte is missing */
+	mk(p, "subformat=fixed,force_size=on", 1 << 20, NULL);
+	d = op(p, BLK_OPEN_RDWR);
+	pattern_write(d, 0, 1 << 20, 40);
+	blk_close(d);
+	ck_assert_ok(kl_io_open(p, KL_O_RDWR, &f));
+	ck_assert_ok(kl_io_truncate(f, (1 << 20) + 511));
+	kl_io_close(f);
+	ck_assert_ok(blk_probe_file(p, &drv));
+	ck_assert_str_eq(blk_driver_name(drv), "vhd");
+	d = op(p, 0);
+	ck_assert_uint_eq(blk_size(d), 1 << 20);
+	pattern_check(d, 0, 1 << 20, 40);
+	ck_assert_ok(blk_info(d, &in));
+	ck_assert(strstr(info_kv(&in, "warning"), "511-byte footer") != NULL);
+	blk_info_release(&in);
+	blk_close(d);
+}
+END_TEST
+
 static bool sample(const char *name, const char *out)
 {
 	if (access("tests/interop/data/ext2.vhd.gz", R_OK) != 0)
@@ -733,6 +761,7 @@ static Suite *vhd_suite(void)
 	tcase_add_test(tc, block_sizes);
 	tcase_add_test(tc, footer_copy_fallback);
 	tcase_add_test(tc, header_checksum);
+	tcase_add_test(tc, short_footer_511);
 	tcase_add_test(tc, differencing_chain);
 	tcase_add_test(tc, parent_missing_wrong_loop);
 	tcase_add_test(tc, bad_input);
