@@ -15,6 +15,7 @@ CMD(map)
 CMD(compare)
 CMD(convert)
 CMD(io)
+CMD(verify_boot)
 #undef CMD
 
 const struct cli_cmd cli_commands[] = {
@@ -27,6 +28,8 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
 	  cmd_io_usage, CLI_WRITES },
+	{ "verify-boot", cmd_verify_boot, "boot a verifier VM on an image and report a verdict",
+	  cmd_verify_boot_usage, CLI_NEEDS_KVM },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };
