@@ -3,8 +3,8 @@
  * the port-I/O and MMIO buses, and the console capture.
  *
  * Order of VM creation follows the KVM API document and kvmtool/Firecracker:
- * the TSS and identity-map addresses are set before any vCPU exists, the PIT
- * and irqchip before the vCPU (so its LAPIC is in-kernel).
+ * the TSS and identity-map addresses are set before any vCPU exists, the
+ * irqchip and then the PIT before the vCPU (so its LAPIC is in-kernel).
  */
 #define _GNU_SOURCE
 #include "vmm/vmm_int.h"
@@ -76,11 +76,11 @@ int vmm_kvm_open(struct vmm *vm, const char *dev)
 		return kl_err(-errno, "KVM_SET_TSS_ADDR: %s", strerror(errno));
 	if (ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0)
 		return kl_err(-errno, "KVM_SET_IDENTITY_MAP_ADDR: %s", strerror(errno));
-	/* the PIT before the irqchip, as kvmtool and Firecracker order it */
-	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
-		return kl_err(-errno, "KVM_CREATE_PIT2: %s", strerror(errno));
+	/* the irqchip first: KVM_CREATE_PIT2 fails with ENOENT without one */
 	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
 		return kl_err(-errno, "KVM_CREATE_IRQCHIP: %s", strerror(errno));
+	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
+		return kl_err(-errno, "KVM_CREATE_PIT2: %s", strerror(errno));
 
 	vm->mem = mmap(NULL, vm->mem_size, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
