@@ -96,9 +96,9 @@ static const struct {
 
 static int setup_msrs(struct vmm *vm)
 {
-	struct {
+	union {
 		struct kvm_msrs hdr;
-		struct kvm_msr_entry e[1];
+		uint8_t bytes[sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)];
 	} one;
 
 	/* one at a time, so a refused optional MSR does not hide the others */
@@ -107,8 +107,8 @@ static int setup_msrs(struct vmm *vm)
 
 		memset(&one, 0, sizeof(one));
 		one.hdr.nmsrs = 1;
-		one.e[0].index = boot_msrs[i].index;
-		one.e[0].data = boot_msrs[i].value;
+		one.hdr.entries[0].index = boot_msrs[i].index;
+		one.hdr.entries[0].data = boot_msrs[i].value;
 		rc = ioctl(vm->vcpu_fd, KVM_SET_MSRS, &one);
 		if (rc != 1 && !boot_msrs[i].optional)
 			return kl_err(-EIO, "KVM_SET_MSRS: MSR %#x refused", boot_msrs[i].index);
