@@ -50,6 +50,8 @@ const char cmd_verify_boot_usage[] =
 	"  --log FILE        write the guest console to FILE\n"
 	"  --mem SIZE        guest memory (default 256M)\n"
 	"  -f FMT            image format (default: probed)\n"
+	"  --qemu-stock      qemu engine with QEMU's defaults (ACPI, bzImage, no quiet):\n"
+	"                    the baseline of `make bench`\n"
 	"\n"
 	"The report gives the engine, what was checked, and the time of each stage:\n"
 	"VMM start (launch until the guest kernel runs), kernel to /init, the checks.\n"
@@ -123,7 +125,7 @@ static void print_human(const char *image, const struct vmm_report *r)
 
 int cmd_verify_boot(int argc, char **argv)
 {
-	enum { O_ENGINE = 0x2001, O_EXPECT, O_TIMEOUT, O_EXPLAIN, O_LOG, O_MEM };
+	enum { O_ENGINE = 0x2001, O_EXPECT, O_TIMEOUT, O_EXPLAIN, O_LOG, O_MEM, O_STOCK };
 	static const struct option lopts[] = {
 		{ "engine", required_argument, NULL, O_ENGINE },
 		{ "expect-os", required_argument, NULL, O_EXPECT },
@@ -132,6 +134,7 @@ int cmd_verify_boot(int argc, char **argv)
 		{ "explain", no_argument, NULL, O_EXPLAIN },
 		{ "log", required_argument, NULL, O_LOG },
 		{ "mem", required_argument, NULL, O_MEM },
+		{ "qemu-stock", no_argument, NULL, O_STOCK },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -172,6 +175,9 @@ int cmd_verify_boot(int argc, char **argv)
 			if (kl_parse_size(optarg, &v) < 0)
 				return cli_usage("verify-boot", "bad --mem '%s'", optarg);
 			o.mem_size = v;
+			break;
+		case O_STOCK:
+			o.qemu_stock = true;
 			break;
 		case 'f':
 			o.image_format = optarg;
