@@ -158,6 +158,13 @@ static void *vcpu_thread(void *arg)
 			break;
 		}
 	}
+	if (vm->exit_reason == VMM_EXIT_WATCHDOG) {
+		/* where a stuck guest was: the first thing anyone debugging asks */
+		char w[128];
+
+		snprintf(w, sizeof(w), "%.100s", vm->detail);
+		dump_regs(vm, w);
+	}
 	atomic_store(&vm->done, 1);
 	return NULL;
 }
