@@ -49,7 +49,8 @@ static void run_guest(const char *name, const char *image, bool writable, unsign
 	o.image_format = image ? "raw" : NULL;
 	o.disk_writable = writable;
 	o.mem_size = 64ULL << 20;
-	o.timeout_s = timeout ? timeout : 30;
+	/* generous: the host may be loaded and kvm_pvm is slow; the watchdog test sets its own */
+	o.timeout_s = timeout ? timeout : 180;
 	o.console_log = tu_path("console.log");
 	ck_assert_msg(access(o.kernel, R_OK) == 0, "guest %s not built (make vmm-guests)", o.kernel);
 	ck_assert_ok(vmm_run(&o, r));
@@ -320,7 +321,7 @@ static Suite *kvm_suite(void)
 	Suite *s = suite_create("vmm-kvm");
 	TCase *tc = tcase_create("guests");
 
-	tcase_set_timeout(tc, 120);
+	tcase_set_timeout(tc, 900);
 	tcase_add_test(tc, test_boot_protocol);
 	tcase_add_test(tc, test_pvh_entry);
 	tcase_add_test(tc, test_pci_enumeration);

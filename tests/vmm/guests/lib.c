@@ -41,16 +41,24 @@ void put_dec(u64 v)
 	puts(b + i);
 }
 
+/* table-driven: guests run at ~1M instructions/s on kvm_pvm */
 u32 crc32(u32 crc, const void *p, u64 n)
 {
+	static u32 table[256];
 	const u8 *b = p;
 
-	crc = ~crc;
-	while (n--) {
-		crc ^= *b++;
-		for (int k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0xedb88320u & -(crc & 1));
+	if (!table[1]) {
+		for (u32 i = 0; i < 256; i++) {
+			u32 c = i;
+
+			for (int k = 0; k < 8; k++)
+				c = (c >> 1) ^ (0xedb88320u & -(c & 1));
+			table[i] = c;
+		}
 	}
+	crc = ~crc;
+	while (n--)
+		crc = table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
 	return ~crc;
 }
 
