@@ -75,7 +75,7 @@ hw_kvm=0
 if [ -w "${KEEL_KVM_DEV:-/dev/kvm}" ] && [ ! -e /sys/module/kvm_pvm ]; then hw_kvm=1; fi
 for i in $(seq "$RUNS"); do
 	if [ $hw_kvm = 1 ]; then
-		measure keel "$KEEL" verify-boot --engine kvm --output json "$T/disk.raw"
+		measure keel "$KEEL" verify-boot --engine kvm --timeout 900 --output json "$T/disk.raw"
 		measure base qemu-system-x86_64 -machine pc,accel=kvm,acpi=off -cpu host -m 256 \
 			-nodefaults -no-user-config -display none -no-reboot -serial stdio \
 			-kernel "$APP/vmlinux" -initrd "$APP/initrd.cpio" \
@@ -83,7 +83,7 @@ for i in $(seq "$RUNS"); do
 			-drive file="$T/disk.raw",format=raw,if=none,id=d0,readonly=on \
 			-device virtio-blk-pci,drive=d0,disable-modern=on
 	else
-		measure keel "$KEEL" verify-boot --engine qemu --output json "$T/disk.raw"
+		measure keel "$KEEL" verify-boot --engine qemu --timeout 900 --output json "$T/disk.raw"
 		# QEMU's defaults: pc machine with ACPI and firmware, the bzImage, no quiet
 		measure base qemu-system-x86_64 -machine pc,accel=tcg -m 256 -nodefaults \
 			-no-user-config -display none -no-reboot -serial stdio \
