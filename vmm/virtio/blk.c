@@ -36,7 +36,22 @@ struct virtio_blk {
 	struct vmm_disk *disk;
 	bool writable;
 	uint8_t config[24];
+	uint8_t *buf; /* bounce buffer, grown to the largest request seen */
+	size_t buf_len;
 };
+
+static uint8_t *blk_buf(struct virtio_blk *b, size_t len)
+{
+	if (len > b->buf_len) {
+		uint8_t *n = kl_realloc(b->buf, len);
+
+		if (!n)
+			return NULL;
+		b->buf = n;
+		b->buf_len = len;
+	}
+	return b->buf;
+}
 
 static uint32_t blk_features(struct virtio_dev *vd)
 {
@@ -118,7 +133,7 @@ static uint32_t blk_handle(struct virtio_dev *vd, struct virtio_iov *iov, unsign
 			status = VIRTIO_BLK_S_IOERR;
 			break;
 		}
-		buf = kl_malloc(dlen ? dlen : 1);
+		buf = blk_buf(b, dlen ? dlen : 1);
 		if (!buf || vmm_disk_read(b->disk, off, buf, dlen) < 0) {
 			status = VIRTIO_BLK_S_IOERR;
 			break;
@@ -133,7 +148,7 @@ static uint32_t blk_handle(struct virtio_dev *vd, struct virtio_iov *iov, unsign
 			status = VIRTIO_BLK_S_IOERR;
 			break;
 		}
-		buf = kl_malloc(dlen ? dlen : 1);
+		buf = blk_buf(b, dlen ? dlen : 1);
 		if (!buf) {
 			status = VIRTIO_BLK_S_IOERR;
 			break;
@@ -156,7 +171,6 @@ static uint32_t blk_handle(struct virtio_dev *vd, struct virtio_iov *iov, unsign
 		status = VIRTIO_BLK_S_UNSUPP;
 		break;
 	}
-	kl_free(buf);
 	kl_err_clear();
 	iov_copy(iov + first_w, niov - first_w, wlen - 1, &status, 1, true);
 	return (uint32_t)(written + 1);
@@ -198,9 +212,13 @@ int virtio_blk_init(struct vmm *vm)
 
 void virtio_blk_exit(struct vmm *vm)
 {
-	if (vm->vblk)
-		virtio_pci_exit(vm, vm->vblk);
 	/* vp is the first member of struct virtio_blk */
-	kl_free(vm->vblk);
+	struct virtio_blk *b = (struct virtio_blk *)vm->vblk;
+
+	if (b) {
+		virtio_pci_exit(vm, &b->vp);
+		kl_free(b->buf);
+	}
+	kl_free(b);
 	vm->vblk = NULL;
 }
