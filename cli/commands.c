@@ -24,6 +24,7 @@ CMD(scrub)
 CMD(key)
 CMD(dedup)
 CMD(backup)
+CMD(verify_boot)
 #undef CMD
 
 const struct cli_cmd cli_commands[] = {
@@ -54,6 +55,8 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "backup", cmd_backup, "store a disk image as a new snapshot of a vault",
 	  cmd_backup_usage, CLI_WRITES },
+	{ "verify-boot", cmd_verify_boot, "boot a verifier VM on an image and report a verdict",
+	  cmd_verify_boot_usage, CLI_NEEDS_KVM },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };
