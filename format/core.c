@@ -1146,3 +1146,55 @@ int blk_dedup(struct blk_dev *d, bool progress, struct blk_stats *st)
 	KL_TRY(need_snap_op(d, (const void *)d->drv->dedup, "dedup"));
 	return d->drv->dedup(d, progress, st);
 }
+
+/* ------------------------------------------------------------------ receiving */
+
+int blk_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16])
+{
+	KL_TRY(need_snap_op(d, (const void *)d->drv->snapshot_create_guid, "internal snapshots"));
+	KL_TRY(check_writable(d));
+	if (!name || !*name || strchr(name, '@') || strchr(name, '/'))
+		return kl_err(-EINVAL, "snapshot name '%s' is empty or contains '@' or '/'",
+			      name ? name : "");
+	return d->drv->snapshot_create_guid(d, name, guid);
+}
+
+int blk_recv_begin(struct blk_dev *d, const char *base)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_begin, "receiving streams"));
+	return d->drv->recv_begin(d, base);
+}
+
+int blk_recv_status(struct blk_dev *d, bool *active, void *token, size_t *len)
+{
+	*active = false;
+	if (!d->drv->recv_status) {
+		*len = 0;
+		return 0;
+	}
+	return d->drv->recv_status(d, active, token, len);
+}
+
+int blk_recv_checkpoint(struct blk_dev *d, const void *token, size_t len)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_checkpoint, "receiving streams"));
+	if (len > BLK_RECV_TOKEN_MAX)
+		return kl_err(-EINVAL, "receive token of %zu bytes is too long", len);
+	return d->drv->recv_checkpoint(d, token, len);
+}
+
+int blk_recv_finish(struct blk_dev *d, const char *name, const uint8_t guid[16])
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_finish, "receiving streams"));
+	return d->drv->recv_finish(d, name, guid);
+}
+
+int blk_recv_abort(struct blk_dev *d)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_abort, "receiving streams"));
+	return d->drv->recv_abort(d);
+}

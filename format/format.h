@@ -134,6 +134,7 @@ struct blk_snapshot_info {
 	uint64_t date_ns;    /* creation time, ns since the epoch, 0 if unknown */
 	uint64_t generation; /* format-specific ordering, 0 if unknown */
 	uint64_t stored;     /* bytes exclusively held, 0 if unknown */
+	uint8_t guid[16];    /* identity kept by replication; zero if unknown */
 };
 
 struct blk_info {
@@ -203,6 +204,33 @@ int blk_snapshot_revert(struct blk_dev *d, const char *name);
  */
 int blk_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
 		      void *opaque);
+
+/*
+ * As blk_snapshot_create, with the snapshot's identity given (replication
+ * keeps the source's guid so a later incremental can name it).
+ */
+int blk_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+
+/* ------------------------------------------------------------------ receiving
+ *
+ * A staged receive (keel recv): writes go to a working state that readers
+ * never see; the image shows its previous state until blk_recv_finish makes
+ * the working state a snapshot and the current state in one commit. A
+ * receive survives close and crash: blk_recv_checkpoint records an opaque
+ * token (at most BLK_RECV_TOKEN_MAX bytes, replicate/ decides its meaning)
+ * durably with everything written so far, and a later open resumes it. While
+ * a receive is in progress the image opens writable only with
+ * BLK_OPEN_RECV.
+ */
+#define BLK_RECV_TOKEN_MAX 2048
+#define BLK_OPEN_RECV 0x80
+/* Start: the working state begins as snapshot base (NULL: empty). */
+int blk_recv_begin(struct blk_dev *d, const char *base);
+/* In progress? *len = 0 when none; token copied when buf is large enough. */
+int blk_recv_status(struct blk_dev *d, bool *active, void *token, size_t *len);
+int blk_recv_checkpoint(struct blk_dev *d, const void *token, size_t len);
+int blk_recv_finish(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+int blk_recv_abort(struct blk_dev *d);
 
 /* ------------------------------------------------------------------ chains */
 struct blk_identity {

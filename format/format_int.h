@@ -156,6 +156,13 @@ struct blk_driver {
 			    const uint8_t hash[32]);
 	int (*stats)(struct blk_dev *d, struct blk_stats *st);
 	int (*dedup)(struct blk_dev *d, bool progress, struct blk_stats *st);
+
+	int (*snapshot_create_guid)(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+	int (*recv_begin)(struct blk_dev *d, const char *base);
+	int (*recv_status)(struct blk_dev *d, bool *active, void *token, size_t *len);
+	int (*recv_checkpoint)(struct blk_dev *d, const void *token, size_t len);
+	int (*recv_finish)(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+	int (*recv_abort)(struct blk_dev *d);
 	int (*scrub)(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
 		     struct blk_scrub_report *r);
 };

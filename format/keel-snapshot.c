@@ -216,6 +216,7 @@ int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *
 		v[i].vsize = s->snaps[i].vsize;
 		v[i].date_ns = s->snaps[i].ctime_ns;
 		v[i].generation = s->snaps[i].generation;
+		memcpy(v[i].guid, s->snaps[i].guid, 16);
 		if (!v[i].id || !v[i].name) {
 			blk_snapshot_list_free(v, i + 1);
 			return -ENOMEM;
@@ -227,6 +228,11 @@ int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *
 }
 
 int kf_snapshot_create(struct blk_dev *d, const char *name)
+{
+	return kf_snapshot_create_guid(d, name, NULL);
+}
+
+int kf_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16])
 {
 	struct kf_state *s = d->priv;
 	struct kf_snap *v, *sn;
@@ -261,7 +267,10 @@ int kf_snapshot_create(struct blk_dev *d, const char *name)
 	sn->ctime_ns = kl_wallclock_ns();
 	sn->vsize = s->vsize;
 	sn->height = (uint8_t)s->height;
-	kl_uuid_generate(sn->guid);
+	if (guid && !kl_uuid_is_null(guid))
+		memcpy(sn->guid, guid, 16);
+	else
+		kl_uuid_generate(sn->guid);
 	s->nsnaps++;
 	s->snaps_dirty = true;
 	s->snap_pending = true;
