@@ -57,6 +57,7 @@ struct cli_open {
 #define CLI_OPT_KEY_FILE 0x1002
 #define CLI_OPT_KEY_ENV 0x1003
 #define CLI_OPT_OUTPUT 0x1004
+#define CLI_OPT_WAIT 0x1005
 /* Handle an open-related long option; true when it was one. */
 bool cli_open_option(struct cli_open *co, int opt, const char *arg);
 int cli_open_image(struct cli_open *co, const char *spec, unsigned flags, struct blk_dev **out);

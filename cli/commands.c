@@ -24,6 +24,9 @@ CMD(scrub)
 CMD(key)
 CMD(dedup)
 CMD(backup)
+CMD(prune)
+CMD(restore)
+CMD(drill)
 CMD(verify_boot)
 #undef CMD
 
@@ -57,6 +60,12 @@ const struct cli_cmd cli_commands[] = {
 	  cmd_backup_usage, CLI_WRITES },
 	{ "verify-boot", cmd_verify_boot, "boot a verifier VM on an image and report a verdict",
 	  cmd_verify_boot_usage, CLI_NEEDS_KVM },
+	{ "prune", cmd_prune, "delete snapshots a retention policy does not keep",
+	  cmd_prune_usage, CLI_WRITES },
+	{ "restore", cmd_restore, "restore a vault snapshot to an image of any format",
+	  cmd_restore_usage, CLI_WRITES },
+	{ "drill", cmd_drill, "restore, scrub and boot-verify a snapshot; report RPO/RTO",
+	  cmd_drill_usage, CLI_NEEDS_KVM },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };

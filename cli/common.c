@@ -93,6 +93,9 @@ bool cli_open_option(struct cli_open *co, int opt, const char *arg)
 	case CLI_OPT_KEY_ENV:
 		co->key_env = arg;
 		return true;
+	case CLI_OPT_WAIT:
+		co->flags |= BLK_OPEN_WAIT;
+		return true;
 	default:
 		return false;
 	}
