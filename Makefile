@@ -92,8 +92,8 @@ interop: all
 	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh --only interop
 
 demo: deps
-	@$(MAKE) --no-print-directory all
-	@KEEL=$(abspath $(KEEL)) scripts/demo.sh
+	@$(MAKE) --no-print-directory all appliance
+	@KEEL=$(abspath $(KEEL)) KEEL_APPLIANCE_DIR=$(abspath $(APPLIANCE)) scripts/demo.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
