@@ -107,6 +107,6 @@ PY
 say "report"
 k info --key-file vault.key vault.keel | grep -E 'virtual size|stored bytes|dedup ratio|compression ratio'
 k snapshot list --key-file vault.key vault.keel
-for f in web.*; do [ -e "$f" ] && printf "  %-10s %s\n" "$f" "$(du -h --apparent-size "$f" | cut -f1)"; done
+for f in web.*; do if [ -e "$f" ]; then printf "  %-10s %s\n" "$f" "$(du -h --apparent-size "$f" | cut -f1)"; fi; done
 printf '\ndemo finished in %.0f s (drill exit %d)\n' "$(echo "$(date +%s.%N) - $T0" | bc -l)" "$drill_rc"
 exit $drill_rc
