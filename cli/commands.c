@@ -15,6 +15,10 @@ CMD(map)
 CMD(compare)
 CMD(convert)
 CMD(io)
+CMD(replicate)
+CMD(restore)
+CMD(prune)
+CMD(scrub)
 #undef CMD
 
 const struct cli_cmd cli_commands[] = {
@@ -27,6 +31,13 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
 	  cmd_io_usage, CLI_WRITES },
+	{ "replicate", cmd_replicate, "replicate snapshots to an S3 repository (s3://...)",
+	  cmd_replicate_usage, 0 },
+	{ "restore", cmd_restore, "restore a snapshot from an S3 repository", cmd_restore_usage,
+	  CLI_WRITES },
+	{ "prune", cmd_prune, "forget snapshots by policy and collect garbage", cmd_prune_usage, 0 },
+	{ "scrub", cmd_scrub, "verify every object of a repository (or every cluster of an image)",
+	  cmd_scrub_usage, 0 },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };

@@ -499,10 +499,10 @@ static int once(struct repl_s3 *c, CURL *h, const struct repl_s3_req *rq, struct
 	t = curl_slist_append(hdrs, hdr);
 	if (t)
 		hdrs = t;
-	/* no 100-continue round trip: S3 answers errors before reading the body anyway */
-	t = t ? curl_slist_append(hdrs, "Expect:") : NULL;
-	if (t)
-		hdrs = t;
+	/*
+	 * "Expect:" (to skip the 100-continue round trip) must not be added:
+	 * curl 7.88 then signs an empty expect header it never sends.
+	 */
 	if (t && c->token_hdr) {
 		t = curl_slist_append(hdrs, c->token_hdr);
 		if (t)

@@ -92,7 +92,8 @@ struct repl_s3_stats {
 	uint64_t packs_uploaded;
 	uint64_t snapshots_done;    /* replicated / restored / removed by prune */
 	uint64_t snapshots_skipped; /* already in the repository (replicate) / kept (prune) */
-	uint64_t objects_deleted;   /* packs + indexes removed by garbage collection */
+	uint64_t objects_deleted;   /* packs, indexes and due marks removed by gc */
+	uint64_t packs_condemned;   /* packs named by the gc mark this prune wrote */
 	uint64_t objects_checked;   /* scrub */
 	uint64_t damaged;	    /* scrub: objects or chunks that failed */
 	double seconds;

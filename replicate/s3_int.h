@@ -308,6 +308,9 @@ struct repl_repo {
 	uint64_t condemned_seen;   /* number of mark objects read */
 	char **marks;		   /* mark keys already applied */
 	size_t nmarks;
+	bool keep_all;		   /* scrub: also keep every index entry in all[] */
+	struct repl_loc *all;
+	size_t nall, cap_all;
 	const struct repl_s3_opts *o;
 };
 
@@ -323,10 +326,15 @@ void repl_repo_close(struct repl_repo *r);
  * tolerate (scrub), where they are counted in *bad.
  */
 int repl_repo_load_index(struct repl_repo *r, bool tolerate, struct repl_s3_stats *st);
-/* Re-reads the gc marks; sets *newly when a pack in use became condemned. */
+/* Reads gc marks not seen yet; *changed when a known pack became condemned. */
 int repl_repo_refresh_marks(struct repl_repo *r, bool *changed);
+/* Appends a pack entry (no chunks yet); *idx is its index in r->packs. */
+int repl_repo_new_pack(struct repl_repo *r, const uint8_t id[REPL_ID_LEN], uint64_t mtime,
+		       uint32_t *idx);
 /* Adds a pack (just uploaded) and its entries to the in-memory index. */
 int repl_repo_add_pack(struct repl_repo *r, const struct repl_index *ix, uint64_t mtime_ns);
+/* The server's clock (Date of a HEAD request), for grace periods. */
+int repl_repo_server_time(struct repl_repo *r, uint64_t *ns);
 /* Object keys. */
 char *repl_key_pack(const uint8_t id[REPL_ID_LEN]);
 char *repl_key_index(const uint8_t id[REPL_ID_LEN]);
