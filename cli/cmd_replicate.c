@@ -29,7 +29,8 @@ const char cmd_replicate_usage[] =
 	"\n" CLI_S3_USAGE
 	"\n"
 	"example: AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\\n"
-	"         keel replicate --endpoint http://127.0.0.1:7480 --key-file pass vm.raw s3://backups/vm\n";
+	"         keel replicate --endpoint http://127.0.0.1:7480 --key-file pass \\\n"
+	"         vm.raw s3://backups/vm\n";
 
 int cmd_replicate(int argc, char **argv)
 {

@@ -18,11 +18,13 @@
  * Why nothing referenced is deleted: a manifest visible when step 2 lists
  * manifests protects its packs. A manifest M that appears later was
  * committed by a replicate whose commit check (step 3) ran at time c. If
- * c came after the mark was written, M does not use the pack. If c came
- * before, the pack is deleted at the earliest one grace period after the
- * mark, so M would have to take longer than the grace period between its
- * commit check and its PUT, which is one request (the default grace is an
- * hour). Packs of a running replicate that no manifest names yet are
+ * c came after the mark was written, M does not use the pack: the check
+ * sees the mark, or, when a sweep already finished (it deletes the index,
+ * then the pack, then the mark), the missing index. If c came before, the
+ * pack is deleted at the earliest one grace period after the mark, so M
+ * would have to take longer than the grace period between its commit
+ * check and its PUT, which is one request (the default grace is an hour).
+ * Packs of a running replicate that no manifest names yet are
  * spared while their index is younger than the grace period, and caught
  * by the same commit check after that.
  */
@@ -337,7 +339,7 @@ int repl_s3_prune(const struct repl_s3_opts *o, const struct repl_s3_prune_opts 
 	memset(st, 0, sizeof(*st));
 	any_policy = p->keep_last || p->keep_hourly || p->keep_daily || p->keep_weekly ||
 		     p->keep_monthly || p->keep_yearly || p->keep_name;
-	rc = repl_repo_open(o, false, &r);
+	rc = repl_repo_open(o, false, &r, st);
 	if (rc < 0)
 		return rc;
 	rc = repl_repo_load_manifests(r, &ms, &keys, &nm);
@@ -478,7 +480,7 @@ int repl_s3_scrub(const struct repl_s3_opts *o, struct repl_s3_stats *st)
 	int rc;
 
 	memset(st, 0, sizeof(*st));
-	rc = repl_repo_open(o, false, &r); /* the config authenticates here */
+	rc = repl_repo_open(o, false, &r, st); /* the config authenticates here */
 	if (rc < 0)
 		return rc;
 	st->objects_checked++;

@@ -474,12 +474,16 @@ static int replicate_one(struct rep *p, const char *image, const char *spec, con
 			goto out;
 		/*
 		 * Commit check: a prune may have condemned a pack this
-		 * snapshot dedups against since we loaded the marks. Such a
-		 * pack can be deleted one grace period after its mark, so do
-		 * not reference it: walk again, which re-uploads those chunks
-		 * (everything else is found in the index and skipped).
+		 * snapshot dedups against since we loaded the marks, or even
+		 * swept it (deleting the mark too) if this run took longer
+		 * than the grace period. Do not reference such a pack: walk
+		 * again, which re-uploads those chunks (everything else is
+		 * found in the index and skipped).
 		 */
 		rc = repl_repo_refresh_marks(p->r, &changed);
+		/* marks first, then indexes: a sweep deletes indexes before its mark */
+		if (rc == 0)
+			rc = repl_repo_check_packs(p->r, &changed);
 		if (rc < 0)
 			goto out;
 		if (!changed || !uses_condemned(p->r, &m))
@@ -614,7 +618,7 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 			goto out;
 		}
 	}
-	rc = repl_repo_open(o, ro->init, &r);
+	rc = repl_repo_open(o, ro->init, &r, st);
 	if (rc < 0)
 		goto out;
 	rc = repl_repo_load_index(r, false, NULL);
@@ -868,7 +872,7 @@ int repl_s3_restore(const struct repl_s3_opts *o, const char *snap, const char *
 		return kl_err(-EINVAL, "an output format is needed (-O)");
 	if (stat(out, &sb) == 0)
 		return kl_err(-EEXIST, "%s already exists; restore never overwrites", out);
-	rc = repl_repo_open(o, false, &r);
+	rc = repl_repo_open(o, false, &r, st);
 	if (rc < 0)
 		goto done;
 	if (!snap)
@@ -1007,7 +1011,7 @@ int repl_s3_list(const struct repl_s3_opts *o, struct repl_s3_snapshot **out, si
 
 	*out = NULL;
 	*n = 0;
-	KL_TRY(repl_repo_open(o, false, &r));
+	KL_TRY(repl_repo_open(o, false, &r, NULL));
 	rc = repl_repo_load_manifests(r, &ms, &keys, &nm);
 	if (rc < 0)
 		goto out;

@@ -141,7 +141,8 @@ static char *cache_path(const struct repl_s3_opts *o, const uint8_t repo_id[16])
 	return dir;
 }
 
-int repl_repo_open(const struct repl_s3_opts *o, bool init, struct repl_repo **out)
+int repl_repo_open(const struct repl_s3_opts *o, bool init, struct repl_repo **out,
+		   struct repl_s3_stats *st)
 {
 	struct repl_repo *r = kl_calloc(1, sizeof(*r));
 	uint8_t *buf = NULL, enc[REPL_CONFIG_LEN];
@@ -202,6 +203,8 @@ int repl_repo_open(const struct repl_s3_opts *o, bool init, struct repl_repo **o
 	return 0;
 err:
 	kl_free(buf);
+	if (st)
+		repl_stats_from_counters(r, st);
 	repl_repo_close(r);
 	return rc;
 }
@@ -313,11 +316,12 @@ static int fetch_many(struct repl_repo *r, struct fetch_job *jobs, size_t n)
 
 	if (n == 0)
 		return 0;
+	for (size_t i = 0; i < n; i++)
+		jobs[i].r = r;
 	if (n == 1)
 		return fetch_one(&jobs[0]);
 	KL_TRY(repl_pool_new(repl_s3_connections(r->s3), 2 * repl_s3_connections(r->s3), &p));
 	for (size_t i = 0; i < n; i++) {
-		jobs[i].r = r;
 		rc = repl_pool_submit(p, fetch_one, &jobs[i]);
 		if (rc < 0)
 			break;
@@ -469,6 +473,39 @@ out:
 	kl_free(jobs);
 	repl_s3_objs_free(objs, n);
 	return rc;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+	return memcmp(a, b, REPL_ID_LEN);
+}
+
+int repl_repo_check_packs(struct repl_repo *r, bool *changed)
+{
+	struct repl_s3_obj *objs = NULL;
+	uint8_t (*ids)[REPL_ID_LEN];
+	size_t n = 0, k = 0;
+
+	KL_TRY(repl_s3_list_keys(r->s3, "index/", &objs, &n));
+	ids = kl_malloc((n ? n : 1) * REPL_ID_LEN);
+	if (!ids) {
+		repl_s3_objs_free(objs, n);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!strncmp(objs[i].key, "index/", 6) &&
+		    repl_unhex(objs[i].key + 6, ids[k], REPL_ID_LEN) == 0)
+			k++;
+	repl_s3_objs_free(objs, n);
+	qsort(ids, k, REPL_ID_LEN, cmp_id);
+	for (size_t i = 0; i < r->npacks; i++) {
+		if (r->packs[i].condemned || bsearch(r->packs[i].id, ids, k, REPL_ID_LEN, cmp_id))
+			continue;
+		r->packs[i].condemned = true;
+		*changed = true;
+	}
+	kl_free(ids);
+	return 0;
 }
 
 /* Remove cached index copies whose object is no longer in the bucket. */

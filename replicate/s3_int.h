@@ -316,9 +316,11 @@ struct repl_repo {
 
 /*
  * Opens the repository named by o->url: reads config (or creates it when
- * init and it is missing), unlocks it with o->key.
+ * init and it is missing), unlocks it with o->key. On failure the request
+ * counters so far go to st (when not NULL).
  */
-int repl_repo_open(const struct repl_s3_opts *o, bool init, struct repl_repo **out);
+int repl_repo_open(const struct repl_s3_opts *o, bool init, struct repl_repo **out,
+		   struct repl_s3_stats *st);
 void repl_repo_close(struct repl_repo *r);
 /*
  * Loads every index object (via the local cache) and every gc mark, and
@@ -331,6 +333,12 @@ int repl_repo_refresh_marks(struct repl_repo *r, bool *changed);
 /* Appends a pack entry (no chunks yet); *idx is its index in r->packs. */
 int repl_repo_new_pack(struct repl_repo *r, const uint8_t id[REPL_ID_LEN], uint64_t mtime,
 		       uint32_t *idx);
+/*
+ * Lists index/ and treats every known pack whose index is gone (swept by a
+ * prune, which deletes the index before the pack and the mark after both)
+ * as condemned; *changed is set when that happens.
+ */
+int repl_repo_check_packs(struct repl_repo *r, bool *changed);
 /* Adds a pack (just uploaded) and its entries to the in-memory index. */
 int repl_repo_add_pack(struct repl_repo *r, const struct repl_index *ix, uint64_t mtime_ns);
 /* The server's clock (Date of a HEAD request), for grace periods. */
