@@ -545,10 +545,12 @@ int repl_index_decode(const uint8_t *buf, size_t len, struct repl_index *ix)
 		if (e->plain_len == 0 || e->plain_len > REPL_CHUNK_MAX ||
 		    e->len < 1 + REPL_SEAL_OVERHEAD || e->len > repl_blob_bound(e->plain_len) ||
 		    e->off < next || e->off > UINT64_MAX - e->len) {
+			int rc = kl_err(-EUCLEAN, "index: entry %u (offset %llu, length %u, plain "
+					"%u) is out of order or out of range", i,
+					(unsigned long long)e->off, e->len, e->plain_len);
+
 			repl_index_release(ix);
-			return kl_err(-EUCLEAN, "index: entry %u (offset %llu, length %u, plain %u) "
-				      "is out of order or out of range", i,
-				      (unsigned long long)e->off, e->len, e->plain_len);
+			return rc;
 		}
 		next = e->off + e->len;
 	}
@@ -603,6 +605,10 @@ int repl_manifest_encode(const struct repl_manifest *m, uint8_t **out, size_t *l
 			while (j < m->ndata && m->pos[j] == pos + (j - i))
 				j++;
 			cnt = j - i;
+			if (cnt > m->nchunks - pos) {
+				w.err = kl_err(-EINVAL, "manifest: data position past the image");
+				break;
+			}
 			kind = 1;
 			wr_bytes(&w, &kind, 1);
 			wr_u64(&w, cnt);
@@ -611,6 +617,11 @@ int repl_manifest_encode(const struct repl_manifest *m, uint8_t **out, size_t *l
 		} else {
 			uint64_t stop = i < m->ndata ? m->pos[i] : m->nchunks;
 
+			if (stop <= pos || stop > m->nchunks) {
+				w.err = kl_err(-EINVAL, "manifest: data positions not increasing "
+					       "inside the image");
+				break;
+			}
 			cnt = stop - pos;
 			kind = 0;
 			wr_bytes(&w, &kind, 1);
