@@ -16,7 +16,9 @@
 # Env for up: OSD_BYTES (memstore capacity, default 3 GiB; memstore holds
 # the data in RAM at about 2x its size and blocks writes, never fails them,
 # once full), OSD_STORE=bluestore for a sparse file instead, RGW_DNS_NAME
-# (enables virtual-host-style bucket addressing for that name).
+# (enables virtual-host-style bucket addressing for that name), RGW_USAGE_LOG=1
+# (per-bucket request and byte counters, flushed every second, for
+# `radosgw-admin usage show`: the benchmark counts requests with it).
 #
 # Pitfalls this avoids (each cost real time the first time round):
 #  - radosgw defaults to ms_mon_client_mode=secure, which auth=none cannot
@@ -97,8 +99,11 @@ do_up() {
 	ak=$(od -An -tx1 -N10 /dev/urandom | tr -d ' \n' | tr a-f A-F)
 	sk=$(od -An -tx1 -N20 /dev/urandom | tr -d ' \n')
 	local bytes=${OSD_BYTES:-$((3 << 30))} store=${OSD_STORE:-memstore}
-	local dns=""
+	local dns="" usage=""
 	[ -n "${RGW_DNS_NAME:-}" ] && dns="rgw dns name = $RGW_DNS_NAME"
+	[ "${RGW_USAGE_LOG:-0}" = 1 ] && usage="rgw enable usage log = true
+rgw usage log tick interval = 1
+rgw usage log flush threshold = 1"
 	cat >"$dir/ceph.conf" <<CONF
 [global]
 fsid = $fsid
@@ -146,6 +151,7 @@ rgw data = $dir/rgw
 rgw enable lc threads = false
 rgw enable quota threads = false
 $dns
+$usage
 CONF
 	export CEPH_CONF=$dir/ceph.conf
 	# on failure: stop what started, keep the logs
