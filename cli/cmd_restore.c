@@ -6,6 +6,7 @@
  * the source argument.
  */
 #include "cli/s3-cli.h"
+#include "convert/convert.h"
 
 #include <string.h>
 #include <time.h>
@@ -129,6 +130,8 @@ int cmd_restore(int argc, char **argv)
 		cli_s3_release(&s);
 		return rc;
 	}
+	/* SIGINT/SIGTERM stop the restore and remove the temporary output */
+	conv_install_signal_handlers();
 	rc = repl_s3_restore(&s.o, NULL, fmt, argv[optind + 1], verify, &st);
 	if (s.json)
 		cli_s3_json("restore", src, &st, rc);

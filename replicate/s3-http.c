@@ -953,10 +953,14 @@ int repl_s3_parse_iso8601(const char *s, uint64_t *ns)
 
 int repl_s3_parse_listing(const char *xml, size_t len, size_t strip, struct repl_s3_listing *l)
 {
-	const char *p = xml, *end = xml + len;
+	const char *p, *end;
 	char *tr;
 
-	if (!xml || !memfind(xml, end, "<ListBucketResult"))
+	if (!xml)
+		return kl_err(-EUCLEAN, "not a ListBucketResult");
+	p = xml;
+	end = xml + len;
+	if (!memfind(xml, end, "<ListBucketResult"))
 		return kl_err(-EUCLEAN, "not a ListBucketResult");
 	tr = tag_text(p, end, "IsTruncated", NULL);
 	l->truncated = tr && !strcmp(tr, "true");

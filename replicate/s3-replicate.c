@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include "replicate/s3_int.h"
+#include "convert/convert.h"
 #include "format/format.h"
 
 #include <libgen.h>
@@ -75,6 +76,7 @@ static int parallel_for(struct repl_pool *cpu, size_t n, int (*fn)(void *, size_
 
 struct upload {
 	struct repl_repo *r;
+	int *failed; /* set by the first failed upload: later ones skip their PUTs */
 	uint8_t *buf;
 	size_t len;
 	struct repl_index ix;
@@ -85,6 +87,7 @@ struct rep {
 	struct repl_s3_stats *st;
 	struct repl_pool *net; /* uploads */
 	struct repl_pool *cpu; /* hashing, compression */
+	int failed;
 	uint32_t cs;
 	/* the pack being filled */
 	uint8_t *pbuf;
@@ -117,6 +120,10 @@ static int upload_job(void *arg)
 	repl_hex(u->ix.pack, REPL_ID_LEN, hex);
 	if (!pk || !ik)
 		goto out;
+	if (__atomic_load_n(u->failed, __ATOMIC_RELAXED)) {
+		rc = 0; /* the run already failed: just free */
+		goto out;
+	}
 	/* pack first, index second: an index never names a missing pack */
 	rc = kl_io_event("s3.pack_put");
 	if (!rc)
@@ -143,6 +150,8 @@ static int upload_job(void *arg)
 		kl_err_clear();
 	}
 out:
+	if (rc < 0)
+		__atomic_store_n(u->failed, 1, __ATOMIC_RELAXED);
 	kl_free(pk);
 	kl_free(ik);
 	kl_free(ib);
@@ -191,6 +200,7 @@ static int pack_close(struct rep *p)
 		return -ENOMEM;
 	}
 	u->r = p->r;
+	u->failed = &p->failed;
 	u->buf = p->pbuf;
 	u->len = p->plen;
 	u->ix = p->pix;
@@ -729,6 +739,7 @@ struct rst {
 	pthread_mutex_t lock;
 	struct kl_progress *prog;
 	uint64_t written;
+	int failed; /* set by the first failed segment: later ones do nothing */
 };
 
 static int cmp_ref(const void *a, const void *b)
@@ -750,10 +761,16 @@ static int seg_job(void *arg)
 	uint64_t start = f->off, end = l->off + l->len;
 	char *key = repl_key_pack(rs->r->packs[f->pack].id);
 	uint8_t *buf = NULL, *plain = kl_malloc(rs->cs);
-	int rc;
+	int rc = 0;
 
 	if (!key || !plain) {
 		rc = -ENOMEM;
+		goto out;
+	}
+	if (__atomic_load_n(&rs->failed, __ATOMIC_RELAXED))
+		goto out;
+	if (conv_interrupted()) {
+		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 		goto out;
 	}
 	rc = repl_s3_get_range(rs->r->s3, key, start, end - start, &buf);
@@ -783,6 +800,8 @@ static int seg_job(void *arg)
 		kl_progress_add(rs->prog, x->plain_len);
 	}
 out:
+	if (rc < 0)
+		__atomic_store_n(&rs->failed, 1, __ATOMIC_RELAXED);
 	kl_free(key);
 	kl_free(buf);
 	kl_free(plain);

@@ -133,7 +133,8 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
  * beside out, zero chunks left unwritten (sparse), synced, renamed into
  * place. With verify the output is re-read and every chunk's keyed hash
  * compared with the manifest. This is the library call `keel drill --from
- * s3://...` uses.
+ * s3://...` uses. After conv_install_signal_handlers(), SIGINT/SIGTERM
+ * stop it with -EINTR and nothing is left under out or the temporary name.
  */
 int repl_s3_restore(const struct repl_s3_opts *o, const char *snap, const char *fmt,
 		    const char *out, bool verify, struct repl_s3_stats *st);

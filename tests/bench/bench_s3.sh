@@ -89,7 +89,7 @@ for n in $(seq 0 $((NIGHTS - 1))); do
 	printf '%-7s %-6s %9s %9d %12d %s\n' "$n" keel "$dk" $(( ${u1% *} - ${u0% *} )) $(( ${u1#* } - ${u0#* } )) "$note"
 	u0=$(usage bench-restic)
 	t0=$(now)
-	restic backup --no-scan --quiet --tag "night$n" "$f" >"$W/r$n.log" 2>&1 || { cat "$W/r$n.log"; exit 1; }
+	restic backup --quiet --tag "night$n" "$f" >"$W/r$n.log" 2>&1 || { cat "$W/r$n.log"; exit 1; }
 	t1=$(now)
 	u1=$(usage bench-restic)
 	dr=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')

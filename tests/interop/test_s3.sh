@@ -116,18 +116,23 @@ fi
 # ------------------------------------------------------------------ interrupted replicate
 python3 -c 'import random; open("big.raw","wb").write(random.Random(7).randbytes(40 << 20))'
 base=$(s3_keys keel-test vms/vm1/index/ | wc -l)
-keel replicate "${K[@]}" --name big --connections 1 --limit-rate 4M big.raw $URL >kill.out 2>&1 &
+# PUTs after the 4th (2 packs + their indexes) are held by the proxy: the
+# replicate is frozen mid-way at a known point, then killed
+faultproxy --hold-puts-after 4 --hold-file "$TMP/never"
+keel replicate "${K[@]}" --name big --connections 1 --limit-rate 8M \
+	--endpoint http://127.0.0.1:$FP_PORT big.raw $URL >kill.out 2>&1 &
 RP=$!
 have=$base
-for _ in $(seq 300); do
+for _ in $(seq 600); do
 	have=$(s3_keys keel-test vms/vm1/index/ | wc -l)
 	[ "$have" -ge $((base + 2)) ] && break
 	sleep 0.1
 done
+sleep 0.5
 kill -9 $RP 2>/dev/null; wait $RP 2>/dev/null
 have=$(s3_keys keel-test vms/vm1/index/ | wc -l)
 echo "# killed with $((have - base)) of 6 packs of 'big' stored"
-t "killed replicate left packs behind" test "$have" -ge $((base + 2))
+t "killed replicate stored exactly 2 packs" test "$have" -eq $((base + 2))
 t "killed replicate left no snapshot" sh -c \
 	"! '$KEEL' restore --list --key-file '$W/pass' $URL | grep -q '^big '"
 t "resume after the kill" keel replicate "${K[@]}" --name big --output json big.raw $URL
@@ -157,11 +162,16 @@ PY
 t "gc: replicate A" keel replicate "${K[@]}" --name a ga.raw $G
 t "gc: replicate B" keel replicate "${K[@]}" --name b gb.raw $G
 sleep 2.5   # A's packs are now older than the 2 s grace below
-# C dedups against A's packs at once, then uploads slowly (~8 s)
-keel replicate "${K[@]}" --name c --connections 1 --limit-rate 1M --output json gc.raw $G \
+# C dedups against A's packs at once; its first PUT is then held by the
+# proxy until both prunes ran (the sweep deletes A's pack under it)
+faultproxy --hold-puts-after 0 --hold-file "$TMP/release-c"
+keel replicate "${K[@]}" --name c --endpoint http://127.0.0.1:$FP_PORT --output json gc.raw $G \
 	>gc-rep.json 2>gc-rep.err &
 RP=$!
-sleep 1
+for _ in $(seq 600); do
+	grep -q "hold PUT" "$FP_LOG" 2>/dev/null && break
+	sleep 0.1
+done
 t "gc: prune removes A and condemns its packs (replicate running)" \
 	keel prune "${K[@]}" --keep-last 1 --grace 2 --output json $G
 cp "$TMP/.out" p1.json
@@ -170,6 +180,7 @@ t "gc: second prune sweeps A's packs (replicate still running)" \
 	keel prune "${K[@]}" --grace 2 --output json $G
 cp "$TMP/.out" p2.json
 t "gc: the replicate was still running during both prunes" kill -0 $RP
+touch "$TMP/release-c"
 wait $RP
 rc=$?
 echo "# prune 1: $(J p1.json '(d["snapshots"], d["packs_condemned"], d["objects_deleted"])'); prune 2: $(J p2.json '(d["packs_condemned"], d["objects_deleted"])') (condemned, deleted)"
@@ -210,13 +221,13 @@ expect_err "unreachable endpoint: clear error" "connect" \
 	keel restore "${K[@]}" --retries 1 --endpoint http://127.0.0.1:1 "$URL@night1" -O raw x.raw
 t "no output left behind by failed restores" test ! -e x.raw
 
-faultproxy --fail-every 3 --drop-every 5 --cut-every 7 --log "$TMP/flaky.log"
+faultproxy --fail-every 3 --drop-every 5 --cut-every 7
 FL=http://127.0.0.1:$FP_PORT
 mkstate s4.raw 4 s3.raw
 t "flaky endpoint (503, dropped, cut): replicate retries to success" \
 	keel replicate "${K[@]}" --endpoint $FL --name flaky --output json s4.raw $URL
 cp "$TMP/.out" flaky.json
-echo "# flaky replicate: $(J flaky.json 'd["requests"]["retries"]') retries; proxy: $(awk '{print $2}' "$TMP/flaky.log" | sort | uniq -c | tr '\n' ' ')"
+echo "# flaky replicate: $(J flaky.json 'd["requests"]["retries"]') retries; proxy: $(awk '{print $2}' "$FP_LOG" | sort | uniq -c | tr '\n' ' ')"
 t "flaky endpoint: retries happened" test "$(J flaky.json 'd["requests"]["retries"] > 0')" = True
 rm -f s4.out
 t "flaky endpoint: restore retries to a byte-identical image" sh -c \

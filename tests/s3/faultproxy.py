@@ -10,13 +10,18 @@ the request's number n (1, 2, ...), injects a fault instead:
   --cut-every K    n % K == 0: forward, then send only half the answer and close
   --fail-after N   n > N: answer 503 to everything (a store that went down)
   --fail-puts-after N  once N PUTs went through, answer 503 to everything
+  --hold-puts-after N --hold-file F
+                   PUTs after the Nth wait (unanswered) until file F exists:
+                   freezes a client at a known point, deterministically
 
 One request per client connection (the answer carries Connection: close),
 which keeps the relaying trivial. Prints the port it listens on (127.0.0.1
 only), then serves until killed. Stdlib only.
 """
 import argparse
+import os
 import socket
+import time
 import sys
 import threading
 
@@ -82,6 +87,13 @@ def handle(c, args):
                 down[0] = True
             if head.startswith(b"PUT "):
                 puts[0] += 1
+            nput = puts[0] if head.startswith(b"PUT ") else 0
+        if args.hold_puts_after is not None and nput > args.hold_puts_after:
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write("%d hold %s\n" % (n, head.split(b"\r\n", 1)[0].decode("latin-1")))
+            while not os.path.exists(args.hold_file):
+                time.sleep(0.05)
         kind = "pass"
         if down[0] or (args.fail_after is not None and n > args.fail_after):
             kind = "503"
@@ -143,6 +155,8 @@ def main():
     ap.add_argument("--cut-every", type=int, default=0)
     ap.add_argument("--fail-after", type=int, default=None)
     ap.add_argument("--fail-puts-after", type=int, default=None)
+    ap.add_argument("--hold-puts-after", type=int, default=None)
+    ap.add_argument("--hold-file")
     ap.add_argument("--log")
     args = ap.parse_args()
     host, _, port = args.upstream.rpartition(":")

@@ -68,10 +68,12 @@ s3_fetch_all() {
 	done
 }
 
-# faultproxy ARGS... : start tests/s3/faultproxy.py in front of RGW; sets FP_PORT
+# faultproxy ARGS... : start tests/s3/faultproxy.py in front of RGW; sets
+# FP_PORT, and FP_LOG (one line per request: number, fault, request line)
 faultproxy() {
 	local pf=$TMP/fp.$RANDOM
-	python3 "$S3_LIB_DIR/faultproxy.py" "127.0.0.1:$S3_PORT" "$@" >"$pf" &
+	FP_LOG=$pf.log
+	python3 "$S3_LIB_DIR/faultproxy.py" "127.0.0.1:$S3_PORT" --log "$FP_LOG" "$@" >"$pf" &
 	S3_PIDS+=($!)
 	FP_PID=$!
 	for _ in $(seq 100); do [ -s "$pf" ] && break; sleep 0.1; done
