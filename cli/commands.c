@@ -15,6 +15,11 @@ CMD(map)
 CMD(compare)
 CMD(convert)
 CMD(io)
+CMD(check)
+CMD(snapshot)
+CMD(commit)
+CMD(rebase)
+CMD(diff)
 CMD(replicate)
 CMD(restore)
 CMD(prune)
@@ -31,6 +36,16 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
 	  cmd_io_usage, CLI_WRITES },
+	{ "check", cmd_check, "check metadata and (with --verify-data) every checksum",
+	  cmd_check_usage, 0 },
+	{ "snapshot", cmd_snapshot, "create, list, delete, revert internal snapshots",
+	  cmd_snapshot_usage, CLI_WRITES },
+	{ "diff", cmd_diff, "extents changed between two snapshots (from metadata)",
+	  cmd_diff_usage, 0 },
+	{ "commit", cmd_commit, "write an image's data into its parent", cmd_commit_usage,
+	  CLI_WRITES },
+	{ "rebase", cmd_rebase, "change an image's parent, keeping its content",
+	  cmd_rebase_usage, CLI_WRITES },
 	{ "replicate", cmd_replicate, "replicate snapshots to an S3 repository (s3://...)",
 	  cmd_replicate_usage, 0 },
 	{ "restore", cmd_restore, "restore a snapshot from an S3 repository", cmd_restore_usage,
