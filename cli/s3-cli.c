@@ -174,6 +174,7 @@ void cli_s3_json(const char *cmd, const char *url, const struct repl_s3_stats *s
 	kl_json_u64(&j, "chunks_new", st->chunks_new);
 	kl_json_u64(&j, "chunks_skipped", st->chunks_skipped);
 	kl_json_u64(&j, "chunks_zero", st->chunks_zero);
+	kl_json_u64(&j, "chunks_unchanged_not_read", st->chunks_reused);
 	kl_json_u64(&j, "bytes_new", st->bytes_new);
 	kl_json_u64(&j, "packs_uploaded", st->packs_uploaded);
 	kl_json_u64(&j, "snapshots_done", st->snapshots_done);

@@ -103,6 +103,12 @@ struct rep {
 	bool zero[REPL_BATCH / 4096];
 	uint8_t ids[REPL_BATCH / 4096][REPL_ID_LEN];
 	bool isnew[REPL_BATCH / 4096];
+	bool reuse[REPL_BATCH / 4096]; /* unchanged since prev: id copied, not read */
+	/* incremental: the previous snapshot's manifest and what changed since */
+	const struct repl_manifest *prev;
+	uint8_t *changed; /* bitmap over chunk positions */
+	uint64_t prev_k;  /* cursor into prev->pos */
+	uint64_t chunks_reused;
 	uint8_t *blobs[REPL_BATCH / 4096];
 	size_t bloblen[REPL_BATCH / 4096];
 };
@@ -258,6 +264,8 @@ static int hash_slice(void *ctx, size_t b, size_t e)
 	for (size_t i = b; i < e; i++) {
 		const uint8_t *c = p->batch + i * p->cs;
 
+		if (p->reuse[i])
+			continue;
 		p->zero[i] = kl_is_zero(c, p->blen[i]);
 		if (!p->zero[i])
 			KL_TRY(repl_hmac(p->r->keys.id, c, p->blen[i], p->ids[i]));
@@ -330,6 +338,94 @@ static int read_range(struct blk_dev *d, uint64_t off, uint8_t *buf, size_t len)
 }
 
 /*
+ * Incremental replication of internal snapshots: a chunk position the
+ * snapshot diff does not name is unchanged since the previous snapshot,
+ * so its id is taken from that snapshot's manifest without reading the
+ * chunk, provided the chunk is still in a live pack (else it is read and
+ * stored again like any other).
+ */
+static void mark_reuse(struct rep *p, uint64_t first)
+{
+	const struct repl_manifest *pm = p->prev;
+
+	for (size_t i = 0; i < p->nbatch; i++) {
+		uint64_t pos = first + i;
+		struct repl_loc *loc;
+
+		if (p->changed[pos / 8] & (1u << (pos % 8)))
+			continue;
+		while (p->prev_k < pm->ndata && pm->pos[p->prev_k] < pos)
+			p->prev_k++;
+		if (p->prev_k < pm->ndata && pm->pos[p->prev_k] == pos) {
+			loc = repl_map_get(&p->r->map, pm->ids[p->prev_k]);
+			if (!loc || p->r->packs[loc->pack].condemned)
+				continue;
+			memcpy(p->ids[i], pm->ids[p->prev_k], REPL_ID_LEN);
+			p->zero[i] = false;
+		} else {
+			p->zero[i] = true;
+		}
+		p->reuse[i] = true;
+		p->chunks_reused++;
+	}
+}
+
+struct diff_ctx {
+	uint8_t *bits;
+	uint64_t nchunks;
+	uint32_t cs;
+};
+
+static int diff_cb(void *opaque, const struct blk_extent *e)
+{
+	struct diff_ctx *c = opaque;
+	uint64_t a, b;
+
+	if (!e->len)
+		return 0;
+	a = e->off / c->cs;
+	b = KL_MIN((e->off + e->len - 1) / c->cs, c->nchunks - 1);
+	for (uint64_t k = a; k <= b && k < c->nchunks; k++)
+		c->bits[k / 8] |= (uint8_t)(1u << (k % 8));
+	return 0;
+}
+
+/*
+ * Fills p->changed with the chunk positions that differ between snapshots
+ * prev and cur of image, from metadata. Returns 0 when the format cannot
+ * tell (then everything is read), 1 when p->changed is valid.
+ */
+static int load_diff(struct rep *p, const char *image, const struct repl_s3_replicate_opts *ro,
+		     const struct repl_manifest *prev, const char *cur, uint64_t vsize,
+		     const uint8_t uuid[16])
+{
+	struct blk_open_opts bo = { .format = ro->format, .flags = ro->open_flags,
+				    .key = ro->image_key, .key_len = ro->image_key_len };
+	struct diff_ctx c = { .cs = p->cs, .nchunks = KL_DIV_ROUND_UP(vsize, p->cs) };
+	struct blk_dev *top = NULL;
+	int rc;
+
+	if (!prev || prev->vsize != vsize || prev->chunk_size != p->cs ||
+	    kl_uuid_is_null(uuid) || memcmp(prev->uuid, uuid, 16))
+		return 0;
+	c.bits = kl_calloc(c.nchunks / 8 + 1, 1);
+	if (!c.bits)
+		return -ENOMEM;
+	rc = blk_open(image, &bo, &top);
+	if (rc == 0)
+		rc = blk_snapshot_diff(top, prev->name, cur, diff_cb, &c);
+	blk_close(top);
+	if (rc < 0) {
+		kl_free(c.bits);
+		kl_err_clear();
+		return 0; /* no diff from metadata: read everything */
+	}
+	kl_free(p->changed);
+	p->changed = c.bits;
+	return 1;
+}
+
+/*
  * One pass over the image: fills m (data positions and ids) and uploads
  * every chunk that has no live location yet.
  */
@@ -358,14 +454,29 @@ static int walk_image(struct rep *p, struct blk_dev *d, struct repl_manifest *m,
 			kl_progress_add(prog, skip);
 			continue;
 		}
-		rc = read_range(d, off, p->batch, blen);
-		if (rc < 0)
-			return rc;
 		p->nbatch = KL_DIV_ROUND_UP(blen, p->cs);
 		for (size_t i = 0; i < p->nbatch; i++) {
 			p->blen[i] = KL_MIN((size_t)p->cs, blen - i * p->cs);
 			p->isnew[i] = false;
 			p->blobs[i] = NULL;
+			p->reuse[i] = false;
+		}
+		if (p->prev)
+			mark_reuse(p, off / p->cs);
+		for (size_t i = 0; i < p->nbatch;) {
+			size_t j = i;
+
+			if (p->reuse[i]) {
+				i++;
+				continue;
+			}
+			while (j < p->nbatch && !p->reuse[j])
+				j++;
+			rc = read_range(d, off + i * p->cs, p->batch + i * p->cs,
+					(j - 1) * p->cs + p->blen[j - 1] - i * p->cs);
+			if (rc < 0)
+				return rc;
+			i = j;
 		}
 		rc = parallel_for(p->cpu, p->nbatch, hash_slice, p);
 		if (rc < 0)
@@ -436,7 +547,8 @@ static char *base_name(const char *path)
 }
 
 static int replicate_one(struct rep *p, const char *image, const char *spec, const char *name,
-			 uint64_t created_ns, const struct repl_s3_replicate_opts *ro)
+			 uint64_t created_ns, const struct repl_s3_replicate_opts *ro,
+			 const struct repl_manifest *prev)
 {
 	struct blk_open_opts bo = { .format = ro->format, .flags = ro->open_flags,
 				    .key = ro->image_key, .key_len = ro->image_key_len };
@@ -468,8 +580,14 @@ static int replicate_one(struct rep *p, const char *image, const char *spec, con
 	m.chunk_size = p->cs;
 	m.nchunks = KL_DIV_ROUND_UP(m.vsize, p->cs);
 	m.created_ns = created_ns;
+	rc = load_diff(p, image, ro, prev, name, m.vsize, m.uuid);
+	if (rc < 0)
+		goto out;
+	p->prev = rc == 1 ? prev : NULL;
 	for (int attempt = 0;; attempt++) {
 		bool changed = false;
+
+		p->prev_k = 0;
 
 		prog = kl_progress_start(label, m.vsize, p->r->o->progress);
 		rc = walk_image(p, d, &m, prog);
@@ -519,6 +637,9 @@ static int replicate_one(struct rep *p, const char *image, const char *spec, con
 		rc = repl_stats_add_name(p->st, name);
 	}
 out:
+	p->prev = NULL;
+	kl_free(p->changed);
+	p->changed = NULL;
 	if (prog)
 		kl_progress_finish(prog);
 	if (rc < 0)
@@ -593,6 +714,7 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 	struct repl_repo *r = NULL;
 	size_t nsnaps = 0;
 	char *defname = NULL;
+	const char *prev_name = NULL;
 	double t0 = kl_now();
 	int rc;
 
@@ -658,7 +780,8 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 		goto out;
 	for (size_t i = 0; i < nsnaps && !ro->current; i++) {
 		const char *sn = snaps[i].name && *snaps[i].name ? snaps[i].name : snaps[i].id;
-		char *spec;
+		struct repl_manifest prev = { 0 };
+		char *spec, *pkey;
 
 		if (!sn || !name_ok(sn)) {
 			rc = kl_err(-EINVAL, "%s: snapshot '%s' has a name keel cannot store",
@@ -670,6 +793,7 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 			goto out;
 		if (rc == 1) {
 			st->snapshots_skipped++;
+			prev_name = sn;
 			continue;
 		}
 		spec = kl_asprintf("%s@%s", image, sn);
@@ -677,10 +801,21 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 			rc = -ENOMEM;
 			goto out;
 		}
-		rc = replicate_one(p, image, spec, sn, snaps[i].date_ns, ro);
+		/* the previous snapshot's manifest, for a diff from metadata */
+		if (prev_name) {
+			pkey = repl_key_manifest(r, prev_name);
+			if (!pkey || repl_repo_get_manifest(r, pkey, prev_name, &prev) < 0)
+				memset(&prev, 0, sizeof(prev));
+			kl_free(pkey);
+			kl_err_clear();
+		}
+		rc = replicate_one(p, image, spec, sn, snaps[i].date_ns, ro,
+				   prev.name ? &prev : NULL);
+		repl_manifest_release(&prev);
 		kl_free(spec);
 		if (rc < 0)
 			goto out;
+		prev_name = sn;
 	}
 	if (nsnaps == 0 || ro->current) {
 		const char *name = ro->name ? ro->name : defname;
@@ -688,7 +823,7 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 		rc = have_snapshot(r, name, image, true);
 		if (rc < 0)
 			goto out;
-		rc = replicate_one(p, image, image, name, 0, ro);
+		rc = replicate_one(p, image, image, name, 0, ro, NULL);
 	}
 out:
 	if (p) {
@@ -704,6 +839,8 @@ out:
 			kl_free(p->pbuf);
 			repl_index_release(&p->pix);
 		}
+		st->chunks_reused = p->chunks_reused;
+		kl_free(p->changed);
 		kl_free(p->batch);
 		kl_free(p);
 	}

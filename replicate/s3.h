@@ -88,6 +88,8 @@ struct repl_s3_stats {
 	uint64_t chunks_zero;	    /* chunk positions that are all zero (not stored) */
 	uint64_t chunks_new;	    /* chunks uploaded by this run */
 	uint64_t chunks_skipped;    /* data chunks already in the repository (or this run) */
+	uint64_t chunks_reused;	    /* positions unchanged since the previous snapshot
+				     * (snapshot diff): not even read */
 	uint64_t bytes_new;	    /* plaintext bytes of the new chunks */
 	uint64_t packs_uploaded;
 	uint64_t snapshots_done;    /* replicated / restored / removed by prune */
