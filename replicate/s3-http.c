@@ -113,6 +113,10 @@ int repl_s3_url_parse(const char *url, struct repl_s3_url *out)
 			s++;
 		while (e > s && e[-1] == '/')
 			e--;
+		if (e - s > 512) {
+			repl_s3_url_release(out);
+			return kl_err(-EINVAL, "%s: prefix longer than 512 characters", url);
+		}
 		for (const char *q = s; q < e; q++) {
 			if (!key_char_ok(*q) || (*q == '/' && q[1] == '/') ||
 			    (*q == '.' && (q == s || q[-1] == '/') &&
