@@ -15,9 +15,7 @@
 . "$(dirname "$0")/../shell/lib.sh"
 . "$(dirname "$0")/../s3/lib-s3.sh"
 
-command -v curl >/dev/null || skip "curl is not installed"
-command -v python3 >/dev/null || skip "python3 is not installed"
-s3_start
+s3_start   # installs Ceph (and curl) when missing, or SKIPs with the reason
 
 W=$TMP/work
 mkdir -p "$W"
