@@ -260,8 +260,8 @@ static int gc_run(struct repl_repo *r, uint64_t grace_ns, bool dry_run, struct r
 
 		if (!hx || repl_unhex(hx + 1, id, REPL_ID_LEN) < 0 || pack_index(r, id) >= 0)
 			continue;
-		/* the two PUTs are seconds apart: be generous */
-		if (data[i].mtime_ns + KL_MAX(grace_ns, 600ULL * 1000000000ULL) > now)
+		/* the two PUTs are seconds apart, retries included: an hour is generous */
+		if (data[i].mtime_ns + KL_MAX(grace_ns, 3600ULL * 1000000000ULL) > now)
 			continue;
 		jobs[njobs].r = r;
 		memcpy(jobs[njobs++].id, id, REPL_ID_LEN);
