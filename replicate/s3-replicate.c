@@ -666,10 +666,12 @@ static bool name_ok(const char *n)
 }
 
 /*
- * Is snapshot name already in the repository? 1 yes (same image), 0 no;
- * -EEXIST when it is there for another image.
+ * Is snapshot name already in the repository? 1 yes (same image: same
+ * UUID when the image has one, else the same file name), 0 no; -EEXIST
+ * when it is there for another image, or at all when strict.
  */
-static int have_snapshot(struct repl_repo *r, const char *name, const char *image, bool strict)
+static int have_snapshot(struct repl_repo *r, const char *name, const char *image,
+			 const uint8_t uuid[16], bool strict)
 {
 	struct repl_manifest m;
 	char *key = repl_key_manifest(r, name), *base = base_name(image);
@@ -691,9 +693,14 @@ static int have_snapshot(struct repl_repo *r, const char *name, const char *imag
 	rc = repl_repo_get_manifest(r, key, name, &m);
 	if (rc < 0)
 		goto out;
-	if (strict || strcmp(m.image, base))
-		rc = kl_err(-EEXIST, "%s already has a snapshot '%s' (of %s); choose another "
-			    "--name", repl_s3_where(r->s3), name, m.image);
+	if (strict || (!kl_uuid_is_null(uuid) ? memcmp(m.uuid, uuid, 16) != 0 :
+		       strcmp(m.image, base) != 0))
+		rc = strict ? kl_err(-EEXIST, "%s already has a snapshot '%s' (of %s); choose "
+				     "another --name", repl_s3_where(r->s3), name, m.image) :
+			      kl_err(-EEXIST, "%s already has a snapshot '%s' of another image "
+				     "(%s): snapshot names are per repository; rename the "
+				     "snapshot or use another prefix", repl_s3_where(r->s3), name,
+				     m.image);
 	else
 		rc = 1;
 	repl_manifest_release(&m);
@@ -715,6 +722,7 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 	size_t nsnaps = 0;
 	char *defname = NULL;
 	const char *prev_name = NULL;
+	uint8_t img_uuid[16] = { 0 };
 	double t0 = kl_now();
 	int rc;
 
@@ -722,6 +730,13 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 	rc = blk_open(image, &bo, &d);
 	if (rc < 0)
 		return rc;
+	{
+		struct blk_identity bid;
+
+		if (blk_identity(d, &bid) == 0 && (bid.valid & BLK_ID_UUID))
+			memcpy(img_uuid, bid.uuid, 16);
+		kl_err_clear();
+	}
 	rc = blk_snapshot_list(d, &snaps, &nsnaps);
 	if (rc == -ENOTSUP || rc == -ENOENT) {
 		kl_err_clear();
@@ -788,7 +803,7 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 				    image, sn ? sn : "");
 			goto out;
 		}
-		rc = have_snapshot(r, sn, image, false);
+		rc = have_snapshot(r, sn, image, img_uuid, false);
 		if (rc < 0)
 			goto out;
 		if (rc == 1) {
@@ -820,7 +835,7 @@ int repl_s3_replicate(const char *image, const struct repl_s3_opts *o,
 	if (nsnaps == 0 || ro->current) {
 		const char *name = ro->name ? ro->name : defname;
 
-		rc = have_snapshot(r, name, image, true);
+		rc = have_snapshot(r, name, image, img_uuid, true);
 		if (rc < 0)
 			goto out;
 		rc = replicate_one(p, image, image, name, 0, ro, NULL);
