@@ -115,10 +115,11 @@ int cmd_prune(int argc, char **argv)
 			printf("%s %s@%s\n", po.dry_run ? "would remove" : "removed", url,
 			       st.names[i]);
 		printf("%llu snapshots %s, %llu kept; %llu packs condemned, %llu objects deleted; "
-		       "%.2fs\n", (unsigned long long)st.snapshots_done,
-		       po.dry_run ? "to remove" : "removed", (unsigned long long)st.snapshots_skipped,
-		       (unsigned long long)st.packs_condemned, (unsigned long long)st.objects_deleted,
-		       st.seconds);
+		       "%.2fs\n",
+		       (unsigned long long)st.snapshots_done, po.dry_run ? "to remove" : "removed",
+		       (unsigned long long)st.snapshots_skipped,
+		       (unsigned long long)st.packs_condemned,
+		       (unsigned long long)st.objects_deleted, st.seconds);
 	}
 	repl_s3_stats_release(&st);
 	cli_s3_release(&s);

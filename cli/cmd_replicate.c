@@ -108,10 +108,10 @@ int cmd_replicate(int argc, char **argv)
 			printf("replicated %s@%s\n", target, st.names[i]);
 		printf("%llu snapshots replicated, %llu already there; %llu chunks new, %llu "
 		       "deduplicated, %llu zero; %s uploaded in %llu requests, %.2fs\n",
-		       (unsigned long long)st.snapshots_done, (unsigned long long)st.snapshots_skipped,
-		       (unsigned long long)st.chunks_new, (unsigned long long)st.chunks_skipped,
-		       (unsigned long long)st.chunks_zero, cli_size(st.bytes_uploaded),
-		       (unsigned long long)st.requests, st.seconds);
+		       (unsigned long long)st.snapshots_done,
+		       (unsigned long long)st.snapshots_skipped, (unsigned long long)st.chunks_new,
+		       (unsigned long long)st.chunks_skipped, (unsigned long long)st.chunks_zero,
+		       cli_size(st.bytes_uploaded), (unsigned long long)st.requests, st.seconds);
 	}
 	repl_s3_stats_release(&st);
 	cli_s3_release(&s);

@@ -139,7 +139,8 @@ int cmd_restore(int argc, char **argv)
 		cli_fail(rc);
 	else if (!s.json && !cli_quiet)
 		printf("restored %s to %s (%s): %s of data, %llu chunks, %s downloaded in %llu "
-		       "requests, %.2fs%s\n", src, argv[optind + 1], fmt, cli_size(st.bytes_scanned),
+		       "requests, %.2fs%s\n",
+		       src, argv[optind + 1], fmt, cli_size(st.bytes_scanned),
 		       (unsigned long long)st.chunks_total, cli_size(st.bytes_downloaded),
 		       (unsigned long long)st.requests, st.seconds, verify ? ", verified" : "");
 	repl_s3_stats_release(&st);

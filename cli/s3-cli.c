@@ -121,7 +121,8 @@ int cli_s3_finish(struct cli_s3 *s, const char *url)
 	}
 	KL_TRY(cli_load_key(&s->key, true, false));
 	if (!s->key.key)
-		return kl_err(-EINVAL, "the repository passphrase is needed: --key-file or --key-env");
+		return kl_err(-EINVAL,
+			      "the repository passphrase is needed: --key-file or --key-env");
 	s->o.key = s->key.key;
 	s->o.key_len = s->key.key_len;
 	return 0;

@@ -119,8 +119,8 @@ int repl_hmac(const uint8_t key[REPL_KEY_LEN], const void *data, size_t len,
 	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
 	params[1] = OSSL_PARAM_construct_end();
 	if (!ctx || EVP_MAC_init(ctx, key, REPL_KEY_LEN, params) != 1 ||
-	    EVP_MAC_update(ctx, data, len) != 1 || EVP_MAC_final(ctx, out, &olen, REPL_ID_LEN) != 1 ||
-	    olen != REPL_ID_LEN)
+	    EVP_MAC_update(ctx, data, len) != 1 ||
+	    EVP_MAC_final(ctx, out, &olen, REPL_ID_LEN) != 1 || olen != REPL_ID_LEN)
 		rc = kl_err(-EIO, "HMAC-SHA-256 failed");
 	EVP_MAC_CTX_free(ctx);
 	return rc;

@@ -208,7 +208,8 @@ int repl_config_create(const uint8_t *pass, size_t pass_len, struct repl_config 
 	int rc;
 
 	if (!pass || !pass_len)
-		return kl_err(-EINVAL, "a repository passphrase is needed (--key-file or --key-env)");
+		return kl_err(-EINVAL,
+			      "a repository passphrase is needed (--key-file or --key-env)");
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->version = 1;
 	cfg->chunk_size = REPL_CHUNK_SIZE;
@@ -456,7 +457,8 @@ int repl_blob_decode(const struct repl_keys *k, const uint8_t id[REPL_ID_LEN],
 		return kl_err(-EUCLEAN, "chunk %s: stored blob of %zu bytes, expected %zu", hex,
 			      plen, plain_len);
 	if (plen > repl_blob_bound(plain_len))
-		return kl_err(-EUCLEAN, "chunk %s: blob of %zu bytes for %zu", hex, plen, plain_len);
+		return kl_err(-EUCLEAN, "chunk %s: blob of %zu bytes for %zu", hex, plen,
+			      plain_len);
 	memcpy(aad, id, REPL_ID_LEN);
 	aad[REPL_ID_LEN] = in[0];
 	z = in[0] ? kl_malloc(plen ? plen : 1) : out;
@@ -661,7 +663,8 @@ int repl_manifest_decode(const uint8_t *buf, size_t len, struct repl_manifest *m
 	KL_TRY(rd_u32(&r, &cs));
 	KL_TRY(rd_u32(&r, &resv));
 	if (flags || !KL_IS_POW2(cs) || cs < 4096 || cs > REPL_CHUNK_MAX)
-		return kl_err(-EUCLEAN, "manifest: flags %u / chunk size %u not supported", flags, cs);
+		return kl_err(-EUCLEAN, "manifest: flags %u / chunk size %u not supported", flags,
+			      cs);
 	m->chunk_size = cs;
 	rc = rd_u64(&r, &m->vsize);
 	if (!rc)
@@ -703,9 +706,11 @@ int repl_manifest_decode(const uint8_t *buf, size_t len, struct repl_manifest *m
 		if (rc < 0)
 			goto err;
 		if (kind > 1 || cnt == 0 || cnt > m->nchunks - pos) {
-			rc = kl_err(-EUCLEAN, "manifest: run %llu (kind %u, %llu positions at %llu) "
-				    "is invalid", (unsigned long long)k, kind,
-				    (unsigned long long)cnt, (unsigned long long)pos);
+			rc = kl_err(-EUCLEAN,
+				    "manifest: run %llu (kind %u, %llu positions at %llu) "
+				    "is invalid",
+				    (unsigned long long)k, kind, (unsigned long long)cnt,
+				    (unsigned long long)pos);
 			goto err;
 		}
 		if (kind == 1) {

@@ -125,7 +125,8 @@ static int load_marks(struct repl_repo *r, struct mark **out, size_t *n)
 			continue;
 		}
 		if (rc == 0)
-			rc = repl_obj_open(&r->keys, REPL_OBJ_MARK, objs[i].key, buf, len, &pt, &ptl);
+			rc = repl_obj_open(&r->keys, REPL_OBJ_MARK, objs[i].key, buf, len, &pt,
+					   &ptl);
 		kl_free(buf);
 		if (rc == 0)
 			rc = repl_mark_decode(pt, ptl, &v[k].packs, &v[k].n);
@@ -150,14 +151,6 @@ static int load_marks(struct repl_repo *r, struct mark **out, size_t *n)
 	*out = v;
 	*n = k;
 	return 0;
-}
-
-static int pack_index(const struct repl_repo *r, const uint8_t id[REPL_ID_LEN])
-{
-	for (size_t i = 0; i < r->npacks; i++)
-		if (!memcmp(r->packs[i].id, id, REPL_ID_LEN))
-			return (int)i;
-	return -1;
 }
 
 /* ------------------------------------------------------------------ deletion jobs */
@@ -235,7 +228,7 @@ static int gc_run(struct repl_repo *r, uint64_t grace_ns, bool dry_run, struct r
 		bool due = marks[i].mtime + grace_ns <= now;
 
 		for (size_t k = 0; k < marks[i].n; k++) {
-			int pi = pack_index(r, marks[i].packs[k]);
+			int pi = repl_repo_find_pack(r, marks[i].packs[k]);
 
 			if (pi < 0)
 				continue; /* already gone */
@@ -258,7 +251,8 @@ static int gc_run(struct repl_repo *r, uint64_t grace_ns, bool dry_run, struct r
 		const char *hx = strrchr(data[i].key, '/');
 		uint8_t id[REPL_ID_LEN];
 
-		if (!hx || repl_unhex(hx + 1, id, REPL_ID_LEN) < 0 || pack_index(r, id) >= 0)
+		if (!hx || repl_unhex(hx + 1, id, REPL_ID_LEN) < 0 ||
+		    repl_repo_find_pack(r, id) >= 0)
 			continue;
 		/* the two PUTs are seconds apart, retries included: an hour is generous */
 		if (data[i].mtime_ns + KL_MAX(grace_ns, 3600ULL * 1000000000ULL) > now)
@@ -271,7 +265,8 @@ static int gc_run(struct repl_repo *r, uint64_t grace_ns, bool dry_run, struct r
 		goto out;
 	}
 	if (njobs) {
-		rc = repl_pool_new(repl_s3_connections(r->s3), 2 * repl_s3_connections(r->s3), &pool);
+		rc = repl_pool_new(repl_s3_connections(r->s3), 2 * repl_s3_connections(r->s3),
+				   &pool);
 		for (size_t i = 0; i < njobs && rc == 0; i++)
 			rc = repl_pool_submit(pool, del_pack_job, &jobs[i]);
 		if (pool) {
@@ -302,7 +297,8 @@ static int gc_run(struct repl_repo *r, uint64_t grace_ns, bool dry_run, struct r
 		repl_hex(rnd, sizeof(rnd), hex);
 		snprintf(key, sizeof(key), "gc/%020llu-%s", (unsigned long long)now, hex);
 		if (rc == 0)
-			rc = repl_mark_encode((const uint8_t (*)[REPL_ID_LEN])cand, ncand, &pt, &ptl);
+			rc = repl_mark_encode((const uint8_t(*)[REPL_ID_LEN])cand, ncand, &pt,
+					      &ptl);
 		if (rc == 0)
 			rc = repl_obj_seal(&r->keys, REPL_OBJ_MARK, key, pt, ptl, &sealed, &sl);
 		if (rc == 0)
@@ -442,7 +438,8 @@ static int scrub_pack(void *arg)
 			       (unsigned long long)l->off, l->len, len);
 			continue;
 		}
-		if (repl_blob_decode(&r->keys, l->id, buf + l->off, l->len, plain, l->plain_len) < 0)
+		if (repl_blob_decode(&r->keys, l->id, buf + l->off, l->len, plain, l->plain_len) <
+		    0)
 			damage(j, "%s: chunk %s at %llu: %s", key, hex, (unsigned long long)l->off,
 			       kl_errmsg());
 	}

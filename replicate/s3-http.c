@@ -101,8 +101,8 @@ int repl_s3_url_parse(const char *url, struct repl_s3_url *out)
 		slash = NULL;
 	blen = slash ? (size_t)(slash - p) : at ? (size_t)(at - p) : strlen(p);
 	if (!bucket_ok(p, blen))
-		return kl_err(-EINVAL, "%s: bucket name must be 3-63 characters of a-z, 0-9, '.', '-'",
-			      url);
+		return kl_err(-EINVAL,
+			      "%s: bucket name must be 3-63 characters of a-z, 0-9, '.', '-'", url);
 	out->bucket = kl_strndup(p, blen);
 	if (!out->bucket)
 		return -ENOMEM;
@@ -120,10 +120,13 @@ int repl_s3_url_parse(const char *url, struct repl_s3_url *out)
 		for (const char *q = s; q < e; q++) {
 			if (!key_char_ok(*q) || (*q == '/' && q[1] == '/') ||
 			    (*q == '.' && (q == s || q[-1] == '/') &&
-			     (q[1] == '/' || q + 1 == e || (q[1] == '.' && (q[2] == '/' || q + 2 == e))))) {
+			     (q[1] == '/' || q + 1 == e ||
+			      (q[1] == '.' && (q[2] == '/' || q + 2 == e))))) {
 				repl_s3_url_release(out);
-				return kl_err(-EINVAL, "%s: the prefix may hold only letters, digits, "
-					      "'.', '_', '-' and single '/' (found '%c')", url, *q);
+				return kl_err(-EINVAL,
+					      "%s: the prefix may hold only letters, digits, "
+					      "'.', '_', '-' and single '/' (found '%c')",
+					      url, *q);
 			}
 		}
 		out->prefix = kl_strndup(s, (size_t)(e - s));
@@ -173,12 +176,16 @@ static const char *env_first(const char *a, const char *b, const char *c)
 
 int repl_s3_new(const struct repl_s3_opts *o, const struct repl_s3_url *url, struct repl_s3 **out)
 {
-	const char *endpoint = o->endpoint ? o->endpoint :
-			       env_first("KEEL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL");
-	const char *region = o->region ? o->region : env_first("AWS_REGION", "AWS_DEFAULT_REGION", NULL);
+	const char *endpoint = o->endpoint ? o->endpoint
+					   : env_first("KEEL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3",
+						       "AWS_ENDPOINT_URL");
+	const char *region =
+		o->region ? o->region : env_first("AWS_REGION", "AWS_DEFAULT_REGION", NULL);
 	const char *ak = o->access_key ? o->access_key : env_first("AWS_ACCESS_KEY_ID", NULL, NULL);
-	const char *sk = o->secret_key ? o->secret_key : env_first("AWS_SECRET_ACCESS_KEY", NULL, NULL);
-	const char *tok = o->session_token ? o->session_token : env_first("AWS_SESSION_TOKEN", NULL, NULL);
+	const char *sk =
+		o->secret_key ? o->secret_key : env_first("AWS_SECRET_ACCESS_KEY", NULL, NULL);
+	const char *tok =
+		o->session_token ? o->session_token : env_first("AWS_SESSION_TOKEN", NULL, NULL);
 	const char *bo = getenv("KEEL_S3_BACKOFF_MS");
 	enum repl_s3_addressing addr = o->addressing;
 	struct repl_s3 *c;
@@ -188,7 +195,8 @@ int repl_s3_new(const struct repl_s3_opts *o, const struct repl_s3_url *url, str
 	*out = NULL;
 	pthread_once(&s3_once, s3_global_init);
 	if (s3_global_rc != CURLE_OK)
-		return kl_err(-EIO, "libcurl initialisation failed: %s", curl_easy_strerror(s3_global_rc));
+		return kl_err(-EIO, "libcurl initialisation failed: %s",
+			      curl_easy_strerror(s3_global_rc));
 	if (!ak || !sk)
 		return kl_err(-EINVAL, "no S3 credentials: set AWS_ACCESS_KEY_ID and "
 			      "AWS_SECRET_ACCESS_KEY (or --access-key / --secret-key-file)");
@@ -412,7 +420,10 @@ static size_t xfer_header(char *buf, size_t size, size_t nmemb, void *arg)
 	if (n > 6 && n < sizeof(line) && !strncasecmp(buf, "date:", 5)) {
 		memcpy(line, buf, n);
 		line[n] = '\0';
-		if (sscanf(line + 5, " %*3s, %d %3s %d %d:%d:%d", &d, mon, &y, &hh, &mm, &ss) == 6) {
+		int got = sscanf(line + 5, " %*3s, %d %3s %d %d:%d:%d", &d, mon, &y, &hh, &mm,
+				 &ss);
+
+		if (got == 6) {
 			for (int i = 0; i < 12; i++) {
 				if (strcmp(mon, month_names[i]))
 					continue;
@@ -599,8 +610,8 @@ int repl_s3_request(struct repl_s3 *c, const struct repl_s3_req *rq, struct repl
 		if (rc < 0)
 			break;
 		if (x.too_long) {
-			rc = kl_err(-EUCLEAN, "%s %s/%s: response longer than %zu bytes", rq->method,
-				    c->where, key, x.down_max);
+			rc = kl_err(-EUCLEAN, "%s %s/%s: response longer than %zu bytes",
+				    rq->method, c->where, key, x.down_max);
 			break;
 		}
 		if (cc != CURLE_OK) {
@@ -636,7 +647,8 @@ int repl_s3_request(struct repl_s3 *c, const struct repl_s3_req *rq, struct repl
 			continue;
 		}
 		if (status == 404 && !strcmp(rs->code, "NoSuchBucket"))
-			rc = kl_err(-ENOENT, "bucket of %s does not exist (NoSuchBucket)", c->where);
+			rc = kl_err(-ENOENT, "bucket of %s does not exist (NoSuchBucket)",
+				    c->where);
 		else if (status == 404)
 			rc = kl_err(-ENOENT, "%s/%s: no such object", c->where, key);
 		else if (status == 403)
@@ -753,8 +765,8 @@ static void urlencode(const char *s, char *out, size_t cap)
 	for (; *s && o + 4 < cap; s++) {
 		unsigned char ch = (unsigned char)*s;
 
-		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-		    ch == '-' || ch == '_' || ch == '.' || ch == '~') {
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' || ch == '~') {
 			out[o++] = (char)ch;
 		} else {
 			out[o++] = '%';
@@ -819,7 +831,8 @@ int repl_s3_list_keys(struct repl_s3 *c, const char *sub, struct repl_s3_obj **o
 		if (!l.truncated)
 			break;
 		if (!l.next_token) {
-			rc = kl_err(-EUCLEAN, "listing %s/%s: truncated without a continuation token",
+			rc = kl_err(-EUCLEAN,
+				    "listing %s/%s: truncated without a continuation token",
 				    c->where, sub);
 			break;
 		}

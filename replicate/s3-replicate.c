@@ -617,8 +617,10 @@ static int replicate_one(struct rep *p, const char *image, const char *spec, con
 		if (!changed || !uses_condemned(p->r, &m))
 			break;
 		if (attempt == 3) {
-			rc = kl_err(-EAGAIN, "%s: packs keep being condemned by a concurrent prune; "
-				    "try again later", name);
+			rc = kl_err(-EAGAIN,
+				    "%s: packs keep being condemned by a concurrent prune; "
+				    "try again later",
+				    name);
 			goto out;
 		}
 	}
@@ -1078,17 +1080,20 @@ int repl_s3_restore(const struct repl_s3_opts *o, const char *snap, const char *
 
 		if (!loc) {
 			repl_hex(m.ids[i], 8, hex);
-			rc = kl_err(-ENOENT, "%s: snapshot '%s' names chunk %s... at %llu, which no "
+			rc = kl_err(-ENOENT,
+				    "%s: snapshot '%s' names chunk %s... at %llu, which no "
 				    "index holds (damaged repository: run keel scrub)",
 				    repl_s3_where(r->s3), snap, hex,
 				    (unsigned long long)(m.pos[i] * m.chunk_size));
 			goto done;
 		}
-		if (loc->plain_len != KL_MIN((uint64_t)m.chunk_size, m.vsize - m.pos[i] * m.chunk_size)) {
+		if (loc->plain_len !=
+		    KL_MIN((uint64_t)m.chunk_size, m.vsize - m.pos[i] * m.chunk_size)) {
 			rc = kl_err(-EUCLEAN, "%s: chunk at %llu has %u bytes, expected %llu",
 				    repl_s3_where(r->s3), (unsigned long long)m.pos[i],
-				    loc->plain_len, (unsigned long long)KL_MIN((uint64_t)m.chunk_size,
-				    m.vsize - m.pos[i] * m.chunk_size));
+				    loc->plain_len,
+				    (unsigned long long)KL_MIN((uint64_t)m.chunk_size,
+							       m.vsize - m.pos[i] * m.chunk_size));
 			goto done;
 		}
 		rs.refs[i] = (struct ref){ loc->pack, loc->len, loc->plain_len, loc->off, m.pos[i],

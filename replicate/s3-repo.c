@@ -221,6 +221,7 @@ void repl_repo_close(struct repl_repo *r)
 		kl_free(r->marks[i]);
 	kl_free(r->marks);
 	kl_free(r->packs);
+	kl_free(r->sorted);
 	kl_free(r->all);
 	kl_free(r->cache);
 	kl_free(r);
@@ -384,11 +385,48 @@ int repl_repo_add_pack(struct repl_repo *r, const struct repl_index *ix, uint64_
 	return 0;
 }
 
-static int find_pack(const struct repl_repo *r, const uint8_t id[REPL_ID_LEN])
+/* qsort_r-free comparison of pack indices by pack id: the repo rides in a global */
+static _Thread_local const struct repl_repo *sort_repo;
+
+static int cmp_pack_idx(const void *a, const void *b)
 {
-	for (size_t i = 0; i < r->npacks; i++)
-		if (!memcmp(r->packs[i].id, id, REPL_ID_LEN))
-			return (int)i;
+	return memcmp(sort_repo->packs[*(const uint32_t *)a].id,
+		      sort_repo->packs[*(const uint32_t *)b].id, REPL_ID_LEN);
+}
+
+int repl_repo_find_pack(struct repl_repo *r, const uint8_t id[REPL_ID_LEN])
+{
+	size_t lo = 0, hi;
+
+	/* packs only get appended: rebuild the sorted view when it is stale */
+	if (r->nsorted != r->npacks) {
+		uint32_t *v = kl_realloc(r->sorted, (r->npacks ? r->npacks : 1) * sizeof(*v));
+
+		if (!v) {
+			for (size_t i = 0; i < r->npacks; i++) /* slow path, no memory */
+				if (!memcmp(r->packs[i].id, id, REPL_ID_LEN))
+					return (int)i;
+			return -1;
+		}
+		for (size_t i = 0; i < r->npacks; i++)
+			v[i] = (uint32_t)i;
+		sort_repo = r;
+		qsort(v, r->npacks, sizeof(*v), cmp_pack_idx);
+		r->sorted = v;
+		r->nsorted = r->npacks;
+	}
+	hi = r->nsorted;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = memcmp(r->packs[r->sorted[mid]].id, id, REPL_ID_LEN);
+
+		if (c == 0)
+			return (int)r->sorted[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
 	return -1;
 }
 
@@ -444,7 +482,7 @@ int repl_repo_refresh_marks(struct repl_repo *r, bool *changed)
 			goto out;
 		}
 		for (size_t k = 0; k < np; k++) {
-			int pi = find_pack(r, packs[k]);
+			int pi = repl_repo_find_pack(r, packs[k]);
 
 			if (pi >= 0 && !r->packs[pi].condemned) {
 				r->packs[pi].condemned = true;
@@ -555,7 +593,8 @@ int repl_repo_load_index(struct repl_repo *r, bool tolerate, struct repl_s3_stat
 		uint8_t id[REPL_ID_LEN];
 
 		/* ignore what is not ours ("index/<64 hex>") */
-		if (strncmp(objs[i].key, "index/", 6) || repl_unhex(objs[i].key + 6, id, REPL_ID_LEN))
+		if (strncmp(objs[i].key, "index/", 6) ||
+		    repl_unhex(objs[i].key + 6, id, REPL_ID_LEN))
 			continue;
 		jobs[nj].key = objs[i].key;
 		jobs[nj].size = objs[i].size;

@@ -308,6 +308,8 @@ struct repl_repo {
 	uint64_t condemned_seen;   /* number of mark objects read */
 	char **marks;		   /* mark keys already applied */
 	size_t nmarks;
+	uint32_t *sorted;	   /* pack indices sorted by id (repl_repo_find_pack) */
+	size_t nsorted;
 	bool keep_all;		   /* scrub: also keep every index entry in all[] */
 	struct repl_loc *all;
 	size_t nall, cap_all;
@@ -330,6 +332,8 @@ void repl_repo_close(struct repl_repo *r);
 int repl_repo_load_index(struct repl_repo *r, bool tolerate, struct repl_s3_stats *st);
 /* Reads gc marks not seen yet; *changed when a known pack became condemned. */
 int repl_repo_refresh_marks(struct repl_repo *r, bool *changed);
+/* Index of the pack with this id in r->packs, or -1. */
+int repl_repo_find_pack(struct repl_repo *r, const uint8_t id[REPL_ID_LEN]);
 /* Appends a pack entry (no chunks yet); *idx is its index in r->packs. */
 int repl_repo_new_pack(struct repl_repo *r, const uint8_t id[REPL_ID_LEN], uint64_t mtime,
 		       uint32_t *idx);

@@ -336,8 +336,10 @@ END_TEST
 START_TEST(xml_answers)
 {
 	const char *list =
-		"<?xml version=\"1.0\"?><ListBucketResult><Name>b</Name><IsTruncated>true</IsTruncated>"
-		"<Contents><Key>p/index/aa</Key><LastModified>2026-11-22T03:00:01.500Z</LastModified>"
+		"<?xml "
+		"version=\"1.0\"?><ListBucketResult><Name>b</Name><IsTruncated>true</IsTruncated>"
+		"<Contents><Key>p/index/aa</Key><LastModified>2026-11-22T03:00:01.500Z</"
+		"LastModified>"
 		"<Size>77</Size></Contents><Contents><Key>p/a&amp;b</Key><Size>1</Size></Contents>"
 		"<NextContinuationToken>tok/en=</NextContinuationToken></ListBucketResult>";
 	struct repl_s3_listing l = { 0 };
