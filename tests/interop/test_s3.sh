@@ -244,8 +244,9 @@ expect_err "no repository at a prefix: clear error" "not a keel repository" \
 printf 'wrong\n' >wrongpass
 expect_err "wrong passphrase: clear error" "wrong passphrase" \
 	keel restore --key-file wrongpass "$URL@night1" -O raw x.raw
+# setsid: no controlling terminal, so keel cannot prompt (and never hangs here)
 expect_err "no passphrase and no terminal: clear error" "key" \
-	keel restore "$URL@night1" -O raw x.raw </dev/null
+	setsid -w "$KEEL" restore "$URL@night1" -O raw x.raw </dev/null
 expect_err "unreachable endpoint: clear error" "connect" \
 	keel restore "${K[@]}" --retries 1 --endpoint http://127.0.0.1:1 "$URL@night1" -O raw x.raw
 t "no output left behind by failed restores" test ! -e x.raw
