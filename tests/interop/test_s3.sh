@@ -190,7 +190,9 @@ open("gc.raw", "wb").write(a[: 4 << 20] + r.randbytes(8 << 20))
 PY
 t "gc: replicate A" keel replicate "${K[@]}" --name a ga.raw $G
 t "gc: replicate B" keel replicate "${K[@]}" --name b gb.raw $G
-sleep 2.5   # A's packs are now older than the 2 s grace below
+# A's packs must be older than the 2 s grace below by the store's clock,
+# whose Date header has 1 s resolution (keel rounds "now" down: safe side)
+sleep 3.5
 # C dedups against A's packs at once; its first PUT is then held by the
 # proxy until both prunes ran (the sweep deletes A's pack under it)
 faultproxy --hold-puts-after 0 --hold-file "$TMP/release-c"
@@ -204,7 +206,7 @@ done
 t "gc: prune removes A and condemns its packs (replicate running)" \
 	keel prune "${K[@]}" --keep-last 1 --grace 2 --output json $G
 cp "$TMP/.out" p1.json
-sleep 2.5
+sleep 3.5
 t "gc: second prune sweeps A's packs (replicate still running)" \
 	keel prune "${K[@]}" --grace 2 --output json $G
 cp "$TMP/.out" p2.json
