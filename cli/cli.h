@@ -28,7 +28,11 @@ struct cli_cmd {
 	const char *summary;
 	const char *usage; /* full text for `keel help NAME` */
 	unsigned flags;
+	const char *usage_more; /* a second form (s3:// sources), printed after usage */
 };
+
+/* True when some non-option argument is an s3:// URL (the command hands over). */
+bool cli_has_s3_arg(int argc, char **argv);
 
 extern const struct cli_cmd cli_commands[];
 const struct cli_cmd *cli_find(const char *name);

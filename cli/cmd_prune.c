@@ -23,6 +23,8 @@ const char cmd_prune_usage[] =
 	"\n"
 	"example: keel prune --keep-daily 7 --keep-weekly 4 --keep-monthly 6 vault.keel\n";
 
+int cmd_s3_prune(int argc, char **argv);
+
 int cmd_prune(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -49,6 +51,9 @@ int cmd_prune(int argc, char **argv)
 	int opt, rc, rule;
 	char *end;
 
+	/* s3:// repositories have their own implementation (replicate/s3.h) */
+	if (cli_has_s3_arg(argc, argv))
+		return cmd_s3_prune(argc, argv);
 	while ((opt = getopt_long(argc, argv, "nh", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;

@@ -18,6 +18,8 @@ const char cmd_restore_usage[] =
 	"\n"
 	"example: keel restore --verify -O qcow2 web.keel@nightly-3 web.qcow2\n";
 
+int cmd_s3_restore(int argc, char **argv);
+
 int cmd_restore(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -39,6 +41,9 @@ int cmd_restore(int argc, char **argv)
 	int opt, rc;
 
 	o.dst_fmt = "raw";
+	/* s3:// repositories have their own implementation (replicate/s3.h) */
+	if (cli_has_s3_arg(argc, argv))
+		return cmd_s3_restore(argc, argv);
 	while ((opt = getopt_long(argc, argv, "O:o:ph", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;

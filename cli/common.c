@@ -249,3 +249,11 @@ void cli_open_release(struct cli_open *co)
 	co->key = NULL;
 	co->key_len = 0;
 }
+
+bool cli_has_s3_arg(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strncmp(argv[i], "s3://", 5))
+			return true;
+	return false;
+}
