@@ -10,14 +10,18 @@
 const char cmd_drill_usage[] =
 	"usage: keel drill [--engine auto|kvm|qemu] [--expect-os ID] [--timeout S]\n"
 	"                  [--log FILE] [--output json] [-p] [--key-file F | --key-env V]\n"
-	"                  VAULT.keel[@SNAP]\n"
+	"                  VAULT.keel[@SNAP] | --from s3://BUCKET/PREFIX[@SNAP]\n"
 	"\n"
 	"A restore-and-verify drill: restores the snapshot (the newest without @SNAP)\n"
 	"to a temporary image with verification, scrubs the vault, boot-verifies the\n"
 	"restored image (keel verify-boot), removes it, and reports the recovery\n"
 	"point (age of the snapshot), the time to restore, the time to a verified\n"
 	"boot (recovery time), the verdict and the engine. --log appends the JSON\n"
-	"report as one line to FILE, to keep drill history.\n"
+	"report as one line to FILE, to keep drill history. --from drills a\n"
+	"replica in an S3 repository instead (the store from AWS_ACCESS_KEY_ID,\n"
+	"AWS_SECRET_ACCESS_KEY, AWS_REGION, KEEL_S3_ENDPOINT; the key options give\n"
+	"the repository passphrase): the fetch is the restore, the repository scrub\n"
+	"the scrub.\n"
 	"Exit status: 0 everything passed, 3 a step failed, 1 the drill could not run.\n"
 	"\n"
 	"example: keel drill --log /var/log/keel-drills.jsonl --output json web.keel\n";
@@ -65,6 +69,7 @@ int cmd_drill(int argc, char **argv)
 		{ "log", required_argument, NULL, 'l' },
 		{ "workdir", required_argument, NULL, 'W' },
 		{ "skip-boot", no_argument, NULL, 'S' },
+		{ "from", required_argument, NULL, 'F' },
 		{ "progress", no_argument, NULL, 'p' },
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
@@ -107,6 +112,9 @@ int cmd_drill(int argc, char **argv)
 		case 'S':
 			o.skip_boot = true;
 			break;
+		case 'F':
+			o.from = optarg;
+			break;
 		case 'p':
 			o.progress = true;
 			break;
@@ -121,12 +129,14 @@ int cmd_drill(int argc, char **argv)
 			return cli_usage("drill", NULL);
 		}
 	}
-	if (optind != argc - 1)
-		return cli_usage("drill", "expected one vault");
+	if (o.from ? optind != argc : optind != argc - 1)
+		return cli_usage("drill", "expected one vault, or --from URL");
+	if (o.from && strncmp(o.from, "s3://", 5))
+		return cli_usage("drill", "--from takes an s3:// repository");
 	if ((co.key_file || co.key_env) && (rc = cli_load_key(&co, false, false)) < 0)
 		return cli_fail(rc);
-	snprintf(vault, sizeof(vault), "%s", argv[optind]);
-	at = strrchr(vault, '@');
+	snprintf(vault, sizeof(vault), "%s", o.from ? o.from : argv[optind]);
+	at = o.from ? NULL : strrchr(vault, '@');
 	if (at && at != vault) {
 		*at = '\0';
 		o.snapshot = at + 1;

@@ -131,6 +131,12 @@ struct snap_drill_opts {
 	const char *workdir;	/* where the restored image goes; NULL: $TMPDIR or /tmp */
 	bool progress;
 	bool skip_boot;		/* restore and scrub only (tests, machines without any engine) */
+	/*
+	 * Drill from an S3 repository instead of a local vault: the URL
+	 * (s3://BUCKET/PREFIX[@SNAP]), with the store reached through the
+	 * environment (AWS_*, KEEL_S3_ENDPOINT) and key the repository passphrase.
+	 */
+	const char *from;
 };
 
 struct snap_drill_report {
