@@ -180,7 +180,7 @@ START_TEST(borg_documented_example)
 	 * the last 7 days and then 4 more week ends (Sundays' backups). */
 	struct snap_retention r = { { 0, 0, 7, 4, 0, 0 } };
 	struct snap_prune_item v[60];
-	char names[60][8];
+	char names[60][16];
 	uint64_t sunday = (uint64_t)days_from_civil(2026, 11, 22); /* a Sunday */
 	size_t kept = 0;
 
