@@ -25,6 +25,7 @@ LDLIBS := $(PKG_LIBS) -lm -pthread
 
 ifeq ($(SANITIZE),1)
 BUILD := build-san
+export KEEL_TEST_QUICK := 1
 BASE_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 else

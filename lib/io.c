@@ -566,6 +566,14 @@ int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len)
 	return 0;
 }
 
+void kl_io_discard_hint(struct kl_file *f, uint64_t off, uint64_t len)
+{
+	if (fault_crashed())
+		return;
+	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+		return; /* only space goes unreclaimed */
+}
+
 int kl_io_size(struct kl_file *f, uint64_t *size)
 {
 	struct stat st;

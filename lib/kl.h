@@ -134,6 +134,11 @@ int kl_io_sync(struct kl_file *f);
 int kl_io_truncate(struct kl_file *f, uint64_t size);
 /* Deallocate a byte range (punch a hole); -ENOTSUP where impossible. */
 int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len);
+/*
+ * Give a range that holds nothing anyone reads back to the filesystem. A
+ * hint: no I/O point for fault injection, failures are ignored.
+ */
+void kl_io_discard_hint(struct kl_file *f, uint64_t off, uint64_t len);
 int kl_io_size(struct kl_file *f, uint64_t *size);
 /* SEEK_DATA/SEEK_HOLE: next data/hole at or after off; -ENXIO past EOF/no data. */
 int kl_io_seek_data(struct kl_file *f, uint64_t off, uint64_t *out);
