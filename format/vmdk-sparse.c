@@ -9,9 +9,12 @@
  * has the zeroed-grain flag. In compressed (stream) extents an entry names
  * the sector of a grain marker: u64 LBA, u32 size, then a zlib stream.
  *
- * Writes keep the file consistent at every step: grain data first, then
- * the table entry, then the redundant table's entry. A crash in between
- * leaks a grain but never points a table at unwritten data.
+ * Writes keep the file consistent at every step: new grains are appended
+ * past the end of the file, their table entries change in the cached table
+ * only, and a table goes to disk (primary, then the redundant copy) only
+ * after a sync made the grain data durable: on flush or when the cache
+ * evicts it. A crash leaks grains but never points a table at unwritten
+ * data.
  */
 #include "format/vmdk.h"
 
@@ -306,6 +309,69 @@ static int gt_read(struct vmdk_extent *x, uint32_t sector, uint32_t *ent, const 
 	return rc;
 }
 
+/* Write entries [i0, i1) of the table for gdi (primary, then the redundant copy). */
+static int gt_store(struct vmdk_extent *x, struct vmdk_gt_slot *c, uint32_t i0, uint32_t i1)
+{
+	struct vmdk_sparse *s = x->sp;
+	uint8_t raw[4 * 64];
+
+	while (i0 < i1) {
+		uint32_t n = KL_MIN(i1 - i0, (uint32_t)(sizeof(raw) / 4));
+
+		for (uint32_t i = 0; i < n; i++)
+			put_le32(raw + 4 * i, c->ent[i0 + i]);
+		KL_TRY(kl_io_pwrite(x->file, (uint64_t)s->gd[c->gdi] * VMDK_SECTOR + 4ULL * i0, raw,
+				    4 * (size_t)n));
+		if (s->rgd && s->rgd[c->gdi])
+			KL_TRY(kl_io_pwrite(x->file,
+					    (uint64_t)s->rgd[c->gdi] * VMDK_SECTOR + 4ULL * i0, raw,
+					    4 * (size_t)n));
+		i0 += n;
+	}
+	return 0;
+}
+
+
+/* Write back a changed table: the data it names first becomes durable. */
+static int gt_writeback(struct vmdk_extent *x, struct vmdk_gt_slot *c)
+{
+	struct vmdk_sparse *s = x->sp;
+
+	if (!c->dirty)
+		return 0;
+	if (s->data_unsynced) {
+		KL_TRY(kl_io_sync(x->file));
+		s->data_unsynced = false;
+	}
+	KL_TRY(gt_store(x, c, c->dlo, c->dhi));
+	c->dirty = false;
+	return 0;
+}
+
+static void gt_mark(struct vmdk_gt_slot *c, uint32_t i0, uint32_t i1)
+{
+	if (!c->dirty) {
+		c->dlo = i0;
+		c->dhi = i1;
+		c->dirty = true;
+		return;
+	}
+	c->dlo = KL_MIN(c->dlo, i0);
+	c->dhi = KL_MAX(c->dhi, i1);
+}
+
+int vmdk_sparse_flush(struct vmdk_extent *x)
+{
+	struct vmdk_sparse *s = x->sp;
+
+	if (!s || s->w)
+		return 0;
+	for (int i = 0; i < VMDK_GT_CACHE; i++)
+		if (s->cache[i].valid)
+			KL_TRY(gt_writeback(x, &s->cache[i]));
+	return 0;
+}
+
 /* The cached table for directory entry gdi (which must be allocated). */
 static int gt_get(struct vmdk_extent *x, uint32_t gdi, struct vmdk_gt_slot **out)
 {
@@ -324,6 +390,8 @@ static int gt_get(struct vmdk_extent *x, uint32_t gdi, struct vmdk_gt_slot **out
 		if (!c->valid || c->used < victim->used)
 			victim = c;
 	}
+	if (victim->valid)
+		KL_TRY(gt_writeback(x, victim));
 	victim->valid = false;
 	rc = gt_read(x, s->gd[gdi], victim->ent, "grain table", gdi);
 	if (rc < 0)
@@ -604,28 +672,6 @@ int vmdk_sparse_read(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uin
 
 /* ------------------------------------------------------------------ writes */
 
-/* Write entries [i0, i1) of the table for gdi (primary, then the redundant copy). */
-static int gt_store(struct vmdk_extent *x, struct vmdk_gt_slot *c, uint32_t i0, uint32_t i1)
-{
-	struct vmdk_sparse *s = x->sp;
-	uint8_t raw[4 * 64];
-
-	while (i0 < i1) {
-		uint32_t n = KL_MIN(i1 - i0, (uint32_t)(sizeof(raw) / 4));
-
-		for (uint32_t i = 0; i < n; i++)
-			put_le32(raw + 4 * i, c->ent[i0 + i]);
-		KL_TRY(kl_io_pwrite(x->file, (uint64_t)s->gd[c->gdi] * VMDK_SECTOR + 4ULL * i0, raw,
-				    4 * (size_t)n));
-		if (s->rgd && s->rgd[c->gdi])
-			KL_TRY(kl_io_pwrite(x->file,
-					    (uint64_t)s->rgd[c->gdi] * VMDK_SECTOR + 4ULL * i0, raw,
-					    4 * (size_t)n));
-		i0 += n;
-	}
-	return 0;
-}
-
 /* Reserve sectors at the end of the extent file. */
 static int alloc_sectors(struct vmdk_extent *x, uint64_t sectors, uint64_t *out)
 {
@@ -661,8 +707,10 @@ static int gt_alloc(struct vmdk_extent *x, uint32_t gdi)
 	KL_TRY(alloc_sectors(x, s->gt_bytes / VMDK_SECTOR, &sec));
 	if (s->rgd)
 		KL_TRY(alloc_sectors(x, s->gt_bytes / VMDK_SECTOR, &rsec));
-	/* the new tables read as zeros once the file covers them */
+	/* the new tables read as zeros once the file covers them, durably */
 	KL_TRY(grow_to(x, s->next_sector * VMDK_SECTOR));
+	KL_TRY(kl_io_sync(x->file));
+	s->data_unsynced = false;
 	if (s->rgd) {
 		put_le32(ent, (uint32_t)rsec);
 		KL_TRY(kl_io_pwrite(x->file, s->h.rgd_off * VMDK_SECTOR + 4ULL * gdi, ent, 4));
@@ -766,7 +814,8 @@ int vmdk_sparse_write(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, co
 			if (rc == 0) {
 				for (uint64_t i = 0; i < k; i++)
 					c->ent[idx + i] = (uint32_t)(sec + i * s->h.grain);
-				rc = gt_store(x, c, idx, idx + (uint32_t)k);
+				s->data_unsynced = true;
+				gt_mark(c, idx, idx + (uint32_t)k);
 			}
 		} else {
 			/* part of a grain (or the short last one): build it whole */
@@ -788,17 +837,13 @@ int vmdk_sparse_write(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, co
 				rc = grow_to(x, s->next_sector * VMDK_SECTOR);
 			if (rc == 0) {
 				c->ent[idx] = (uint32_t)sec;
-				rc = gt_store(x, c, idx, idx + 1);
+				s->data_unsynced = true;
+				gt_mark(c, idx, idx + 1);
 			}
 		}
 		buf += n;
 		rel += n;
 		len -= n;
-	}
-	if (rc < 0) {
-		/* the table copy in memory may be ahead of the disk: drop the cache */
-		for (int i = 0; i < VMDK_GT_CACHE; i++)
-			s->cache[i].valid = false;
 	}
 	kl_free(tmp);
 	return rc;
@@ -849,8 +894,7 @@ int vmdk_sparse_zero(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uin
 			rc = gt_get_for_write(x, g, &c);
 			if (rc == 0) {
 				c->ent[g % s->h.gtes] = want;
-				rc = gt_store(x, c, (uint32_t)(g % s->h.gtes),
-					      (uint32_t)(g % s->h.gtes) + 1);
+				gt_mark(c, (uint32_t)(g % s->h.gtes), (uint32_t)(g % s->h.gtes) + 1);
 			}
 		}
 next:

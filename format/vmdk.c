@@ -597,9 +597,11 @@ static int vmdk_flush(struct blk_dev *d)
 
 	if (s->stream_w)
 		return vmdk_stream_flush(&s->ext[0]);
-	for (size_t i = 0; i < s->next; i++)
+	for (size_t i = 0; i < s->next; i++) {
+		KL_TRY(vmdk_sparse_flush(&s->ext[i]));
 		if (s->ext[i].own_file)
 			KL_TRY(kl_io_sync(s->ext[i].file));
+	}
 	return kl_io_sync(d->file);
 }
 

@@ -158,6 +158,8 @@ struct vmdk_gt_slot {
 	bool valid;
 	uint64_t used;	/* LRU tick */
 	uint32_t *ent;	/* gtes entries, host order */
+	bool dirty;	/* entries [dlo, dhi) changed in memory, not yet on disk */
+	uint32_t dlo, dhi;
 };
 
 struct vmdk_streamw; /* vmdk-stream.c */
@@ -175,6 +177,7 @@ struct vmdk_sparse {
 	struct vmdk_gt_slot cache[VMDK_GT_CACHE];
 	uint64_t tick;
 	uint64_t next_sector;	  /* allocation point for writes */
+	bool data_unsynced;	  /* grain data written since the last sync */
 	/* compressed reads */
 	uint8_t *cbuf;		  /* compressed bytes of one grain */
 	size_t cbuf_cap;
@@ -225,6 +228,12 @@ int vmdk_sparse_read(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uin
 /* Write [rel, rel+len); allocates grains (and tables) as needed. */
 int vmdk_sparse_write(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, const uint8_t *buf,
 		      size_t len);
+/*
+ * Write back changed grain table entries. Table entries reach the disk only
+ * after the grain data they name was synced (here or on cache eviction), so
+ * after a crash every entry points at old or new data, never at garbage.
+ */
+int vmdk_sparse_flush(struct vmdk_extent *x);
 /* Make [rel, rel+len) read as zeros; has_parent: unallocated would show a parent. */
 int vmdk_sparse_zero(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uint64_t len,
 		     bool has_parent, unsigned flags);
