@@ -149,7 +149,8 @@ static void vmdk_close(struct blk_dev *d)
 }
 
 /* Parse descriptor text read from d->file at byte off (cap bytes available there). */
-static int take_desc(struct blk_dev *d, char *text, size_t len, uint64_t off, uint64_t cap)
+static int take_desc(struct blk_dev *d, char *text, size_t len, uint64_t off, uint64_t cap,
+		     const char *who)
 {
 	struct vmdk_state *s = d->priv;
 	char *nul = memchr(text, '\0', len);
@@ -161,7 +162,7 @@ static int take_desc(struct blk_dev *d, char *text, size_t len, uint64_t off, ui
 	s->desc_len = len;
 	s->desc_off = off;
 	s->desc_cap = cap;
-	KL_TRY(vmdk_desc_parse(text, len, d->filename, &s->desc));
+	KL_TRY(vmdk_desc_parse(text, len, who, &s->desc));
 	s->has_desc = true;
 	return 0;
 }
@@ -242,14 +243,18 @@ static int open_desc_extents(struct blk_dev *d)
 					     de->file, de->line);
 		x->own_file = true;
 		if (x->type == VMDK_EXT_FLAT) {
-			KL_TRY(open_flat(d, x, de));
-			continue;
+			rc = open_flat(d, x, de);
+		} else {
+			rc = kl_io_size(x->file, &x->file_size);
+			if (rc == 0)
+				rc = vmdk_sparse_open(x, !d->read_only);
+			if (rc == 0 && x->sp->compressed && !d->read_only)
+				rc = kl_err(-ENOTSUP, "%s: compressed extents in a descriptor are "
+						      "read-only", x->name);
 		}
-		KL_TRY(kl_io_size(x->file, &x->file_size));
-		KL_TRY(vmdk_sparse_open(x, !d->read_only));
-		if (x->sp->compressed && !d->read_only)
-			return kl_err(-ENOTSUP, "%s: compressed extents in a descriptor are read-only",
-				      x->name);
+		if (rc < 0)
+			return kl_err_prefix(rc, "%s: extent '%s' (descriptor line %u)", d->filename,
+					     de->file, de->line);
 	}
 	d->size = start;
 	return 0;
@@ -261,6 +266,7 @@ static int open_hosted(struct blk_dev *d, uint64_t file_size)
 	struct vmdk_state *s = d->priv;
 	struct vmdk_extent *x;
 	struct vmdk_sparse *sp;
+	char *who;
 	int rc;
 
 	KL_TRY(add_extent(s, &x));
@@ -284,9 +290,15 @@ static int open_hosted(struct blk_dev *d, uint64_t file_size)
 			kl_free(text);
 			return rc;
 		}
-		rc = take_desc(d, text, len, sp->h.desc_off * VMDK_SECTOR, len);
+		who = kl_asprintf("%s: embedded descriptor", d->filename);
+		if (!who) {
+			kl_free(text);
+			return -ENOMEM;
+		}
+		rc = take_desc(d, text, len, sp->h.desc_off * VMDK_SECTOR, len, who);
+		kl_free(who);
 		if (rc < 0)
-			return kl_err_prefix(rc, "embedded descriptor");
+			return rc;
 		/* a twoGbMaxExtentSparse extent file carries an all-zero area */
 		if (s->desc_len == 0) {
 			vmdk_desc_release(&s->desc);
@@ -326,7 +338,7 @@ static int open_text(struct blk_dev *d, uint64_t file_size)
 		kl_free(text);
 		return rc;
 	}
-	KL_TRY(take_desc(d, text, (size_t)file_size, 0, VMDK_MAX_DESC));
+	KL_TRY(take_desc(d, text, (size_t)file_size, 0, VMDK_MAX_DESC, d->filename));
 	return open_desc_extents(d);
 }
 
