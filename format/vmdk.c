@@ -351,8 +351,13 @@ static int open_parent(struct blk_dev *d)
 	if (!s->desc.parent_hint)
 		return 0;
 	s->has_parent = true;
-	if (d->flags & BLK_OPEN_NO_PARENT)
+	if (d->flags & BLK_OPEN_NO_PARENT) {
+		/* a partial grain write would copy zeros where the parent has data */
+		if (!d->read_only)
+			return kl_err(-EINVAL, "%s: a child opened without its parent cannot be "
+					       "written", d->filename);
 		return 0;
+	}
 	KL_TRY(blk_open_parent(d, s->desc.parent_hint, NULL));
 	if (!d->parent)
 		return 0;
@@ -664,7 +669,10 @@ static int vmdk_info(struct blk_dev *d, struct blk_info *out)
 		if (s->has_desc && i < s->desc.next) {
 			const struct vmdk_desc_extent *de = &s->desc.ext[i];
 
-			KL_TRY(blk_info_add_kv(out, "extent", "%s %llu %s%s%s%s",
+			char key[32];
+
+			snprintf(key, sizeof(key), "extent %zu", i + 1);
+			KL_TRY(blk_info_add_kv(out, key, "%s %llu %s%s%s%s",
 					       vmdk_access_name(de->access),
 					       (unsigned long long)de->sectors,
 					       vmdk_ext_type_name(de->type), de->file ? " \"" : "",

@@ -409,6 +409,76 @@ START_TEST(parent_must_be_vmdk)
 }
 END_TEST
 
+START_TEST(stream_padded_after_eos)
+{
+	const char *p = tu_path("pad.vmdk");
+	struct blk_dev *d;
+
+	ck_assert_ok(create(p, 4 * MIB, "subformat=streamOptimized", NULL));
+	ck_assert_ok(open_img(p, BLK_OPEN_RDWR, &d));
+	put_bytes(d, MIB, 65536, 4);
+	blk_close(d);
+	/* tools pad stream files (to 64 KiB, in tar members): the footer is found anyway */
+	ck_assert_int_eq(tu_sh("truncate -s +40000 '%s'", p), 0);
+	ck_assert_ok(open_img(p, 0, &d));
+	check_bytes(d, MIB, 65536, 4);
+	check_bytes(d, 0, 65536, 0);
+	blk_close(d);
+}
+END_TEST
+
+START_TEST(check_finds_damage)
+{
+	const char *p = tu_path("chk.vmdk");
+	struct blk_check_report r;
+	struct blk_dev *d;
+	struct kl_file *f;
+	uint8_t hdr[512], ent[4];
+	uint64_t gd;
+	uint32_t gt;
+
+	ck_assert_ok(create(p, 4 * MIB, NULL, NULL));
+	ck_assert_ok(open_img(p, BLK_OPEN_RDWR, &d));
+	put_bytes(d, 0, 2 * 65536, 6);
+	blk_close(d);
+	ck_assert_ok(open_img(p, 0, &d));
+	ck_assert_ok(blk_check(d, &r, BLK_CHECK_DATA));
+	ck_assert_uint_eq(r.corruptions, 0);
+	ck_assert_uint_eq(r.allocated_clusters, 2);
+	blk_check_report_release(&r);
+	blk_close(d);
+	/* point the second grain at the first: overlapping grains */
+	ck_assert_ok(kl_io_open(p, KL_O_RDWR, &f));
+	ck_assert_int_eq(kl_io_pread(f, 0, hdr, 512), 512);
+	gd = get_le64(hdr + 56);
+	ck_assert_int_eq(kl_io_pread(f, gd * 512, ent, 4), 4);
+	gt = get_le32(ent);
+	ck_assert_int_eq(kl_io_pread(f, (uint64_t)gt * 512, ent, 4), 4);
+	ck_assert_ok(kl_io_pwrite(f, (uint64_t)gt * 512 + 4, ent, 4));
+	kl_io_close(f);
+	ck_assert_ok(open_img(p, 0, &d));
+	ck_assert_ok(blk_check(d, &r, 0));
+	/* both the primary vs redundant table mismatch and the overlap are found */
+	ck_assert_uint_ge(r.corruptions, 2);
+	ck_assert_uint_ge(r.nmsgs, 2);
+	blk_check_report_release(&r);
+	blk_close(d);
+}
+END_TEST
+
+START_TEST(child_without_parent_is_read_only)
+{
+	const char *base = tu_path("nb.vmdk"), *child = tu_path("nc.vmdk");
+	struct blk_dev *d;
+
+	ck_assert_ok(create(base, MIB, NULL, NULL));
+	ck_assert_ok(create(child, 0, NULL, "nb.vmdk"));
+	ck_assert_int_eq(open_img(child, BLK_OPEN_RDWR | BLK_OPEN_NO_PARENT, &d), -EINVAL);
+	ck_assert_ok(open_img(child, BLK_OPEN_NO_PARENT, &d));
+	blk_close(d);
+}
+END_TEST
+
 static void write_text(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "w");
@@ -576,6 +646,9 @@ static Suite *vmdk_suite(void)
 	tcase_add_test(tc, sparse_zeroed_grain);
 	tcase_add_test(tc, stream_create_write_read);
 	tcase_add_test(tc, stream_flush_then_continue);
+	tcase_add_test(tc, stream_padded_after_eos);
+	tcase_add_test(tc, check_finds_damage);
+	tcase_add_test(tc, child_without_parent_is_read_only);
 	tcase_add_test(tc, parent_chain_cid);
 	tcase_add_test(tc, parent_must_be_vmdk);
 	tcase_add_test(tc, descriptor_flat_and_zero);
