@@ -582,6 +582,39 @@ static int vmdk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, uns
 	return 0;
 }
 
+/*
+ * Holes in a flat extent file read as zeros: report them as ZERO, as raw
+ * does, so walkers skip the unwritten part of a preallocated-size flat disk.
+ */
+static int flat_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel,
+		       struct blk_extent *e)
+{
+	uint64_t pos = x->flat_off + rel, end = x->flat_off + x->len, data, hole;
+	int rc;
+
+	e->type = BLK_DATA;
+	e->len = x->len - rel;
+	rc = kl_io_seek_data(x->file, pos, &data);
+	if (rc == -ENXIO || (rc == 0 && data >= end)) {
+		e->type = BLK_ZERO;
+		kl_err_clear();
+		return 0;
+	}
+	if (rc < 0) {
+		kl_err_clear(); /* no SEEK_DATA here: all data */
+	} else if (data > pos) {
+		e->type = BLK_ZERO;
+		e->len = data - pos;
+		return 0;
+	} else if (kl_io_seek_hole(x->file, pos, &hole) == 0 && hole > pos && hole < end) {
+		e->len = hole - pos;
+	} else {
+		kl_err_clear();
+	}
+	e->host_off = x->file == d->file ? pos : BLK_NO_HOST_OFFSET;
+	return 0;
+}
+
 static int vmdk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e)
 {
 	struct vmdk_state *s = d->priv;
@@ -595,10 +628,7 @@ static int vmdk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, stru
 	len = KL_MIN(len, x->len - rel);
 	switch (x->type) {
 	case VMDK_EXT_FLAT:
-		e->type = BLK_DATA;
-		e->len = x->len - rel;
-		e->host_off = x->file == d->file ? x->flat_off + rel : BLK_NO_HOST_OFFSET;
-		return 0;
+		return flat_status(d, x, rel, e);
 	case VMDK_EXT_ZERO:
 		e->type = BLK_ZERO;
 		e->len = x->len - rel;
