@@ -361,12 +361,14 @@ char *vmdk_desc_build(const struct vmdk_desc_params *p)
 {
 	unsigned heads = strcmp(p->adapter_type, "ide") == 0 ? 16 : 255;
 	uint64_t cyl = p->sectors / (63ULL * heads);
-	char parent[1100] = "";
+	char *parent = p->parent_hint ? kl_asprintf("parentFileNameHint=\"%s\"\n", p->parent_hint) :
+					kl_strdup("");
+	char *text;
 
-	if (p->parent_hint)
-		snprintf(parent, sizeof(parent), "parentFileNameHint=\"%s\"\n", p->parent_hint);
+	if (!parent)
+		return NULL;
 	/* the shape VMware and qemu write; qemu finds keys by substring */
-	return kl_asprintf("# Disk DescriptorFile\n"
+	text = kl_asprintf("# Disk DescriptorFile\n"
 			   "version=1\n"
 			   "CID=%08x\n"
 			   "parentCID=%08x\n"
@@ -388,6 +390,8 @@ char *vmdk_desc_build(const struct vmdk_desc_params *p)
 			   p->cid, p->parent_cid, p->create_type, parent,
 			   (unsigned long long)p->sectors, p->extent_file, p->hw_version,
 			   (unsigned long long)cyl, heads, p->adapter_type, p->tools_version);
+	kl_free(parent);
+	return text;
 }
 
 int vmdk_desc_set_cid(char **text, uint32_t cid)

@@ -427,6 +427,30 @@ START_TEST(stream_padded_after_eos)
 }
 END_TEST
 
+/* Version 3 plain sparse (VMware change tracking) reads, but never opens writable. */
+START_TEST(sparse_version3_read_only)
+{
+	const char *p = tu_path("v3.vmdk");
+	struct blk_dev *d;
+	struct kl_file *f;
+	uint8_t v[4];
+
+	ck_assert_ok(create(p, 2 * MIB, NULL, NULL));
+	ck_assert_ok(open_img(p, BLK_OPEN_RDWR, &d));
+	put_bytes(d, 0, 65536, 8);
+	blk_close(d);
+	put_le32(v, 3);
+	ck_assert_ok(kl_io_open(p, KL_O_RDWR, &f));
+	ck_assert_ok(kl_io_pwrite(f, 4, v, 4));
+	kl_io_close(f);
+	ck_assert_int_eq(open_img(p, BLK_OPEN_RDWR, &d), -ENOTSUP);
+	ck_assert(strstr(kl_errmsg(), "read-only") != NULL);
+	ck_assert_ok(open_img(p, 0, &d));
+	check_bytes(d, 0, 65536, 8);
+	blk_close(d);
+}
+END_TEST
+
 START_TEST(check_finds_damage)
 {
 	const char *p = tu_path("chk.vmdk");
@@ -647,6 +671,7 @@ static Suite *vmdk_suite(void)
 	tcase_add_test(tc, stream_create_write_read);
 	tcase_add_test(tc, stream_flush_then_continue);
 	tcase_add_test(tc, stream_padded_after_eos);
+	tcase_add_test(tc, sparse_version3_read_only);
 	tcase_add_test(tc, check_finds_damage);
 	tcase_add_test(tc, child_without_parent_is_read_only);
 	tcase_add_test(tc, parent_chain_cid);
