@@ -173,6 +173,7 @@ assert b'createType="streamOptimized"' in b[512:11 * 1024]
 PY
 t "esxi profile: lsilogic adapter" sh -c "'$KEEL' info '$TMP/w-src-esxi.vmdk' | grep -q 'adapter type: lsilogic'"
 t "extent line names the final file, not a temporary" sh -c "'$KEEL' info '$TMP/w-src-monolithicSparse.vmdk' | grep -q 'SPARSE \"w-src-monolithicSparse.vmdk\"'"
+t "keel convert -c -O vmdk writes a stream qemu reads" sh -c "'$KEEL' convert -c -O vmdk '$TMP/src.raw' '$TMP/w-c.vmdk' >/dev/null && '$KEEL' info '$TMP/w-c.vmdk' | grep -q streamOptimized && qemu-img compare -f raw -F vmdk '$TMP/src.raw' '$TMP/w-c.vmdk'"
 t "keel reads what keel wrote (stream)" sh -c "'$KEEL' compare '$TMP/src.raw' '$TMP/w-src-streamOptimized.vmdk'"
 
 # ---------------------------------------------------------------- chains written by keel
