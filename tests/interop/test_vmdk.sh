@@ -189,6 +189,6 @@ if command -v vmdkinfo >/dev/null; then
 	t "vmdkinfo sees the parent" sh -c "vmdkinfo '$TMP/kc.vmdk' | grep -q 'Parent filename:.*kb.vmdk'"
 fi
 qemu-io -f vmdk -c 'write -P 0x55 0 512' "$TMP/kb.vmdk" >/dev/null
-expect_err "keel refuses the child once the parent changed" "kc.vmdk: parent 'kb.vmdk' has CID" keel info "$TMP/kc.vmdk"
+expect_err "keel refuses the child once the parent changed" "kc.vmdk: parent 'kb.vmdk' has CID" keel map "$TMP/kc.vmdk"
 expect_err "a VMDK parent must be VMDK" "must be a VMDK" keel create -f vmdk -b src.raw -F raw "$TMP/kx.vmdk"
 finish

@@ -144,11 +144,12 @@ desc_replace "$TMP/pc.vmdk" 'parentCID=' 'parentCID=ffffffff
 #'
 desc_replace "$TMP/pb.vmdk" 'parentCID=' 'parentCID=ffffffff
 #'
-expect_err "parent loop" "loops back" keel info "$TMP/pb.vmdk"
+expect_err "parent loop" "loops back" readall "$TMP/pb.vmdk"
+t "keel info shows a child whose chain is broken, with a warning" sh -c "'$KEEL' info '$TMP/pb.vmdk' 2>&1 | grep -q 'warning: .*loops back'"
 cp "$TMP/pb.vmdk" "$TMP/self.vmdk"; desc_replace "$TMP/self.vmdk" '"pc.vmdk"' '"self.vmdk"'
-expect_err "image that is its own parent" "loops back" keel info "$TMP/self.vmdk"
+expect_err "image that is its own parent" "loops back" readall "$TMP/self.vmdk"
 cp "$TMP/pb.vmdk" "$TMP/orphan.vmdk"; desc_replace "$TMP/orphan.vmdk" '"pc.vmdk"' '"nowhere.vmdk"'
-expect_err "missing parent" "orphan.vmdk.*nowhere.vmdk' not found" keel info "$TMP/orphan.vmdk"
+expect_err "missing parent" "orphan.vmdk.*nowhere.vmdk' not found" readall "$TMP/orphan.vmdk"
 cp "$TMP/pb.vmdk" "$TMP/rawp.vmdk"; desc_replace "$TMP/rawp.vmdk" '"pc.vmdk"' '"src.raw"'
-expect_err "parent that is not a VMDK" "rawp.vmdk: parent 'src.raw' is a raw image" keel info "$TMP/rawp.vmdk"
+expect_err "parent that is not a VMDK" "rawp.vmdk: parent 'src.raw' is a raw image" readall "$TMP/rawp.vmdk"
 finish
