@@ -541,6 +541,21 @@ START_TEST(descriptor_flat_and_zero)
 	ck_assert_ok(blk_block_status(d, MIB, MIB, &e));
 	ck_assert_int_eq(e.type, BLK_ZERO);
 	blk_close(d);
+	/* an ESXi datastore descriptor: VMFS extents are flat, with no offset */
+	write_text(dp, "# Disk DescriptorFile\nversion=1\nCID=00000002\nparentCID=ffffffff\n"
+		       "createType=\"vmfsThin\"\nRW 4096 VMFS \"fl-flat.bin\"\n"
+		       "ddb.thinProvisioned = \"1\"\n");
+	ck_assert_ok(open_img(dp, 0, &d));
+	ck_assert_uint_eq(blk_size(d), 2 * MIB);
+	ck_assert_ok(blk_pread(d, MIB, buf, MIB)); /* file offset MIB holds fill(21, 0) */
+	{
+		uint8_t *want = kl_malloc(MIB);
+
+		tu_fill(want, MIB, 21, 0);
+		ck_assert(memcmp(buf, want, MIB) == 0);
+		kl_free(want);
+	}
+	blk_close(d);
 	/* flat extent file shorter than the descriptor says */
 	write_text(dp, "# Disk DescriptorFile\nversion=1\nRW 8192 FLAT \"fl-flat.bin\" 0\n");
 	ck_assert_int_eq(open_img(dp, 0, &d), -EUCLEAN);
