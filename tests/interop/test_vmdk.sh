@@ -8,7 +8,7 @@
 
 command -v qemu-img >/dev/null || skip "qemu-img not installed"
 command -v qemu-io >/dev/null || skip "qemu-io not installed"
-SAMPLES=${KEEL_INTEROP_SAMPLES:-/work/shared/interop-samples}
+DATA=$(cd "$(dirname "$0")" && pwd)/data
 
 # sparse_cmp A B: byte equality of two (sparse) files, reading only the
 # ranges where either has data; holes both share read as zeros in both.
@@ -91,11 +91,10 @@ expect_err "parent whose CID changed is refused" "child.vmdk: parent 'base.vmdk'
 	keel convert -O raw "$TMP/child.vmdk" "$TMP/x.raw"
 t "--no-parent still shows the child" sh -c "'$KEEL' info --no-parent '$TMP/child.vmdk' | grep -q 'parent: base.vmdk'"
 
-# files from VMware-style tooling
-if [ -r "$SAMPLES/ext2.vmdk" ]; then
-	t "read interop sample ext2.vmdk" same_as_qemu "$SAMPLES/ext2.vmdk"
-	t "ext2.vmdk content digest" sh -c "'$KEEL' convert -O raw '$SAMPLES/ext2.vmdk' '$TMP/e.raw' >/dev/null && sha256sum '$TMP/e.raw' | grep -q '^a6c2f0e39afe6c6a'"
-fi
+# a file from VMware-style tooling (tests/interop/data/README.md)
+gzip -dc "$DATA/ext2.vmdk.gz" > "$TMP/ext2.vmdk"
+t "read interop sample ext2.vmdk" same_as_qemu "$TMP/ext2.vmdk"
+t "ext2.vmdk content digest" sh -c "'$KEEL' convert -O raw '$TMP/ext2.vmdk' '$TMP/e.raw' >/dev/null && sha256sum '$TMP/e.raw' | grep -q '^a6c2f0e39afe6c6a'"
 
 # ---------------------------------------------------------------- write matrix
 have_mount=0
