@@ -247,10 +247,10 @@ int vmdk_sparse_open(struct vmdk_extent *x, bool rw)
 			empty &= s->gd[i] == 0;
 		if (!s->markers || h.gd_off != VMDK_GD_AT_END || !empty) {
 			rc = kl_err(-ENOTSUP,
-				    "%s: streamOptimized images are append-only and this one already "
-				    "holds data; open it read-only (or convert it to monolithicSparse "
-				    "to modify it)",
-				    x->name);
+				    "%s: streamOptimized images are append-only and this one %s; open "
+				    "it read-only (or convert it to monolithicSparse to modify it)",
+				    x->name, empty ? "is not in the footer layout keel appends to" :
+						     "already holds data");
 			goto fail;
 		}
 	}
