@@ -249,7 +249,8 @@ int vmdk_sparse_open(struct vmdk_extent *x, bool rw)
 			rc = kl_err(-ENOTSUP,
 				    "%s: streamOptimized images are append-only and this one %s; open "
 				    "it read-only (or convert it to monolithicSparse to modify it)",
-				    x->name, empty ? "is not in the footer layout keel appends to" :
+				    x->name, !s->markers || h.gd_off != VMDK_GD_AT_END ?
+						     "is not in the footer layout keel appends to" :
 						     "already holds data");
 			goto fail;
 		}
