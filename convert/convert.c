@@ -270,6 +270,7 @@ int conv_run(const struct conv_opts *o, struct conv_stats *st)
 		goto out;
 	}
 	co.size = size;
+	co.final_path = o->dst;
 	co.opts = o->dst_opts;
 	co.key = o->dst_key;
 	co.key_len = o->dst_key_len;

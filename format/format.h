@@ -85,6 +85,12 @@ struct blk_create_opts {
 	unsigned flags;		   /* BLK_OPEN_ALLOW_EXTERNAL */
 	const uint8_t *key;	   /* secret for encrypted images */
 	size_t key_len;
+	/*
+	 * Where the image will live once complete when the caller builds it
+	 * under a temporary name (convert does), or NULL for path itself.
+	 * Formats that record their own file name (VMDK extent lines) use it.
+	 */
+	const char *final_path;
 };
 
 /*
