@@ -748,6 +748,50 @@ int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len)
 	return blk_pwrite_zeroes(d, off, len, BLK_ZERO_MAY_UNMAP);
 }
 
+bool blk_can_encode(const struct blk_dev *d)
+{
+	return d->encoded_writes && !d->read_only && d->drv->encode_cluster &&
+	       d->drv->write_encoded && d->cluster_size && d->cluster_size <= BLK_ENCODE_MAX_CLUSTER;
+}
+
+static int check_encode_range(const struct blk_dev *d, uint64_t off, size_t len)
+{
+	uint32_t cs = d->cluster_size;
+
+	if (!blk_can_encode(d))
+		return kl_err(-ENOTSUP, "%s: format %s has no encoded writes on this handle",
+			      d->filename, d->drv->name);
+	if (off % cs || off >= d->size || len == 0 || len != KL_MIN((uint64_t)cs, d->size - off))
+		return kl_err(-EINVAL, "%s: encoded write of %zu bytes at %llu is not one cluster",
+			      d->filename, len, (unsigned long long)off);
+	return 0;
+}
+
+ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			   void *out, size_t cap)
+{
+	ssize_t n;
+
+	KL_TRY(check_encode_range(d, off, len));
+	if (cap < BLK_ENCODE_BOUND(d->cluster_size))
+		return kl_err(-EINVAL, "%s: encode buffer of %zu bytes is too small", d->filename, cap);
+	n = d->drv->encode_cluster(d, off, buf, len, out, cap);
+	if (n > (ssize_t)cap)
+		return kl_err(-EIO, "%s: driver %s encoded past its buffer", d->filename,
+			      d->drv->name);
+	return n;
+}
+
+int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+		      const void *raw, size_t raw_len)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(check_encode_range(d, off, raw_len));
+	if (enc_len == 0)
+		return blk_pwrite(d, off, raw, raw_len);
+	return d->drv->write_encoded(d, off, enc, enc_len, raw, raw_len);
+}
+
 int blk_flush(struct blk_dev *d)
 {
 	if (d->read_only || !d->drv->flush)

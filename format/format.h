@@ -98,6 +98,31 @@ int blk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned fl
 int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len);
 int blk_flush(struct blk_dev *d);
 
+/*
+ * Encoded writes, for copy pipelines (convert): the CPU-heavy part of
+ * writing a cluster (compression) is split from placing it, so that many
+ * threads can encode while one writes. Usable when blk_can_encode(d).
+ *
+ * blk_encode_cluster: thread-safe and pure (no I/O, d unchanged), may run
+ * on any thread concurrently with writes on d. off must be aligned to
+ * blk_cluster_size(d) and len be the cluster size (or the rest of the
+ * image for the last cluster); buf must not be all zeros; out must hold
+ * BLK_ENCODE_BOUND(blk_cluster_size(d)) bytes. Returns the encoded length
+ * (> 0), 0 when the cluster is to be stored as plain data, or -errno.
+ *
+ * blk_write_encoded: serial, like blk_pwrite: stores the cluster at off
+ * from what blk_encode_cluster returned (enc_len 0: plain data, written
+ * with blk_pwrite). raw/raw_len are the cluster's guest data. Formats that
+ * only append (streamOptimized VMDK) need increasing offsets.
+ */
+#define BLK_ENCODE_BOUND(cs) ((size_t)(cs) + (size_t)(cs) / 16 + 4096)
+#define BLK_ENCODE_MAX_CLUSTER (4u << 20)
+bool blk_can_encode(const struct blk_dev *d);
+ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			   void *out, size_t cap);
+int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+		      const void *raw, size_t raw_len);
+
 /* Status of this layer alone at off: DATA, ZERO or UNALLOC, with its length. */
 int blk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);
 /*

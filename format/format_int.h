@@ -53,6 +53,7 @@ struct blk_dev {
 	int depth;		 /* 0 for the top image */
 	const uint8_t *key;	 /* borrowed secret, valid during open only */
 	size_t key_len;
+	bool encoded_writes;	 /* set by open: encode_cluster/write_encoded apply (see below) */
 };
 
 /*
@@ -140,6 +141,38 @@ struct blk_driver {
 	/* Record a new parent reference (already opened as d->parent by the core). */
 	int (*set_parent)(struct blk_dev *d, const char *ref, const char *fmt);
 	int (*make_empty)(struct blk_dev *d);
+
+	/*
+	 * Encoded writes (optional, both or neither; used by convert so that
+	 * compression runs on many threads while the file is written by one).
+	 * They apply to a handle only when its open set d->encoded_writes
+	 * (e.g. because compression was asked for); the core never calls them
+	 * otherwise.
+	 *
+	 * encode_cluster: turn the guest data of one whole cluster into the
+	 * bytes this format will store for it (compressed, with any per-cluster
+	 * framing). The core guarantees off is aligned to d->cluster_size and
+	 * len == d->cluster_size, or len is the shorter rest of the image for
+	 * its last cluster; buf is never all zeros (zero clusters are not
+	 * encoded); out has cap >= BLK_ENCODE_BOUND(d->cluster_size) bytes.
+	 * MUST be pure and thread-safe: it may be called from several threads
+	 * at once, concurrently with write_encoded on the same handle, so it
+	 * reads only state that open fixed, never does I/O, never changes d.
+	 * Returns the number of bytes written to out (> 0), 0 for "store this
+	 * cluster as plain data" (e.g. it did not shrink; the core then uses
+	 * pwrite), or -errno.
+	 *
+	 * write_encoded: place enc (enc_len > 0, exactly what encode_cluster
+	 * returned for this off and data) as the cluster at off. Serial: called
+	 * from one thread, like pwrite, and in increasing offset order when the
+	 * driver has BLK_DRV_APPEND_ONLY. The cluster's guest data is passed
+	 * too (raw, raw_len) for drivers that need it (e.g. a checksum of the
+	 * plain data). The cluster must then read back as raw.
+	 */
+	ssize_t (*encode_cluster)(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+				  void *out, size_t cap);
+	int (*write_encoded)(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+			     const void *raw, size_t raw_len);
 };
 
 /* ------------------------------------------------------------------ for drivers */
