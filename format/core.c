@@ -253,8 +253,10 @@ static void dev_free(struct blk_dev *d)
 	kl_free(d);
 }
 
+/* file: an already open file to use (ownership passes to the device), or NULL to open path */
 static int open_path(const char *path, const char *snapshot, const struct blk_open_opts *o,
-		     struct blk_chain *chain, int depth, struct blk_dev **out)
+		     struct blk_chain *chain, int depth, struct kl_file *file,
+		     struct blk_dev **out)
 {
 	const struct blk_driver *drv = NULL;
 	struct blk_dev *d;
@@ -263,11 +265,16 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 	int rc;
 
 	*out = NULL;
-	if (depth > BLK_MAX_CHAIN)
+	if (depth > BLK_MAX_CHAIN) {
+		kl_io_close(file);
 		return kl_err(-ELOOP, "%s: parent chain deeper than %d images", path, BLK_MAX_CHAIN);
+	}
 	d = kl_calloc(1, sizeof(*d));
-	if (!d)
+	if (!d) {
+		kl_io_close(file);
 		return -ENOMEM;
+	}
+	d->file = file;
 	d->filename = kl_strdup(path);
 	if (!d->filename) {
 		rc = -ENOMEM;
@@ -280,9 +287,15 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 	/* snapshots are views of the past: never writable */
 	if (snapshot)
 		rw = false;
-	rc = kl_io_open(path, rw ? KL_O_RDWR : KL_O_RDONLY, &d->file);
-	if (rc < 0)
+	if (file && rw && !kl_io_writable(file)) {
+		rc = kl_err(-EROFS, "%s: opened read-only", path);
 		goto err;
+	}
+	if (!file) {
+		rc = kl_io_open(path, rw ? KL_O_RDWR : KL_O_RDONLY, &d->file);
+		if (rc < 0)
+			goto err;
+	}
 	rc = kl_io_identity(d->file, &dev, &ino);
 	if (rc < 0)
 		goto err;
@@ -323,7 +336,7 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 			goto err;
 		}
 	}
-	if (snapshot && !(drv->flags & BLK_DRV_SNAPSHOTS)) {
+	if (snapshot && !(drv->flags & (BLK_DRV_SNAPSHOTS | BLK_DRV_SELECT))) {
 		rc = kl_err(-ENOTSUP, "%s: format %s has no internal snapshots (asked for '@%s')",
 			    path, drv->name, snapshot);
 		goto err;
@@ -380,10 +393,21 @@ int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **o
 			return -ENOMEM;
 		}
 	}
-	rc = open_path(path, snap, o, &chain, 0, out);
+	rc = open_path(path, snap, o, &chain, 0, NULL, out);
 	kl_free(path);
 	kl_free(snap);
 	return rc;
+}
+
+int blk_open_file(struct kl_file *f, const struct blk_open_opts *o, struct blk_dev **out)
+{
+	static const struct blk_open_opts none;
+	struct blk_chain chain = { .n = 0 };
+
+	*out = NULL;
+	if (!o)
+		o = &none;
+	return open_path(kl_io_name(f), o->snapshot, o, &chain, 0, f, out);
 }
 
 int blk_open_parent(struct blk_dev *d, const char *ref, const char *fmt)
@@ -410,7 +434,7 @@ int blk_open_parent(struct blk_dev *d, const char *ref, const char *fmt)
 	}
 	po.key = d->key;
 	po.key_len = d->key_len;
-	rc = open_path(path, NULL, &po, d->chain, d->depth + 1, &d->parent);
+	rc = open_path(path, NULL, &po, d->chain, d->depth + 1, NULL, &d->parent);
 	if (rc < 0)
 		rc = kl_err_prefix(rc, "opening parent '%s' of %s", ref, d->filename);
 	kl_free(path);

@@ -66,6 +66,13 @@ struct blk_open_opts {
  * writable: pass format "raw" explicitly for that.
  */
 int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **out);
+/*
+ * As blk_open, on a file that is already open (a kl_io_open_window view of
+ * an image stored inside another file, a memfd, ...). f's name stands for
+ * the path (messages, relative parent references); o->snapshot selects.
+ * Ownership of f passes to the device, also when this fails.
+ */
+int blk_open_file(struct kl_file *f, const struct blk_open_opts *o, struct blk_dev **out);
 /* Flushes (best effort) and closes, parents included. Accepts NULL. */
 void blk_close(struct blk_dev *d);
 

@@ -33,6 +33,7 @@ struct blk_probe_buf {
 #define BLK_DRV_APPEND_ONLY 0x8	 /* writes must come in increasing offset order (streamOptimized) */
 #define BLK_DRV_NO_PROBE 0x10	 /* never chosen by probing */
 #define BLK_DRV_HAS_PARENT 0x20	 /* can record a parent */
+#define BLK_DRV_SELECT 0x40	 /* "FILE@NAME" selects a member (a disk of a package), not a snapshot */
 
 struct blk_chain; /* loop detection during open, private to core.c */
 

@@ -122,6 +122,21 @@ int kl_io_open(const char *path, unsigned flags, struct kl_file **out);
 /* Wrap an already open descriptor (stdin/stdout/socket); takes ownership. */
 int kl_io_fdopen(int fd, const char *name, unsigned flags, struct kl_file **out);
 void kl_io_close(struct kl_file *f);
+/*
+ * A read-only view of part of an open file: the concatenation of segs
+ * (byte ranges of base, each inside it) reads as a file of its own, with
+ * offsets from 0. Used to open an image stored inside another file (a disk
+ * member of an uncompressed OVA/tar, possibly split into chunks) without
+ * extracting it. The view has its own descriptor (a dup of base's), so
+ * base may be closed first. Writes fail with -EROFS; SEEK_DATA/SEEK_HOLE
+ * report the whole view as data. name is for messages.
+ */
+struct kl_io_seg {
+	uint64_t off;
+	uint64_t len;
+};
+int kl_io_open_window(struct kl_file *base, const struct kl_io_seg *segs, size_t nsegs,
+		      const char *name, struct kl_file **out);
 /* Returns bytes read (< len only at EOF, rest zero-filled) or -errno. */
 ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len);
 /* Reads exactly len bytes; a short read is -EUCLEAN naming what was read. */
