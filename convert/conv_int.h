@@ -64,6 +64,20 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
  */
 int conv_apply_profiles(struct kl_opts **opts, const char **fmt);
 
+/* Re-read path (format fmt) and compare its digest with st->digest; sets st->verified. */
+int conv_verify_file(const struct conv_opts *o, const char *path, const char *fmt,
+		     struct conv_stats *st);
+
+/* A growing text buffer (OVF descriptors, manifests). */
+struct conv_buf {
+	char *s;
+	size_t len, cap;
+	int rc;	/* first error; appends after one are ignored */
+};
+void conv_buf_add(struct conv_buf *b, const char *fmt, ...) KL_PRINTF(2, 3);
+/* Appends s with XML's five special characters escaped. */
+void conv_buf_xml(struct conv_buf *b, const char *s);
+
 int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st);
 int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st);
 

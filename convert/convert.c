@@ -226,7 +226,7 @@ static int digest_file(const struct conv_opts *o, const char *path, const char *
 	return rc;
 }
 
-static int verify_file(const struct conv_opts *o, const char *path, const char *fmt,
+int conv_verify_file(const struct conv_opts *o, const char *path, const char *fmt,
 		       struct conv_stats *st)
 {
 	uint8_t dg[32];
@@ -262,7 +262,7 @@ static int conv_one(const struct conv_opts *o, struct conv_stats *st)
 		return -ENOMEM;
 	rc = conv_into(o, tmp, st);
 	if (rc == 0 && o->verify)
-		rc = verify_file(o, tmp, o->dst_fmt, st);
+		rc = conv_verify_file(o, tmp, o->dst_fmt, st);
 	if (rc == 0 && conv_interrupted())
 		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 	if (rc == 0)

@@ -2,11 +2,13 @@
  * convert/profile.c - target profiles: -o azure, -o esxi.
  *
  * A profile is a name for "the format and options a platform accepts".
- * It is expanded here, once, into a driver name and driver options, so
- * the drivers only ever see their own options:
+ * Here it picks the output format when -O is absent and refuses a -O that
+ * does not fit; the option itself passes through to the driver, which
+ * knows what it implies:
  *   azure  fixed VHD with a whole-MiB size (the vhd driver's "azure" option
  *          does the size rounding and the fixed layout)
- *   esxi   streamOptimized VMDK (version 3), what ESXi imports
+ *   esxi   streamOptimized VMDK (version 3) with an lsilogic adapter, what
+ *          ESXi imports (the vmdk driver's "esxi" option)
  * The GCE import format is a package (-O gce), not a profile.
  */
 #include "convert/conv_int.h"
@@ -22,7 +24,7 @@ struct conv_profile {
 
 static const struct conv_profile conv_profiles[] = {
 	{ "azure", "vhd", NULL, NULL },
-	{ "esxi", "vmdk", "subformat", "streamOptimized" },
+	{ "esxi", "vmdk", NULL, NULL },
 };
 
 int conv_apply_profiles(struct kl_opts **opts, const char **fmt)
