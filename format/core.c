@@ -823,6 +823,48 @@ int blk_flush(struct blk_dev *d)
 	return d->drv->flush(d);
 }
 
+/* ------------------------------------------------------------------ measure */
+
+int blk_measure_allocated(struct blk_dev *in, uint64_t gran, uint64_t *bytes)
+{
+	uint64_t size = blk_size(in), off = 0, last = UINT64_MAX;
+
+	*bytes = 0;
+	if (!KL_IS_POW2(gran))
+		return kl_err(-EINVAL, "measure granularity %llu is not a power of two",
+			      (unsigned long long)gran);
+	while (off < size) {
+		struct blk_extent e;
+		uint64_t first, end;
+
+		KL_TRY(blk_block_status_chain(in, off, size - off, &e));
+		if (e.type == BLK_DATA) {
+			first = off / gran;
+			end = KL_DIV_ROUND_UP(off + e.len, gran);
+			if (first == last)
+				first++;
+			if (end > first)
+				*bytes += (end - first) * gran;
+			last = end - 1;
+		}
+		off += e.len;
+	}
+	return 0;
+}
+
+int blk_measure(const char *format, const struct blk_create_opts *o, struct blk_dev *in,
+		struct blk_measure *m)
+{
+	const struct blk_driver *drv = blk_driver_find(format);
+
+	memset(m, 0, sizeof(*m));
+	if (!drv)
+		return kl_err(-EINVAL, "unknown format '%s' (see 'keel help formats')", format);
+	if (!drv->measure)
+		return kl_err(-ENOTSUP, "format %s cannot predict its size", drv->name);
+	return drv->measure(o, in, m);
+}
+
 /* ------------------------------------------------------------------ properties */
 
 uint64_t blk_size(const struct blk_dev *d)

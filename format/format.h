@@ -248,6 +248,25 @@ int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned
 /* Drops every cluster of d so it reads entirely from its parent (commit). */
 int blk_make_empty(struct blk_dev *d);
 
+/* ------------------------------------------------------------------ measure */
+struct blk_measure {
+	uint64_t required;	  /* bytes of the image file holding in's data */
+	uint64_t fully_allocated; /* bytes with every cluster allocated */
+	uint64_t data;		  /* the guest-data part of required */
+};
+/*
+ * Predicts the size of an image of `format` created with o holding what a
+ * guest sees in `in` (NULL: an empty image of o->size bytes), from
+ * metadata only. -ENOTSUP when the driver cannot predict.
+ */
+int blk_measure(const char *format, const struct blk_create_opts *o, struct blk_dev *in,
+		struct blk_measure *m);
+/*
+ * Bytes of in that hold data (DATA anywhere in its chain), counted in
+ * whole units of gran (a power of two) that contain any; metadata only.
+ */
+int blk_measure_allocated(struct blk_dev *in, uint64_t gran, uint64_t *bytes);
+
 /* ------------------------------------------------------------------ drivers */
 const struct blk_driver *blk_driver_find(const char *name);
 /* Iterate the registry: i = 0, 1, ... until NULL. */

@@ -174,6 +174,17 @@ struct blk_driver {
 				  void *out, size_t cap);
 	int (*write_encoded)(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
 			     const void *raw, size_t raw_len);
+
+	/*
+	 * Optional: predict the size of the file create(o) would make once it
+	 * holds the guest data of in (qemu's bdrv_measure). o->size is the
+	 * virtual size; in is NULL for an empty image, else an open image to
+	 * walk (blk_measure_allocated counts its data at a granularity). Fill
+	 * m->required (data + metadata), m->fully_allocated (every cluster
+	 * allocated) and m->data (the guest-data part of required, so a caller
+	 * can put compressed sizes in its place). Reads only metadata of in.
+	 */
+	int (*measure)(const struct blk_create_opts *o, struct blk_dev *in, struct blk_measure *m);
 };
 
 /* ------------------------------------------------------------------ for drivers */
