@@ -577,12 +577,6 @@ static int ova_open(struct blk_dev *d, const struct blk_open_opts *o)
 		if (rc < 0)
 			goto err;
 	}
-	rc = read_member(d, ovf, OVA_MAX_OVF, &buf);
-	if (rc == 0)
-		rc = ova_parse_ovf(buf, (size_t)ovf->size, s->ovf_name, &s->desc);
-	kl_free(buf);
-	if (rc < 0)
-		goto err;
 	if (s->mf) {
 		/* the descriptor is small: check it now, before trusting what it says */
 		const struct ova_mf_entry *e = mf_find(s, ovf->name);
@@ -596,6 +590,12 @@ static int ova_open(struct blk_dev *d, const struct blk_open_opts *o)
 		if (rc < 0)
 			goto err;
 	}
+	rc = read_member(d, ovf, OVA_MAX_OVF, &buf);
+	if (rc == 0)
+		rc = ova_parse_ovf(buf, (size_t)ovf->size, s->ovf_name, &s->desc);
+	kl_free(buf);
+	if (rc < 0)
+		goto err;
 	rc = select_disk(d, s);
 	if (rc == 0)
 		rc = disk_segments(d, s, &f);
