@@ -312,8 +312,9 @@ struct ova_verdict {
 	int rc;
 	struct ova_verdict *next;
 };
+#define OVA_CACHE_MAX 32
 static pthread_mutex_t ova_cache_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct ova_verdict *ova_cache;
+static struct ova_verdict *ova_cache; /* newest first, at most OVA_CACHE_MAX */
 
 static int verify_member(struct blk_dev *d, struct ova_state *s, const struct ova_member *m)
 {
@@ -352,10 +353,22 @@ static int verify_member(struct blk_dev *d, struct ova_state *s, const struct ov
 	if (rc == 0 || rc == -EBADMSG) {
 		v = kl_malloc(sizeof(*v));
 		if (v) {
+			struct ova_verdict *p = v;
+			int n = 0;
+
 			*v = key;
 			v->rc = rc;
 			v->next = ova_cache;
 			ova_cache = v;
+			/* forget the oldest verdicts: a long-running process stays bounded */
+			while (p->next && ++n < OVA_CACHE_MAX)
+				p = p->next;
+			while (p->next) {
+				struct ova_verdict *old = p->next;
+
+				p->next = old->next;
+				kl_free(old);
+			}
 		}
 	}
 	pthread_mutex_unlock(&ova_cache_lock);
