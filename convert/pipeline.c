@@ -39,6 +39,7 @@ struct conv_job {
 	uint64_t seq;
 	uint64_t off;
 	size_t len;
+	bool all_data;	   /* the walker saw one DATA extent cover the window */
 	int rc;
 	char *msg;	   /* the worker's error message (thread-local there) */
 	uint8_t *buf;	   /* source data */
@@ -79,6 +80,8 @@ struct conv_pipe {
 	uint64_t next_take;   /* next job a worker takes */
 	uint64_t next_write;  /* next job the writer commits */
 	bool stop;
+	struct blk_extent ext; /* the walker's last extent (ext.len 0: none) */
+	uint64_t since_writeback;
 
 	EVP_MD_CTX *outer;
 	struct kl_progress *prog;
@@ -130,7 +133,14 @@ static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 	size_t nunit = KL_DIV_ROUND_UP(j->len, p->unit);
 
 	j->bytes_read = j->zero_skipped = j->zero_detected = 0;
-	KL_TRY(read_window(p->wsrc[w], j->off, j->buf, j->len, j->kzero, &j->bytes_read));
+	if (j->all_data) {
+		/* the walker already knows: one pread, no extent queries */
+		KL_TRY(blk_pread(p->wsrc[w], j->off, j->buf, j->len));
+		j->bytes_read = j->len;
+		memset(j->kzero, 0, nblk);
+	} else {
+		KL_TRY(read_window(p->wsrc[w], j->off, j->buf, j->len, j->kzero, &j->bytes_read));
+	}
 	if (p->wback)
 		KL_TRY(blk_pread_padded(p->wback[w], j->off, j->bbuf, j->len));
 	for (size_t u = 0; u < nunit; u++) {
@@ -319,7 +329,8 @@ static int job_commit(struct conv_pipe *p, struct conv_job *j)
  * the backing image when there is one, are skipped whole chunks at a time.
  * Returns 1 with the window in *joff and *jlen, 0 at the end, or -errno.
  */
-static int walk_next(struct conv_pipe *p, uint64_t *off, uint64_t *joff, size_t *jlen)
+static int walk_next(struct conv_pipe *p, uint64_t *off, uint64_t *joff, size_t *jlen,
+		     bool *all_data)
 {
 	struct blk_dev *src = p->c->src_dev;
 	uint64_t size = blk_size(src);
@@ -329,7 +340,16 @@ static int walk_next(struct conv_pipe *p, uint64_t *off, uint64_t *joff, size_t 
 		struct blk_extent e;
 		uint64_t zlen, skip;
 
-		KL_TRY(blk_block_status_chain(src, *off, size - *off, &e));
+		/* one extent query answers for every window it covers */
+		if (p->ext.len && *off >= p->ext.off && *off < p->ext.off + p->ext.len) {
+			e = p->ext;
+			e.len = p->ext.off + p->ext.len - *off;
+			e.off = *off;
+		} else {
+			KL_TRY(blk_block_status_chain(src, *off, size - *off, &e));
+			p->ext = e;
+		}
+		*all_data = e.type == BLK_DATA && e.len >= len;
 		if (e.type == BLK_ZERO) {
 			zlen = e.len;
 			if (p->back && *off < blk_size(p->back)) {
@@ -512,9 +532,13 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	}
 	p.chunk = KL_MAX(CONV_CHUNK, p.unit);
 	per = slot_bytes(&p);
-	p.nslots = (unsigned)KL_MIN((size_t)(2 * p.nworkers + 2), CONV_MEM_BUDGET / per);
-	if (p.nslots < 2)
-		p.nslots = 2;
+	/*
+	 * Deep enough that a worker's wake-up latency (milliseconds on some
+	 * virtual machines) hides behind the writer's queue, within budget.
+	 */
+	p.nslots = (unsigned)KL_MIN((size_t)KL_MAX(16, 4 * p.nworkers + 8), CONV_MEM_BUDGET / per);
+	if (p.nslots < 4)
+		p.nslots = 4;
 	st->threads = p.nworkers;
 	st->memory_bound = (uint64_t)p.nslots * per;
 
@@ -558,11 +582,18 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 			rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 			break;
 		}
-		while (!walk_done && p.next_submit - p.next_write < p.nslots) {
+		/*
+		 * Refill in batches (when half the ring is free, or at the end):
+		 * one wake-up of the workers per batch, not one per chunk.
+		 */
+		if (p.next_submit - p.next_write > p.nslots / 2 && p.next_write < p.next_submit) {
+			/* enough queued: go on committing */
+		} else while (!walk_done && p.next_submit - p.next_write < p.nslots) {
 			uint64_t joff;
 			size_t jlen;
+			bool all_data;
 
-			rc = walk_next(&p, &off, &joff, &jlen);
+			rc = walk_next(&p, &off, &joff, &jlen, &all_data);
 			if (rc < 0)
 				goto out;
 			if (rc == 0) {
@@ -574,12 +605,16 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 			j->seq = p.next_submit;
 			j->off = joff;
 			j->len = jlen;
+			j->all_data = all_data;
 			j->rc = 0;
 			j->state = JOB_QUEUED;
 			p.next_submit++;
-			pthread_cond_signal(&p.work_cv);
 			pthread_mutex_unlock(&p.lock);
 		}
+		pthread_mutex_lock(&p.lock);
+		if (p.next_take < p.next_submit)
+			pthread_cond_broadcast(&p.work_cv);
+		pthread_mutex_unlock(&p.lock);
 		rc = 0;
 		if (p.next_write == p.next_submit)
 			break; /* walk done and everything committed */
@@ -591,6 +626,15 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 		if (rc < 0)
 			break;
 		kl_progress_add(p.prog, j->len);
+		/*
+		 * Start writing back what is committed so far, without waiting:
+		 * the final fsync then finds little left to do.
+		 */
+		p.since_writeback += j->len;
+		if (c->dst && !c->count_only && p.since_writeback >= CONV_WRITEBACK) {
+			blk_writeback(c->dst);
+			p.since_writeback = 0;
+		}
 		pthread_mutex_lock(&p.lock);
 		j->state = JOB_FREE;
 		p.next_write++;

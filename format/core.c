@@ -772,6 +772,12 @@ int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len)
 	return blk_pwrite_zeroes(d, off, len, BLK_ZERO_MAY_UNMAP);
 }
 
+void blk_writeback(struct blk_dev *d)
+{
+	if (!d->read_only)
+		kl_io_writeback(d->file);
+}
+
 bool blk_can_encode(const struct blk_dev *d)
 {
 	return d->encoded_writes && !d->read_only && d->drv->encode_cluster &&

@@ -104,6 +104,12 @@ int blk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned fl
 /* Drops data in the range; it then reads as zeros (never as stale parent data). */
 int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len);
 int blk_flush(struct blk_dev *d);
+/*
+ * Hint for long writers (convert): start writing d's dirty data to the
+ * device without waiting, so that the final blk_flush is short. No
+ * durability promise; no effect on read-only handles.
+ */
+void blk_writeback(struct blk_dev *d);
 
 /*
  * Encoded writes, for copy pipelines (convert): the CPU-heavy part of

@@ -625,6 +625,12 @@ int kl_io_sync(struct kl_file *f)
 	return 0;
 }
 
+void kl_io_writeback(struct kl_file *f)
+{
+	if (!f->segs && (f->flags & KL_O_RDWR) && !fault_crashed())
+		(void)sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
 int kl_io_truncate(struct kl_file *f, uint64_t size)
 {
 	int rc;

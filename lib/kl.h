@@ -146,6 +146,12 @@ int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len);
 ssize_t kl_io_read(struct kl_file *f, void *buf, size_t len);
 int kl_io_write(struct kl_file *f, const void *buf, size_t len);
 int kl_io_sync(struct kl_file *f);
+/*
+ * Hint: start writing f's dirty pages to the device now, without waiting
+ * (sync_file_range WRITE). Promises nothing about durability; a later
+ * kl_io_sync is still needed, but then has less to do. Never fails.
+ */
+void kl_io_writeback(struct kl_file *f);
 int kl_io_truncate(struct kl_file *f, uint64_t size);
 /* Deallocate a byte range (punch a hole); -ENOTSUP where impossible. */
 int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len);
