@@ -16,6 +16,11 @@ CMD(compare)
 CMD(convert)
 CMD(measure)
 CMD(io)
+CMD(check)
+CMD(snapshot)
+CMD(commit)
+CMD(rebase)
+CMD(diff)
 #undef CMD
 
 const struct cli_cmd cli_commands[] = {
@@ -29,6 +34,16 @@ const struct cli_cmd cli_commands[] = {
 	{ "measure", cmd_measure, "predict the size of a converted image", cmd_measure_usage, 0 },
 	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
 	  cmd_io_usage, CLI_WRITES },
+	{ "check", cmd_check, "check metadata and (with --verify-data) every checksum",
+	  cmd_check_usage, 0 },
+	{ "snapshot", cmd_snapshot, "create, list, delete, revert internal snapshots",
+	  cmd_snapshot_usage, CLI_WRITES },
+	{ "diff", cmd_diff, "extents changed between two snapshots (from metadata)",
+	  cmd_diff_usage, 0 },
+	{ "commit", cmd_commit, "write an image's data into its parent", cmd_commit_usage,
+	  CLI_WRITES },
+	{ "rebase", cmd_rebase, "change an image's parent, keeping its content",
+	  cmd_rebase_usage, CLI_WRITES },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };

@@ -1147,3 +1147,11 @@ int blk_make_empty(struct blk_dev *d)
 	KL_TRY(need_snap_op(d, (const void *)d->drv->make_empty, "emptying an image"));
 	return d->drv->make_empty(d);
 }
+
+int blk_parent_commit_begin(struct blk_dev *d)
+{
+	KL_TRY(check_writable(d));
+	if (!d->drv->parent_commit_begin)
+		return 0;
+	return d->drv->parent_commit_begin(d);
+}

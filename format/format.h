@@ -253,6 +253,8 @@ int blk_identity(struct blk_dev *d, struct blk_identity *id);
 int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned flags);
 /* Drops every cluster of d so it reads entirely from its parent (commit). */
 int blk_make_empty(struct blk_dev *d);
+/* Before writing d's data into its parent: tell d to accept the changed parent. */
+int blk_parent_commit_begin(struct blk_dev *d);
 
 /* ------------------------------------------------------------------ measure */
 struct blk_measure {

@@ -142,6 +142,11 @@ struct blk_driver {
 	/* Record a new parent reference (already opened as d->parent by the core). */
 	int (*set_parent)(struct blk_dev *d, const char *ref, const char *fmt);
 	int (*make_empty)(struct blk_dev *d);
+	/*
+	 * Optional: the parent is about to receive this image's data (commit);
+	 * until the next set_parent, accept the parent in its old or new state.
+	 */
+	int (*parent_commit_begin)(struct blk_dev *d);
 
 	/*
 	 * Encoded writes (optional, both or neither; used by convert so that

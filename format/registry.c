@@ -8,10 +8,12 @@
  */
 #include "format/format_int.h"
 
+extern const struct blk_driver blk_keel_driver;
 extern const struct blk_driver blk_raw_driver;
 extern const struct blk_driver blk_ova_driver;
 
 const struct blk_driver *const blk_drivers[] = {
+	&blk_keel_driver,
 	&blk_ova_driver,
 	&blk_raw_driver,
 	NULL,

@@ -316,6 +316,7 @@ bool kl_is_zero(const void *buf, size_t n);
 uint32_t kl_crc32c(uint32_t crc, const void *buf, size_t len);
 
 /* ------------------------------------------------------------------ UUIDs */
+/* Random (version 4); KEEL_FAKE_UUID=SEED makes the sequence repeatable for tests. */
 void kl_uuid_generate(uint8_t out[16]);
 /* Canonical text form, 36 characters + NUL. */
 void kl_uuid_format(const uint8_t u[16], char out[37]);

@@ -27,11 +27,16 @@ t "--verify mismatch exits 3" test $? -eq 3
 t "--verify mismatch leaves no output" test ! -e flip.raw
 
 # determinism: -j 1 and -j 4 give the same bytes, for every creatable format
+# (identities and timestamps pinned: they differ between any two runs)
+export KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=42
 for f in $formats; do
 	keel convert -j 1 -f raw -O "$f" src.raw "d1.$f" >/dev/null 2>&1
 	keel convert -j 4 -f raw -O "$f" src.raw "d4.$f" >/dev/null 2>&1
 	t "determinism -j1 = -j4 ($f)" cmp "d1.$f" "d4.$f"
+	KEEL_CONV_SLOW_MS=3 "$KEEL" convert -j 3 -f raw -O "$f" src.raw "d3.$f" >/dev/null 2>&1
+	t "determinism -j1 = -j3 with a slowed pipeline ($f)" cmp "d1.$f" "d3.$f"
 done
+unset KEEL_FAKE_TIME KEEL_FAKE_UUID
 
 # JSON summary
 keel convert --output json -f raw -O raw src.raw j.raw >j.json
