@@ -490,6 +490,8 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		rc = -ENOMEM;
 		goto out;
 	}
+	/* the disk's final name is its member name (a VMDK records it in its extent line) */
+	vo.dst = href;
 	rc = conv_into(&vo, vtmp, st);
 	if (rc == 0 && o->verify)
 		rc = conv_verify_file(&vo, vtmp, "vmdk", st);

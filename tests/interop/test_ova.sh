@@ -176,8 +176,8 @@ t "chunked output (chunk_size)" keel convert -f "$srcfmt" -O ova -o chunk_size=6
 t "chunk members" sh -c "tar -tf ch.ova | grep -q 'ch-disk1.vmdk.000000001'"
 t "chunked output reads back" keel compare src.img ch.ova
 t "--verify for ova" keel convert --verify -f "$srcfmt" -O ova src.img ver.ova
-KEEL_FAKE_TIME=1700000000 "$KEEL" convert -j 1 -f "$srcfmt" -O ova src.img j1.ova >/dev/null
-KEEL_FAKE_TIME=1700000000 "$KEEL" convert -j 4 -f "$srcfmt" -O ova src.img j4.ova >/dev/null
+KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=7 "$KEEL" convert -j 1 -f "$srcfmt" -O ova -o name=j src.img j1.ova >/dev/null
+KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=7 "$KEEL" convert -j 4 -f "$srcfmt" -O ova -o name=j src.img j4.ova >/dev/null
 t "ova: -j 1 and -j 4 byte-identical" cmp j1.ova j4.ova
 expect_err "bad OVA option" "cpus" keel convert -f "$srcfmt" -O ova -o cpus=0 src.img e.ova
 t "no output after a bad option" test ! -e e.ova
