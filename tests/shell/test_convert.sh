@@ -29,12 +29,14 @@ t "--verify mismatch leaves no output" test ! -e flip.raw
 # determinism: -j 1 and -j 4 give the same bytes, for every creatable format
 # (identities and timestamps pinned: they differ between any two runs)
 export KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=42
+mkdir -p j1 j3 j4
 for f in $formats; do
-	keel convert -j 1 -f raw -O "$f" src.raw "d1.$f" >/dev/null 2>&1
-	keel convert -j 4 -f raw -O "$f" src.raw "d4.$f" >/dev/null 2>&1
-	t "determinism -j1 = -j4 ($f)" cmp "d1.$f" "d4.$f"
-	KEEL_CONV_SLOW_MS=3 "$KEEL" convert -j 3 -f raw -O "$f" src.raw "d3.$f" >/dev/null 2>&1
-	t "determinism -j1 = -j3 with a slowed pipeline ($f)" cmp "d1.$f" "d3.$f"
+	# same file name in each directory: some formats record their own name
+	keel convert -j 1 -f raw -O "$f" src.raw "j1/d.$f" >/dev/null 2>&1
+	keel convert -j 4 -f raw -O "$f" src.raw "j4/d.$f" >/dev/null 2>&1
+	t "determinism -j1 = -j4 ($f)" cmp "j1/d.$f" "j4/d.$f"
+	KEEL_CONV_SLOW_MS=3 "$KEEL" convert -j 3 -f raw -O "$f" src.raw "j3/d.$f" >/dev/null 2>&1
+	t "determinism -j1 = -j3 with a slowed pipeline ($f)" cmp "j1/d.$f" "j3/d.$f"
 done
 unset KEEL_FAKE_TIME KEEL_FAKE_UUID
 
@@ -89,8 +91,7 @@ done
 KEEL_CONV_SLOW_MS=200 "$KEEL" convert -j 2 -f raw -O raw src.raw kill.raw 2>/dev/null &
 pid=$!
 sleep 0.6
-kill -KILL "$pid"
-wait "$pid" 2>/dev/null
+{ kill -KILL "$pid"; wait "$pid"; } 2>/dev/null
 t "SIGKILL: no output" test ! -e kill.raw
 t "SIGKILL: a temporary remains" sh -c "ls -a | grep -q '^\.kill\.raw\.keel-tmp\.$pid'"
 t "next run succeeds" keel convert -f raw -O raw src.raw kill.raw
