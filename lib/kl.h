@@ -315,6 +315,20 @@ bool kl_is_zero(const void *buf, size_t n);
 /* CRC-32C (Castagnoli), as VHDX and the .keel format use; hardware when present. */
 uint32_t kl_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* ------------------------------------------------------------------ compression
+ *
+ * One-shot and thread-safe (per-thread contexts, freed at thread exit), for
+ * encoders that run on many threads. Each returns the compressed length,
+ * 0 when the result does not fit in cap, or -errno.
+ */
+/* zlib-wrapped deflate (RFC 1950) via libdeflate; level -1 = 6, up to 12. */
+ssize_t kl_zlib_compress(int level, const void *in, size_t len, void *out, size_t cap);
+/* A zstd frame at level. */
+ssize_t kl_zstd_compress(int level, const void *in, size_t len, void *out, size_t cap);
+/* Raw deflate (RFC 1951) via zlib with a 2^window_bits window (qcow2: 12). */
+ssize_t kl_deflate_raw_compress(int level, int window_bits, const void *in, size_t len, void *out,
+				size_t cap);
+
 /* ------------------------------------------------------------------ UUIDs */
 /* Random (version 4); KEEL_FAKE_UUID=SEED makes the sequence repeatable for tests. */
 void kl_uuid_generate(uint8_t out[16]);
