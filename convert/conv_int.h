@@ -33,6 +33,8 @@ struct conv_pipe_cfg {
 	const char *backing_fmt;
 	unsigned backing_flags;	  /* BLK_OPEN_* for the per-worker backing handles */
 	bool digest;		  /* compute the canonical digest into st->digest */
+	uint64_t digest_size;	  /* digest as an image of this size (0: the source's); past it
+				   * the source must read as zeros (a target rounded up) */
 	bool count_only;	  /* encode but do not write; st->bytes_stored gets the sizes */
 	int threads;		  /* workers; 0 = number of CPUs */
 	bool progress;

@@ -200,7 +200,7 @@ out:
 
 /* Digest of what a guest sees in path (format fmt), with the same pipeline. */
 static int digest_file(const struct conv_opts *o, const char *path, const char *fmt,
-		       uint8_t out[32])
+		       uint64_t size, uint8_t out[32])
 {
 	struct blk_open_opts vo = { .format = fmt,
 				    .flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL,
@@ -216,6 +216,7 @@ static int digest_file(const struct conv_opts *o, const char *path, const char *
 	pc.so = vo;
 	pc.src_dev = v;
 	pc.digest = true;
+	pc.digest_size = size;
 	pc.threads = o->threads;
 	pc.progress = o->progress;
 	pc.label = "verifying";
@@ -231,7 +232,7 @@ int conv_verify_file(const struct conv_opts *o, const char *path, const char *fm
 {
 	uint8_t dg[32];
 
-	KL_TRY(digest_file(o, path, fmt, dg));
+	KL_TRY(digest_file(o, path, fmt, st->virtual_size, dg));
 	if (memcmp(dg, st->digest, 32) != 0) {
 		st->verify_failed = true;
 		return kl_err(-EBADMSG, "verification failed: %s does not read back as %s", o->dst,

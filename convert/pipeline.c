@@ -59,6 +59,7 @@ struct conv_pipe {
 	const struct conv_pipe_cfg *c;
 	struct conv_stats *st;
 	uint32_t unit;	   /* zero-detection / encoding granularity */
+	uint64_t dsize;	   /* size the digest describes */
 	uint32_t chunk;
 	size_t enc_cap;	   /* per unit, when encoding */
 	bool encode;
@@ -126,6 +127,14 @@ static int read_window(struct blk_dev *d, uint64_t off, uint8_t *buf, size_t len
 	return 0;
 }
 
+/* Bytes of the target's cluster at off: whole, or what is left of the target. */
+static size_t enc_unit_len(const struct conv_pipe *p, uint64_t off)
+{
+	uint64_t dsize = blk_size(p->c->dst);
+
+	return (size_t)KL_MIN((uint64_t)p->unit, dsize > off ? dsize - off : 0);
+}
+
 static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 {
 	const struct conv_pipe_cfg *c = p->c;
@@ -164,8 +173,14 @@ static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 			j->act[u] = ACT_DATA;
 		j->enc_len[u] = 0;
 		if (p->encode && j->act[u] == ACT_DATA) {
-			ssize_t n = blk_encode_cluster(c->dst, j->off + uo, d, ul,
-						       j->enc + u * p->enc_cap, p->enc_cap);
+			size_t el = enc_unit_len(p, j->off + uo);
+			ssize_t n;
+
+			/* a target rounded up past the source's end sees zeros there */
+			if (el > ul)
+				memset(j->buf + uo + ul, 0, el - ul);
+			n = blk_encode_cluster(c->dst, j->off + uo, d, el, j->enc + u * p->enc_cap,
+					       p->enc_cap);
 
 			if (n < 0)
 				return (int)n;
@@ -174,14 +189,22 @@ static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 	}
 	if (c->digest) {
 		for (size_t b = 0; b < nblk; b++) {
+			uint64_t boff = j->off + b * CONV_BLOCK;
 			size_t bl = KL_MIN((size_t)CONV_BLOCK, j->len - b * CONV_BLOCK);
 			const uint8_t *d = j->buf + b * CONV_BLOCK;
+			size_t hl = boff < p->dsize ? (size_t)KL_MIN((uint64_t)bl, p->dsize - boff) : 0;
 
 			j->bzero[b] = j->kzero[b] || kl_is_zero(d, bl);
-			if (!j->bzero[b] &&
-			    !EVP_Digest(d, bl, j->hash[b], NULL, EVP_sha256(), NULL))
+			if (j->bzero[b])
+				continue;
+			if (hl < bl && !kl_is_zero(d + hl, bl - hl)) {
+				/* data past the digest size: make the digest differ */
+				memset(j->hash[b], 0xff, 32);
+				continue;
+			}
+			if (!EVP_Digest(d, hl, j->hash[b], NULL, EVP_sha256(), NULL))
 				return kl_err(-ENOMEM, "SHA-256 of the block at %llu failed",
-					      (unsigned long long)(j->off + b * CONV_BLOCK));
+					      (unsigned long long)boff);
 		}
 	}
 	return 0;
@@ -300,7 +323,8 @@ static int job_commit(struct conv_pipe *p, struct conv_job *j)
 			p->st->bytes_stored += (uint64_t)j->enc_len[u];
 			if (!c->count_only)
 				KL_TRY(blk_write_encoded(c->dst, j->off + uo, j->enc + u * p->enc_cap,
-							 (size_t)j->enc_len[u], j->buf + uo, ul));
+							 (size_t)j->enc_len[u], j->buf + uo,
+							 enc_unit_len(p, j->off + uo)));
 			continue;
 		}
 		/* encoded targets take plain data one cluster at a time, too */
@@ -516,6 +540,7 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	pthread_cond_init(&p.work_cv, NULL);
 	pthread_cond_init(&p.done_cv, NULL);
 	p.nworkers = c->threads > 0 ? c->threads : conv_ncpus();
+	p.dsize = c->digest_size ? c->digest_size : size;
 	p.slow_ms = slow ? (unsigned)atoi(slow) : 0;
 	p.flip = c->dst && getenv("KEEL_CONV_TEST_FLIP");
 	p.back = c->dst && c->backing ? blk_parent(c->dst) : NULL;
@@ -644,7 +669,7 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 		uint8_t sz[8];
 		unsigned int n;
 
-		put_le64(sz, size);
+		put_le64(sz, p.dsize);
 		EVP_DigestUpdate(p.outer, sz, sizeof(sz));
 		EVP_DigestFinal_ex(p.outer, st->digest, &n);
 	}
