@@ -9,7 +9,7 @@
 /* Digest granularity: the canonical content digest hashes 64 KiB blocks. */
 #define CONV_BLOCK (64u << 10)
 /* Unit of work of the pipeline (a job), unless the target cluster is larger. */
-#define CONV_CHUNK (1u << 20)
+#define CONV_CHUNK (2u << 20)
 /* The writer asks the kernel to start writeback every this many bytes. */
 #define CONV_WRITEBACK (64u << 20)
 /* Buffers of the pipeline stay under this, whatever the image size. */

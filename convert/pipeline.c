@@ -135,6 +135,11 @@ static size_t enc_unit_len(const struct conv_pipe *p, uint64_t off)
 	return (size_t)KL_MIN((uint64_t)p->unit, dsize > off ? dsize - off : 0);
 }
 
+struct worker_arg {
+	struct conv_pipe *p;
+	int w;
+};
+
 static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 {
 	const struct conv_pipe_cfg *c = p->c;
@@ -210,10 +215,28 @@ static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 	return 0;
 }
 
-struct worker_arg {
-	struct conv_pipe *p;
-	int w;
-};
+/* Run job j on handle set w and publish the result; called without the lock. */
+static void run_job(struct conv_pipe *p, int w, struct conv_job *j)
+{
+	int rc;
+
+	if (p->slow_ms) {
+		struct timespec ts = { p->slow_ms / 1000, (long)(p->slow_ms % 1000) * 1000000L };
+
+		nanosleep(&ts, NULL);
+	}
+	kl_err_clear();
+	rc = job_work(p, w, j);
+	pthread_mutex_lock(&p->lock);
+	j->rc = rc;
+	if (rc < 0) {
+		kl_free(j->msg);
+		j->msg = kl_strdup(kl_errmsg());
+	}
+	j->state = JOB_DONE;
+	pthread_cond_broadcast(&p->done_cv);
+	pthread_mutex_unlock(&p->lock);
+}
 
 static void *worker_main(void *arg)
 {
@@ -222,7 +245,6 @@ static void *worker_main(void *arg)
 
 	for (;;) {
 		struct conv_job *j;
-		int rc;
 
 		pthread_mutex_lock(&p->lock);
 		while (!p->stop && p->next_take == p->next_submit)
@@ -234,23 +256,7 @@ static void *worker_main(void *arg)
 		j = &p->slots[p->next_take % p->nslots];
 		p->next_take++;
 		pthread_mutex_unlock(&p->lock);
-
-		if (p->slow_ms) {
-			struct timespec ts = { p->slow_ms / 1000, (long)(p->slow_ms % 1000) * 1000000L };
-
-			nanosleep(&ts, NULL);
-		}
-		kl_err_clear();
-		rc = job_work(p, wa->w, j);
-		pthread_mutex_lock(&p->lock);
-		j->rc = rc;
-		if (rc < 0) {
-			kl_free(j->msg);
-			j->msg = kl_strdup(kl_errmsg());
-		}
-		j->state = JOB_DONE;
-		pthread_cond_broadcast(&p->done_cv);
-		pthread_mutex_unlock(&p->lock);
+		run_job(p, wa->w, j);
 	}
 	kl_free(wa);
 	return NULL;
@@ -452,17 +458,23 @@ static int open_worker_handles(struct conv_pipe *p)
 {
 	const struct conv_pipe_cfg *c = p->c;
 
-	p->wsrc = kl_calloc((size_t)p->nworkers, sizeof(*p->wsrc));
+	p->wsrc = kl_calloc((size_t)p->nworkers + 1, sizeof(*p->wsrc));
 	if (!p->wsrc)
 		return -ENOMEM;
 	if (p->back) {
-		p->wback = kl_calloc((size_t)p->nworkers, sizeof(*p->wback));
+		p->wback = kl_calloc((size_t)p->nworkers + 1, sizeof(*p->wback));
 		if (!p->wback)
 			return -ENOMEM;
 	}
-	for (int w = 0; w < p->nworkers; w++) {
-		int rc = blk_open(c->src, &c->so, &p->wsrc[w]);
+	/*
+	 * One set per worker thread, and one (the last) for the calling
+	 * thread, which reads through the walker's handle: same thread.
+	 */
+	for (int w = 0; w <= p->nworkers; w++) {
+		int rc = w == p->nworkers ? 0 : blk_open(c->src, &c->so, &p->wsrc[w]);
 
+		if (w == p->nworkers)
+			p->wsrc[w] = c->src_dev;
 		if (rc < 0)
 			return kl_err_prefix(rc, "opening %s for worker %d", c->src, w);
 		if (p->back) {
@@ -488,8 +500,8 @@ static void pipe_teardown(struct conv_pipe *p)
 	for (int i = 0; i < p->nstarted; i++)
 		pthread_join(p->tids[i], NULL);
 	for (int w = 0; p->wsrc && w < p->nworkers; w++)
-		blk_close(p->wsrc[w]);
-	for (int w = 0; p->wback && w < p->nworkers; w++)
+		blk_close(p->wsrc[w]); /* the last one is borrowed */
+	for (int w = 0; p->wback && w <= p->nworkers; w++)
 		blk_close(p->wback[w]);
 	for (unsigned s = 0; p->slots && s < p->nslots; s++)
 		job_release(&p->slots[s]);
@@ -515,6 +527,20 @@ static int wait_done(struct conv_pipe *p, struct conv_job *j)
 			rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 			break;
 		}
+		if (p->next_take < p->next_submit) {
+			/*
+			 * Rather than sleep (and later wait to be woken, which
+			 * costs milliseconds on a loaded machine), the writer
+			 * takes the oldest queued job itself.
+			 */
+			struct conv_job *t = &p->slots[p->next_take % p->nslots];
+
+			p->next_take++;
+			pthread_mutex_unlock(&p->lock);
+			run_job(p, p->nworkers, t);
+			pthread_mutex_lock(&p->lock);
+			continue;
+		}
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_nsec += 100 * 1000000L;
 		if (ts.tv_nsec >= 1000000000L) {
@@ -539,7 +565,8 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.work_cv, NULL);
 	pthread_cond_init(&p.done_cv, NULL);
-	p.nworkers = c->threads > 0 ? c->threads : conv_ncpus();
+	/* -j N: N threads compute, the calling thread being one of them */
+	p.nworkers = (c->threads > 0 ? c->threads : conv_ncpus()) - 1;
 	p.dsize = c->digest_size ? c->digest_size : size;
 	p.slow_ms = slow ? (unsigned)atoi(slow) : 0;
 	p.flip = c->dst && getenv("KEEL_CONV_TEST_FLIP");
@@ -561,15 +588,15 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	 * Deep enough that a worker's wake-up latency (milliseconds on some
 	 * virtual machines) hides behind the writer's queue, within budget.
 	 */
-	p.nslots = (unsigned)KL_MIN((size_t)KL_MAX(16, 4 * p.nworkers + 8), CONV_MEM_BUDGET / per);
+	p.nslots = (unsigned)KL_MIN((size_t)KL_MAX(8, 4 * p.nworkers + 8), CONV_MEM_BUDGET / per);
 	if (p.nslots < 4)
 		p.nslots = 4;
-	st->threads = p.nworkers;
+	st->threads = p.nworkers + 1;
 	st->memory_bound = (uint64_t)p.nslots * per;
 
 	p.outer = EVP_MD_CTX_new();
 	p.slots = kl_calloc(p.nslots, sizeof(*p.slots));
-	p.tids = kl_calloc((size_t)p.nworkers, sizeof(*p.tids));
+	p.tids = kl_calloc((size_t)p.nworkers + 1, sizeof(*p.tids));
 	if (!p.outer || !p.slots || !p.tids || !EVP_DigestInit_ex(p.outer, EVP_sha256(), NULL)) {
 		rc = kl_err(-ENOMEM, "out of memory setting up the copy pipeline");
 		goto out;

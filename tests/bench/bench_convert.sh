@@ -8,7 +8,10 @@
 # where it accepts it). keel runs with its defaults (-j = number of CPUs)
 # and, unlike qemu-img convert (whose destination cache mode defaults to
 # "unsafe"), fsyncs its output before renaming it into place.
-# Prints wall times, the keel/qemu-img ratio and the output sizes.
+# Prints wall times, the keel/qemu-img ratio, the output sizes, and the CPU
+# seconds (user + system) each tool used: on a machine shared with other
+# work the wall-time ratio also measures the scheduler's share, the CPU
+# time does not.
 #
 #   KEEL=build/keel tests/bench/bench_convert.sh
 #   BENCH_IMG=/path/to/image.raw   another source image
@@ -39,7 +42,8 @@ warm() { cat "$1" >/dev/null; }
 
 printf '# source: %s (%s bytes, %s allocated), %s CPUs\n' "$img" "$(size_of "$img")" \
 	"$(du -B1 "$img" | cut -f1)" "$(nproc)"
-printf '%-28s %9s %9s %7s %13s %13s %7s\n' row keel_s qemu_s ratio keel_bytes qemu_bytes size
+printf '%-28s %9s %9s %7s %13s %13s %7s %8s %8s\n' row keel_s qemu_s ratio keel_bytes qemu_bytes size \
+	keel_cpu qemu_cpu
 # prepared sources for the rows that do not start from raw (not timed)
 qemu-img convert -m 8 -W -f raw -O qcow2 "$img" "$dir/src.qcow2"
 qemu-img convert -m 8 -f raw -O vmdk -o subformat=streamOptimized "$img" "$dir/src.vmdk"
@@ -54,7 +58,8 @@ row() { # row NAME KEEL_FMT "KEEL_ARGS" "QEMU_ARGS" SRC SRCFMT EXT
 	rm -f "$dir/k.$ext" "$dir/q.$ext"
 	t0=$(now)
 	# shellcheck disable=SC2086
-	if ! "$KEEL" convert -f "$sfmt" $kargs "$src" "$dir/k.$ext" >/dev/null 2>"$dir/err"; then
+	if ! /usr/bin/time -f '%U %S' -o "$dir/kcpu" "$KEEL" convert -f "$sfmt" $kargs "$src" \
+		"$dir/k.$ext" >/dev/null 2>"$dir/err"; then
 		printf '%-28s keel failed: %s\n' "$name" "$(head -1 "$dir/err")"
 		return
 	fi
@@ -63,15 +68,17 @@ row() { # row NAME KEEL_FMT "KEEL_ARGS" "QEMU_ARGS" SRC SRCFMT EXT
 	warm "$src"
 	t0=$(now)
 	# shellcheck disable=SC2086
-	qemu-img convert -f "$( [ "$sfmt" = vhd ] && echo vpc || echo "$sfmt")" $qargs "$src" "$dir/q.$ext" 2>/dev/null ||
+	/usr/bin/time -f '%U %S' -o "$dir/qcpu" qemu-img convert \
+		-f "$( [ "$sfmt" = vhd ] && echo vpc || echo "$sfmt")" $qargs "$src" "$dir/q.$ext" 2>/dev/null ||
 		{ printf '%-28s %9s qemu-img failed\n' "$name" "$kt"; return; }
 	t1=$(now)
 	qt=$(secs "$t0" "$t1")
 	ks=$(size_of "$dir/k.$ext")
 	qs=$(size_of "$dir/q.$ext")
-	printf '%-28s %9s %9s %7.2f %13s %13s %7.3f\n' "$name" "$kt" "$qt" \
+	printf '%-28s %9s %9s %7.2f %13s %13s %7.3f %8.2f %8.2f\n' "$name" "$kt" "$qt" \
 		"$(awk -v a="$kt" -v b="$qt" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$ks" "$qs" \
-		"$(awk -v a="$ks" -v b="$qs" 'BEGIN { print (b > 0 ? a / b : 0) }')"
+		"$(awk -v a="$ks" -v b="$qs" 'BEGIN { print (b > 0 ? a / b : 0) }')" \
+		"$(awk '{ print $1 + $2 }' "$dir/kcpu")" "$(awk '{ print $1 + $2 }' "$dir/qcpu")"
 	rm -f "$dir/k.$ext" "$dir/q.$ext"
 }
 
@@ -83,3 +90,4 @@ row "raw->vmdk streamOptimized" vmdk "-O vmdk -o subformat=streamOptimized" \
 row "qcow2->vhdx" vhdx "-O vhdx" "-m 8 -W -O vhdx" "$dir/src.qcow2" qcow2 vhdx
 row "vmdk->raw" raw "-O raw" "-m 8 -W -O raw" "$dir/src.vmdk" vmdk raw
 echo "# goals: ratio <= 1.0 uncompressed rows, <= 0.4 compressed rows; size <= 1.03"
+echo "# load average during the run: $(cut -d' ' -f1-3 /proc/loadavg)"
