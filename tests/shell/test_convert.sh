@@ -105,4 +105,7 @@ t "no output after an error" test ! -e e1.raw
 expect_rc 2 "missing DST is a usage error" keel convert -O raw src.raw
 expect_rc 2 "bad -j is a usage error" keel convert -j 0 -O raw src.raw x.raw
 t "help states the memory bound" sh -c "'$KEEL' help convert | grep -q 'stay under 192 MiB'"
+keel convert --output json -j 2 -f raw -O raw src.raw m.raw >m.json
+t "memory bound at -j 2 under 64 MiB" python3 -c "
+import json; d = json.load(open('m.json')); assert d['memory_bound'] <= 64 << 20, d
 finish
