@@ -108,4 +108,5 @@ t "help states the memory bound" sh -c "'$KEEL' help convert | grep -q 'stay und
 keel convert --output json -j 2 -f raw -O raw src.raw m.raw >m.json
 t "memory bound at -j 2 under 64 MiB" python3 -c "
 import json; d = json.load(open('m.json')); assert d['memory_bound'] <= 64 << 20, d
+"
 finish
