@@ -5,8 +5,9 @@
  * "fully allocated" what the image takes with every cluster allocated.
  * The driver predicts from SRC's metadata (blk_measure); a driver without
  * a prediction gets a generic estimate: an empty image made with the same
- * options in a scratch directory gives the fixed overhead, SRC's data at
- * 64 KiB granularity is added, plus 1/256 of it for mapping tables.
+ * options in a scratch directory gives the fixed overhead and the unit the
+ * format allocates in (its cluster or block size); SRC's data counted in
+ * those units is added, plus 1/256 of it for mapping tables.
  * With -c the data is read and encoded by the copy pipeline without
  * writing anything, so the compressed size is measured, not guessed.
  */
@@ -65,17 +66,27 @@ static void scratch_remove(char *dir, char *path)
 static int generic_estimate(const char *fmt, const struct blk_create_opts *co, struct blk_dev *in,
 			    struct blk_measure *m)
 {
+	struct blk_open_opts oo = { .format = fmt };
+	struct blk_dev *probe = NULL;
 	char *dir, *path;
 	struct stat st;
-	uint64_t data = 0;
+	uint64_t data = 0, gran = CONV_BLOCK;
 	int rc;
 
 	KL_TRY(scratch_image(fmt, co, &dir, &path));
 	rc = stat(path, &st) == 0 ? 0 : kl_err(-errno, "measure: %s: %s", path, strerror(errno));
+	/* the format allocates in units of its cluster (a VHD block, a VHDX block...) */
+	if (rc == 0 && blk_open(path, &oo, &probe) == 0) {
+		gran = KL_MAX((uint64_t)4096, (uint64_t)blk_cluster_size(probe));
+		if (!KL_IS_POW2(gran))
+			gran = CONV_BLOCK;
+		blk_close(probe);
+	}
+	kl_err_clear();
 	scratch_remove(dir, path);
 	KL_TRY(rc);
 	if (in)
-		KL_TRY(blk_measure_allocated(in, CONV_BLOCK, &data));
+		KL_TRY(blk_measure_allocated(in, gran, &data));
 	if ((uint64_t)st.st_size >= co->size) {
 		/* a preallocated layout: the file already has room for every byte */
 		m->required = m->fully_allocated = (uint64_t)st.st_size;
@@ -84,7 +95,8 @@ static int generic_estimate(const char *fmt, const struct blk_create_opts *co, s
 	}
 	m->data = data;
 	m->required = (uint64_t)st.st_size + data + data / 256;
-	m->fully_allocated = (uint64_t)st.st_size + co->size + co->size / 256;
+	m->fully_allocated = (uint64_t)st.st_size + KL_ALIGN_UP(co->size, gran) + co->size / 256;
+	m->fully_allocated = KL_MAX(m->fully_allocated, m->required);
 	return 0;
 }
 
