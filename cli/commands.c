@@ -21,6 +21,11 @@ CMD(snapshot)
 CMD(commit)
 CMD(rebase)
 CMD(diff)
+CMD(scrub)
+CMD(key)
+CMD(dedup)
+CMD(backup)
+CMD(verify_boot)
 #undef CMD
 
 const struct cli_cmd cli_commands[] = {
@@ -44,6 +49,16 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "rebase", cmd_rebase, "change an image's parent, keeping its content",
 	  cmd_rebase_usage, CLI_WRITES },
+	{ "scrub", cmd_scrub, "verify every stored cluster of every snapshot", cmd_scrub_usage,
+	  0 },
+	{ "key", cmd_key, "add, remove, change key slots of an encrypted image", cmd_key_usage,
+	  CLI_WRITES },
+	{ "dedup", cmd_dedup, "deduplicate an existing .keel image offline", cmd_dedup_usage,
+	  CLI_WRITES },
+	{ "backup", cmd_backup, "store a disk image as a new snapshot of a vault",
+	  cmd_backup_usage, CLI_WRITES },
+	{ "verify-boot", cmd_verify_boot, "boot a verifier VM on an image and report a verdict",
+	  cmd_verify_boot_usage, CLI_NEEDS_KVM },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };

@@ -148,6 +148,26 @@ struct blk_driver {
 	 */
 	int (*parent_commit_begin)(struct blk_dev *d);
 
+	int (*key_op)(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen,
+		      int slot, int *out_slot);
+	int (*key_list)(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n);
+
+	/* Content hashing (optional): hash_cluster must be thread-safe. */
+	int (*hash_cluster)(const struct blk_dev *d, const void *buf, size_t len, uint8_t out[32]);
+	int (*write_hashed)(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			    const uint8_t hash[32]);
+	int (*stats)(struct blk_dev *d, struct blk_stats *st);
+	int (*dedup)(struct blk_dev *d, bool progress, struct blk_stats *st);
+
+	int (*snapshot_create_guid)(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+	int (*recv_begin)(struct blk_dev *d, const char *base);
+	int (*recv_status)(struct blk_dev *d, bool *active, void *token, size_t *len);
+	int (*recv_checkpoint)(struct blk_dev *d, const void *token, size_t len);
+	int (*recv_finish)(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+	int (*recv_abort)(struct blk_dev *d);
+	int (*scrub)(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+		     struct blk_scrub_report *r);
+
 	/*
 	 * Encoded writes (optional, both or neither; used by convert so that
 	 * compression runs on many threads while the file is written by one).

@@ -192,7 +192,7 @@ static int rc_read_tree(struct blk_dev *d, const struct kf_ptr *root, unsigned h
 			rc_ = kl_io_pread_full(d->file, p->addr, buf, KF_BLOCK, "refcount node");
 			if (rc_ < 0)
 				goto out;
-			if (kl_crc32c(0, buf, KF_BLOCK) != p->crc) {
+			if (kf_sum(d->priv, buf, KF_BLOCK) != p->crc) {
 				rc_ = kl_err(-EBADMSG,
 					     "%s: refcount node at offset %llu fails its checksum",
 					     d->filename, (unsigned long long)p->addr);
@@ -482,7 +482,7 @@ int kf_rc_commit(struct blk_dev *d)
 					kf_ptr_put(buf + 16 * k, &c);
 				}
 			}
-			n->crc = kl_crc32c(0, buf, KF_BLOCK);
+			n->crc = kf_sum(s, buf, KF_BLOCK);
 			r = kl_io_pwrite(d->file, n->addr, buf, KF_BLOCK);
 		}
 	}
@@ -495,12 +495,39 @@ int kf_rc_commit(struct blk_dev *d)
 	return 0;
 }
 
-void kf_rc_committed(struct kf_state *s)
+/*
+ * Give runs of blocks that this commit freed back to the filesystem, so a
+ * vault shrinks on disk after a delete or a dedup. Only a speed-up: the
+ * blocks are free either way, so a failure is ignored.
+ */
+static void punch_freed(struct blk_dev *d)
 {
+	struct kf_state *s = d->priv;
+	uint64_t run = 0, start = 0;
+
+	for (uint64_t b = 0; b <= s->nblocks; b++) {
+		bool freed = b < s->nblocks && bit_get(s->pinned, b) && s->rc[b] == 0;
+
+		if (freed) {
+			if (run++ == 0)
+				start = b;
+			continue;
+		}
+		if (run >= 16 && kl_io_punch(d->file, start * KF_BLOCK, run * KF_BLOCK) < 0)
+			kl_err_clear();
+		run = 0;
+	}
+}
+
+void kf_rc_committed(struct blk_dev *d)
+{
+	struct kf_state *s = d->priv;
 	uint64_t lowest = s->free_hint;
 
 	if (!s->rc_loaded)
 		return;
+	if (s->pinned_blocks >= 16)
+		punch_freed(d);
 	for (uint64_t i = 0; i < s->rc_cap / 8; i++) {
 		if (s->pinned[i]) {
 			uint64_t b = i * 8 + (uint64_t)__builtin_ctz(s->pinned[i]);
@@ -555,7 +582,7 @@ int kf_rc_walk_nodes(struct blk_dev *d, int (*fn)(void *opaque, uint64_t addr), 
 			if (r < 0 || l == 0)
 				continue;
 			r = kl_io_pread_full(d->file, cur[i].addr, buf, KF_BLOCK, "refcount node");
-			if (r == 0 && kl_crc32c(0, buf, KF_BLOCK) != cur[i].crc)
+			if (r == 0 && kf_sum(s, buf, KF_BLOCK) != cur[i].crc)
 				r = kl_err(-EBADMSG, "%s: refcount node at %llu fails its checksum",
 					   d->filename, (unsigned long long)cur[i].addr);
 			for (uint64_t k = 0; r == 0 && k < KF_FANOUT; k++) {

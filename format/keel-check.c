@@ -12,11 +12,13 @@
  */
 #include "format/keel.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 struct chk {
 	struct blk_dev *d;
 	uint32_t *exp;
+	uint64_t *blob;	  /* per block: aux << 32 | crc of the data blob starting there */
 	uint64_t nblocks;
 	struct blk_check_report *r;
 	unsigned flags;
@@ -90,9 +92,11 @@ static void walk_node(struct chk *x, const struct kf_ptr *p, int level, uint64_t
 		}
 		if (kf_type(e.aux) != KF_T_DATA)
 			continue;
-		if (ref(x, e.addr, kf_blocks_of(e.aux & KF_LEN_MASK), "cluster data") &&
-		    (x->flags & BLK_CHECK_DATA))
-			verify_cluster(x, c, &e);
+		if (ref(x, e.addr, kf_blocks_of(e.aux & KF_LEN_MASK), "cluster data")) {
+			x->blob[e.addr / KF_BLOCK] = (uint64_t)e.aux << 32 | e.crc;
+			if (x->flags & BLK_CHECK_DATA)
+				verify_cluster(x, c, &e);
+		}
 		if (c << s->cluster_bits >= s->vsize && !strcmp(x->tree, "current")) {
 			x->r->corruptions++;
 			blk_check_msg(x->r, "cluster %llu mapped beyond the virtual size",
@@ -100,6 +104,39 @@ static void walk_node(struct chk *x, const struct kf_ptr *p, int level, uint64_t
 		}
 	}
 	kl_free(buf);
+}
+
+/* Every dedup record must name a live blob exactly as the map does. */
+static int check_dedup_rec(void *opaque, const uint8_t h[32], const struct kf_ptr *e)
+{
+	struct chk *x = opaque;
+	struct kf_state *s = x->d->priv;
+	uint64_t b = e->addr / KF_BLOCK;
+	uint8_t got[32];
+
+	if (b >= x->nblocks || x->blob[b] != ((uint64_t)e->aux << 32 | e->crc)) {
+		x->r->corruptions++;
+		blk_check_msg(x->r, "dedup index names a blob at offset %llu that the map does "
+			      "not use", (unsigned long long)e->addr);
+		if ((x->flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL) {
+			kf_dedup_forget(s, e->addr);
+			x->r->repaired++;
+		}
+		return 0;
+	}
+	if (!(x->flags & BLK_CHECK_DATA))
+		return 0;
+	if (kf_read_blob(x->d, 0, e, x->cbuf) < 0 ||
+	    kf_hash_content(s, x->cbuf, s->cluster_size, got) < 0 || memcmp(got, h, 32) != 0) {
+		x->r->corruptions++;
+		blk_check_msg(x->r, "dedup index hash of the blob at offset %llu does not match "
+			      "its content", (unsigned long long)e->addr);
+		if ((x->flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL) {
+			kf_dedup_forget(s, e->addr);
+			x->r->repaired++;
+		}
+	}
+	return 0;
 }
 
 static int ref_rc_node(void *opaque, uint64_t addr)
@@ -134,10 +171,13 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		return kl_err(-EINVAL, "%s: check the image, not a snapshot of it", d->filename);
 	if (!d->read_only)
 		KL_TRY(kf_commit(d));
+	if ((s->compat & KF_COMPAT_DEDUP) && !s->dedup)
+		KL_TRY(kf_dedup_load(d)); /* read-only: only to verify it */
 	x.nblocks = s->nblocks_committed;
 	x.exp = kl_calloc(x.nblocks, sizeof(*x.exp));
+	x.blob = kl_calloc(x.nblocks, sizeof(*x.blob));
 	x.cbuf = kl_malloc(s->cluster_size);
-	if (!x.exp || !x.cbuf) {
+	if (!x.exp || !x.blob || !x.cbuf) {
 		rc = -ENOMEM;
 		goto out;
 	}
@@ -151,9 +191,30 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		if (s->snaps[i].root.addr)
 			walk_node(&x, &s->snaps[i].root, (int)s->snaps[i].height - 1, 0);
 	}
+	{
+		/* a receive in progress holds its working tree and token */
+		struct kf_ptr other = s->staging ? s->shown_root
+				      : (s->autoclear & KF_AUTOCLEAR_RECV) ? s->staging_root
+									   : (struct kf_ptr){ 0 };
+
+		x.tree = s->staging ? "shown state" : "receive in progress";
+		if (other.addr)
+			walk_node(&x, &other, (int)s->height - 1, 0);
+	}
 	x.tree = "metadata";
+	if (s->token_ptr.addr)
+		ref(&x, s->token_ptr.addr, 1, "receive token");
 	if (s->snap_table.addr)
 		ref(&x, s->snap_table.addr, kf_blocks_of(s->snap_table.aux), "snapshot table");
+	if (s->crypto_hdr.addr)
+		ref(&x, s->crypto_hdr.addr, 1, "key-slot table");
+	if (s->dedup_root.addr)
+		ref(&x, s->dedup_root.addr, kf_blocks_of(s->dedup_root.aux), "dedup index");
+	if (s->dedup) {
+		kf_dedup_each(s, check_dedup_rec, &x);
+		if (r->repaired)
+			repair_any = true;
+	}
 	rc = kf_rc_walk_nodes(d, ref_rc_node, &x);
 	if (rc < 0) {
 		r->corruptions++;
@@ -215,6 +276,132 @@ out:
 	if (stored != s->rc)
 		kl_free(stored);
 	kl_free(x.exp);
+	kl_free(x.blob);
 	kl_free(x.cbuf);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ scrub */
+
+struct collect_ctx {
+	struct kf_ref *v;
+	size_t n, cap;
+	int tree;
+};
+
+static int collect(void *opaque, int level, uint64_t first, const struct kf_ptr *p)
+{
+	struct collect_ctx *x = opaque;
+
+	if (level >= 0 || kf_type(p->aux) != KF_T_DATA)
+		return 0;
+	if (x->n == x->cap) {
+		size_t ncap = x->cap ? x->cap * 2 : 4096;
+		struct kf_ref *nv = kl_realloc(x->v, ncap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		x->v = nv;
+		x->cap = ncap;
+	}
+	x->v[x->n++] = (struct kf_ref){ p->addr, first, p->aux, p->crc, x->tree };
+	return 0;
+}
+
+static int cmp_ref(const void *a, const void *b)
+{
+	const struct kf_ref *x = a, *y = b;
+
+	if (x->addr != y->addr)
+		return x->addr < y->addr ? -1 : 1;
+	if (x->tree != y->tree)
+		return x->tree < y->tree ? -1 : 1;
+	return x->cluster < y->cluster ? -1 : x->cluster > y->cluster;
+}
+
+int kf_collect_refs(struct blk_dev *d, struct kf_ref **out, size_t *n)
+{
+	struct kf_state *s = d->priv;
+	struct collect_ctx x = { 0 };
+	int rc;
+
+	x.tree = -1;
+	rc = kf_tree_walk(d, &s->root, s->height, collect, &x);
+	for (size_t i = 0; rc == 0 && i < s->nsnaps; i++) {
+		x.tree = (int)i;
+		rc = kf_tree_walk(d, &s->snaps[i].root, s->snaps[i].height, collect, &x);
+	}
+	if (rc < 0) {
+		kl_free(x.v);
+		return rc;
+	}
+	qsort(x.v, x.n, sizeof(*x.v), cmp_ref);
+	*out = x.v;
+	*n = x.n;
+	return 0;
+}
+
+int kf_scrub(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+	     struct blk_scrub_report *r)
+{
+	struct kf_state *s = d->priv;
+	struct collect_ctx x = { 0 };
+	struct kl_progress *prog = NULL;
+	uint8_t *buf = NULL;
+	uint64_t total = 0;
+	int rc = 0;
+
+	if (s->view)
+		return kl_err(-EINVAL, "%s: scrub the image, not a snapshot of it", d->filename);
+	if (!d->read_only)
+		KL_TRY(kf_commit(d));
+	/* every reference of every tree; a damaged blob is reported per reference */
+	rc = kf_collect_refs(d, &x.v, &x.n);
+	if (rc < 0)
+		goto out;
+	for (size_t i = 0; i < x.n; i++)
+		if (i == 0 || x.v[i].addr != x.v[i - 1].addr)
+			total += x.v[i].aux & KF_LEN_MASK;
+	buf = kl_malloc(s->cluster_size);
+	if (!buf) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	prog = kl_progress_start("scrubbing", total, progress);
+	for (size_t i = 0; i < x.n && rc == 0;) {
+		struct kf_ptr e = { x.v[i].addr, x.v[i].crc, x.v[i].aux };
+		size_t j = i;
+		int vr;
+
+		while (j < x.n && x.v[j].addr == x.v[i].addr)
+			j++;
+		r->blobs++;
+		r->bytes += e.aux & KF_LEN_MASK;
+		vr = kf_read_blob(d, x.v[i].cluster, &e, buf);
+		if (vr < 0) {
+			char msg[512];
+
+			snprintf(msg, sizeof(msg), "%s", kl_errmsg());
+			r->damaged++;
+			for (size_t k = i; k < j && rc == 0; k++) {
+				struct blk_scrub_damage dm = {
+					.snapshot = x.v[k].tree < 0 ? NULL : s->snaps[x.v[k].tree].name,
+					.offset = x.v[k].cluster << s->cluster_bits,
+					.length = s->cluster_size,
+					.host_off = e.addr,
+					.error = msg,
+				};
+
+				r->damaged_refs++;
+				rc = cb ? cb(opaque, &dm) : 0;
+			}
+		}
+		kl_progress_add(prog, e.aux & KF_LEN_MASK);
+		i = j;
+	}
+out:
+	kl_progress_finish(prog);
+	kl_free(buf);
+	kl_free(x.v);
 	return rc;
 }

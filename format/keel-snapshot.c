@@ -69,7 +69,7 @@ int kf_snap_load(struct blk_dev *d)
 	rc = kl_io_pread_full(d->file, t->addr, buf, len, "snapshot table");
 	if (rc < 0)
 		goto out;
-	if (kl_crc32c(0, buf, len) != t->crc) {
+	if (kf_sum(s, buf, len) != t->crc) {
 		rc = kl_err(-EBADMSG, "%s: snapshot table at offset %llu fails its checksum",
 			    d->filename, (unsigned long long)t->addr);
 		goto out;
@@ -183,7 +183,7 @@ int kf_snap_commit(struct blk_dev *d)
 			rc = kl_io_pwrite(d->file, addr, buf, KL_ALIGN_UP(len, KF_BLOCK));
 		if (rc == 0) {
 			s->snap_table.addr = addr;
-			s->snap_table.crc = kl_crc32c(0, buf, len);
+			s->snap_table.crc = kf_sum(s, buf, len);
 			s->snap_table.aux = (uint32_t)len;
 		}
 		kl_free(buf);
@@ -216,6 +216,7 @@ int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *
 		v[i].vsize = s->snaps[i].vsize;
 		v[i].date_ns = s->snaps[i].ctime_ns;
 		v[i].generation = s->snaps[i].generation;
+		memcpy(v[i].guid, s->snaps[i].guid, 16);
 		if (!v[i].id || !v[i].name) {
 			blk_snapshot_list_free(v, i + 1);
 			return -ENOMEM;
@@ -228,18 +229,28 @@ int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *
 
 int kf_snapshot_create(struct blk_dev *d, const char *name)
 {
+	return kf_snapshot_create_guid(d, name, NULL);
+}
+
+int kf_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16])
+{
 	struct kf_state *s = d->priv;
 	struct kf_snap *v, *sn;
 	int rc;
 
+	if (s->snap_pending)
+		return kl_err(-EBUSY, "%s: a snapshot is already being created", d->filename);
 	if (strlen(name) > KF_NAME_MAX)
 		return kl_err(-EINVAL, "snapshot name longer than %d bytes", KF_NAME_MAX);
 	if (kf_snap_find(s, name))
 		return kl_err(-EEXIST, "%s: a snapshot named '%s' exists", d->filename, name);
 	if (s->nsnaps >= KF_MAX_SNAPSHOTS)
 		return kl_err(-ENOSPC, "%s: at most %d snapshots", d->filename, KF_MAX_SNAPSHOTS);
-	/* the snapshot must name a committed root */
-	KL_TRY(kf_commit(d));
+	/*
+	 * The snapshot takes the root the next commit writes, so pending
+	 * changes and the snapshot become durable together (keel backup relies
+	 * on this: the vault shows the new state only with its snapshot).
+	 */
 	KL_TRY(kl_io_event("kf.snapshot_create"));
 	v = kl_realloc(s->snaps, (s->nsnaps + 1) * sizeof(*v));
 	if (!v)
@@ -255,18 +266,17 @@ int kf_snapshot_create(struct blk_dev *d, const char *name)
 	sn->generation = s->generation + 1;
 	sn->ctime_ns = kl_wallclock_ns();
 	sn->vsize = s->vsize;
-	sn->root = s->root;
 	sn->height = (uint8_t)s->height;
-	kl_uuid_generate(sn->guid);
-	rc = kf_tree_incref_root(d, &sn->root);
-	if (rc < 0) {
-		kl_free(sn->name);
-		s->broken = true;
-		return rc;
-	}
+	if (guid && !kl_uuid_is_null(guid))
+		memcpy(sn->guid, guid, 16);
+	else
+		kl_uuid_generate(sn->guid);
 	s->nsnaps++;
 	s->snaps_dirty = true;
-	return kf_commit(d);
+	s->snap_pending = true;
+	rc = kf_commit(d);
+	(void)v;
+	return rc;
 }
 
 int kf_snapshot_delete(struct blk_dev *d, const char *name)

@@ -67,7 +67,7 @@ int kf_node_read(struct blk_dev *d, const struct kf_ptr *p, int level, uint8_t *
 		return kf_corrupt(d, -EUCLEAN, "map node (level %d) at offset %llu is outside the image",
 				  level, (unsigned long long)p->addr);
 	KL_TRY(kl_io_pread_full(d->file, p->addr, buf, KF_BLOCK, "map node"));
-	if (kl_crc32c(0, buf, KF_BLOCK) != p->crc)
+	if (kf_sum(s, buf, KF_BLOCK) != p->crc)
 		return kf_corrupt(d, -EBADMSG,
 				  "map node (level %d) at offset %llu fails its checksum", level,
 				  (unsigned long long)p->addr);
@@ -279,7 +279,7 @@ static int node_commit(struct blk_dev *d, struct kf_node *n, struct kf_ptr *out)
 	}
 	KL_TRY(kf_alloc(d, 1, &n->addr));
 	out->addr = n->addr;
-	out->crc = kl_crc32c(0, n->buf, KF_BLOCK);
+	out->crc = kf_sum(s, n->buf, KF_BLOCK);
 	out->aux = 0;
 	KL_TRY(kl_io_pwrite(d->file, n->addr, n->buf, KF_BLOCK));
 	n->dirty = false;
@@ -300,9 +300,14 @@ int kf_tree_commit(struct blk_dev *d)
 
 int kf_entry_decref(struct blk_dev *d, const struct kf_ptr *e)
 {
+	struct kf_state *s = d->priv;
+
 	if (kf_type(e->aux) != KF_T_DATA)
 		return 0;
-	return kf_rc_dec(d, e->addr, kf_blocks_of(e->aux & KF_LEN_MASK));
+	KL_TRY(kf_rc_dec(d, e->addr, kf_blocks_of(e->aux & KF_LEN_MASK)));
+	if (kf_rc_get(s, e->addr / KF_BLOCK) == 0)
+		kf_dedup_forget(s, e->addr); /* its content is no longer stored */
+	return 0;
 }
 
 int kf_tree_incref_root(struct blk_dev *d, const struct kf_ptr *p)

@@ -130,6 +130,10 @@ static int hdr_parse(struct blk_dev *d, const uint8_t *h)
 	flen = get_le16(h + 202);
 	kf_ptr_get(h + 208, &s->dedup_root);
 	kf_ptr_get(h + 224, &s->crypto_hdr);
+	if (s->autoclear & KF_AUTOCLEAR_RECV) {
+		kf_ptr_get(h + 240, &s->staging_root);
+		kf_ptr_get(h + 256, &s->token_ptr);
+	}
 	if (plen > KF_HDR_PARENT_MAX || flen > KF_HDR_PFMT_MAX)
 		return kl_err(-EUCLEAN, "%s: parent name length out of range", d->filename);
 	if (plen) {
@@ -172,7 +176,7 @@ static void hdr_build(const struct kf_state *s, uint64_t gen, uint8_t *h)
 	h[82] = (uint8_t)s->comp;
 	h[83] = (uint8_t)(int8_t)s->comp_level;
 	put_le32(h + 84, s->parent_gen_alt == UINT64_MAX ? KF_HF_COMMITTING : 0);
-	kf_ptr_put(h + 88, &s->root);
+	kf_ptr_put(h + 88, s->staging ? &s->shown_root : &s->root);
 	kf_ptr_put(h + 104, &s->rc_root);
 	put_le64(h + 120, s->nblocks);
 	kf_ptr_put(h + 128, &s->snap_table);
@@ -186,11 +190,21 @@ static void hdr_build(const struct kf_state *s, uint64_t gen, uint8_t *h)
 	put_le16(h + 202, (uint16_t)(s->parent_fmt ? strlen(s->parent_fmt) : 0));
 	kf_ptr_put(h + 208, &s->dedup_root);
 	kf_ptr_put(h + 224, &s->crypto_hdr);
+	if (s->staging) {
+		kf_ptr_put(h + 240, &s->root);
+		kf_ptr_put(h + 256, &s->token_ptr);
+		put_le64(h + 32, s->autoclear | KF_AUTOCLEAR_RECV);
+	} else {
+		put_le64(h + 32, s->autoclear & ~KF_AUTOCLEAR_RECV);
+	}
 	memset(h + KF_HDR_PARENT_OFF, 0, KF_HDR_PARENT_MAX + KF_HDR_PFMT_MAX);
 	if (s->parent)
 		memcpy(h + KF_HDR_PARENT_OFF, s->parent, strlen(s->parent));
 	if (s->parent_fmt)
 		memcpy(h + KF_HDR_PFMT_OFF, s->parent_fmt, strlen(s->parent_fmt));
+	memset(h + KF_HDR_MAC_OFF, 0, KF_HDR_CRC_OFF - KF_HDR_MAC_OFF);
+	if (s->crypto)
+		kf_header_mac(s, h, h + KF_HDR_MAC_OFF);
 	put_le32(h + KF_HDR_CRC_OFF, kl_crc32c(0, h, KF_HDR_CRC_OFF));
 }
 
@@ -204,7 +218,8 @@ static bool slot_valid(const uint8_t *h)
 
 static bool kf_dirty(const struct kf_state *s)
 {
-	return s->dirty_nodes || s->snaps_dirty || s->rc_dirty;
+	return s->dirty_nodes || s->snaps_dirty || s->rc_dirty || s->crypto_dirty ||
+	       s->token_dirty;
 }
 
 int kf_commit(struct blk_dev *d)
@@ -224,8 +239,21 @@ int kf_commit(struct blk_dev *d)
 	rc = kl_io_event("kf.commit");
 	if (rc == 0)
 		rc = kf_tree_commit(d);
+	if (rc == 0 && s->snap_pending) {
+		struct kf_snap *sn = &s->snaps[s->nsnaps - 1];
+
+		sn->root = s->root;
+		rc = kf_tree_incref_root(d, &sn->root);
+		s->snap_pending = false;
+	}
 	if (rc == 0)
 		rc = kf_snap_commit(d);
+	if (rc == 0)
+		rc = kf_crypto_commit(d);
+	if (rc == 0)
+		rc = kf_dedup_commit(d);
+	if (rc == 0)
+		rc = kf_token_commit(d);
 	if (rc == 0)
 		rc = kf_rc_commit(d); /* last: the steps above allocate */
 	if (rc == 0)
@@ -253,7 +281,7 @@ int kf_commit(struct blk_dev *d)
 	}
 	s->generation = gen;
 	s->slot = (int)(gen % 2);
-	kf_rc_committed(s);
+	kf_rc_committed(d);
 	return 0;
 }
 
@@ -262,6 +290,8 @@ static int kf_maybe_commit(struct blk_dev *d)
 {
 	struct kf_state *s = d->priv;
 
+	if (s->batch)
+		return 0;
 	if (s->dirty_nodes >= KF_AUTOCOMMIT_NODES || s->pinned_blocks >= KF_AUTOCOMMIT_PINNED)
 		return kf_commit(d);
 	return 0;
@@ -323,6 +353,19 @@ int kf_read_blob(struct blk_dev *d, uint64_t c, const struct kf_ptr *e, uint8_t 
 	KL_TRY(kl_io_pread_full(d->file, e->addr, s->sbuf, len, "cluster data"));
 	if (!(d->flags & BLK_OPEN_NO_CHECKSUM) && kl_crc32c(0, s->sbuf, len) != e->crc)
 		return checksum_error(d, c, e);
+	if (e->aux & KF_ENCRYPTED) {
+		if (!s->crypto)
+			return kl_err(-ENOKEY, "%s: cluster %llu is encrypted and no key was given",
+				      d->filename, (unsigned long long)c);
+		if (kf_unseal(s, e->addr, s->sbuf, len, s->ebuf) < 0)
+			return kl_err(-EBADMSG,
+				      "%s: cluster %llu (virtual offset %llu) fails authentication "
+				      "(stored at offset %llu): tampered, swapped or replayed",
+				      d->filename, (unsigned long long)c,
+				      (unsigned long long)(c << s->cluster_bits),
+				      (unsigned long long)e->addr);
+		return decompress(d, kf_comp(e->aux), s->ebuf, len - KF_SEAL_OVERHEAD, out, c);
+	}
 	return decompress(d, kf_comp(e->aux), s->sbuf, len, out, c);
 }
 
@@ -356,15 +399,77 @@ static int cluster_get(struct blk_dev *d, uint64_t c)
 	return 0;
 }
 
-/* Store one full cluster of guest data at virtual cluster c. */
-static int cluster_put(struct blk_dev *d, uint64_t c, const uint8_t *data)
+/* Compress one cluster into out when that saves a block; returns the stored length. */
+static size_t encode(struct kf_state *s, const uint8_t *data, uint8_t *out, unsigned *comp)
+{
+	*comp = KF_COMP_NONE;
+	if (s->comp == KF_COMP_ZSTD) {
+		size_t n;
+
+		if (!s->zstd_c && !(s->zstd_c = ZSTD_createCCtx()))
+			return 0;
+		n = ZSTD_compressCCtx(s->zstd_c, out, s->cluster_size, data, s->cluster_size,
+				      s->comp_level ? s->comp_level : 3);
+		if (!ZSTD_isError(n) && kf_blocks_of(n) < kf_blocks_of(s->cluster_size)) {
+			*comp = KF_COMP_ZSTD;
+			return n;
+		}
+	} else if (s->comp == KF_COMP_ZLIB) {
+		uLongf n = s->cluster_size;
+
+		if (compress2(out, &n, data, s->cluster_size,
+			      s->comp_level ? s->comp_level : Z_DEFAULT_COMPRESSION) == Z_OK &&
+		    kf_blocks_of(n) < kf_blocks_of(s->cluster_size)) {
+			*comp = KF_COMP_ZLIB;
+			return n;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Place a stored form (len bytes at stored, compression comp) for cluster
+ * c: sealed first when encrypted, because the seal binds the blob's file
+ * offset. Fills *ne.
+ */
+static int place_blob(struct blk_dev *d, uint64_t addr, const uint8_t *stored, size_t len,
+		      unsigned comp, struct kf_ptr *ne)
+{
+	struct kf_state *s = d->priv;
+	uint32_t flags = (KF_T_DATA << KF_TYPE_SHIFT) | (comp << KF_COMP_SHIFT);
+
+	if (s->crypto) {
+		KL_TRY(kf_seal(s, addr, stored, len, s->ebuf));
+		stored = s->ebuf;
+		len += KF_SEAL_OVERHEAD;
+		flags |= KF_ENCRYPTED;
+	}
+	KL_TRY(kl_io_pwrite(d->file, addr, stored, len));
+	ne->addr = addr;
+	ne->crc = kl_crc32c(0, stored, len);
+	ne->aux = flags | (uint32_t)len;
+	return 0;
+}
+
+static uint64_t sealed_blocks(const struct kf_state *s, size_t len)
+{
+	return kf_blocks_of(len + (s->crypto ? KF_SEAL_OVERHEAD : 0));
+}
+
+/*
+ * Store one full cluster of guest data at virtual cluster c. With dedup,
+ * hash is its content hash (computed here when NULL).
+ */
+static int cluster_put_hashed(struct blk_dev *d, uint64_t c, const uint8_t *data,
+			      const uint8_t *given)
 {
 	struct kf_state *s = d->priv;
 	struct kf_ptr ne = { 0 }, old;
 	const uint8_t *stored = data;
-	uint64_t run, nb;
-	size_t len = s->cluster_size;
-	unsigned comp = KF_COMP_NONE;
+	uint8_t hash[32];
+	uint64_t run, nb, addr;
+	size_t len;
+	unsigned comp;
 
 	if (s->cached_cluster == c)
 		s->cached_cluster = UINT64_MAX;
@@ -373,53 +478,64 @@ static int cluster_put(struct blk_dev *d, uint64_t c, const uint8_t *data)
 		KL_TRY(kf_set_entry(d, c, &ne, &old));
 		return kf_entry_decref(d, &old);
 	}
-	if (s->comp == KF_COMP_ZSTD) {
-		size_t n;
+	KL_TRY(kf_lookup(d, c, &old, &run));
+	if (s->dedup) {
+		uint8_t oh[32];
 
-		if (!s->zstd_c && !(s->zstd_c = ZSTD_createCCtx()))
-			return -ENOMEM;
-		n = ZSTD_compressCCtx(s->zstd_c, s->sbuf, s->cluster_size, data, s->cluster_size,
-				      s->comp_level ? s->comp_level : 3);
-		if (!ZSTD_isError(n) && kf_blocks_of(n) < kf_blocks_of(s->cluster_size)) {
-			stored = s->sbuf;
-			len = n;
-			comp = KF_COMP_ZSTD;
+		if (given)
+			memcpy(hash, given, 32);
+		else
+			KL_TRY(kf_hash_content(s, data, s->cluster_size, hash));
+		/* unchanged content: nothing to do */
+		if (kf_type(old.aux) == KF_T_DATA && kf_dedup_hash_of(s, old.addr, oh) &&
+		    memcmp(oh, hash, 32) == 0) {
+			s->stats.clusters_unchanged++;
+			return 0;
 		}
-	} else if (s->comp == KF_COMP_ZLIB) {
-		uLongf n = s->cluster_size;
-
-		if (compress2(s->sbuf, &n, data, s->cluster_size,
-			      s->comp_level ? s->comp_level : Z_DEFAULT_COMPRESSION) == Z_OK &&
-		    kf_blocks_of(n) < kf_blocks_of(s->cluster_size)) {
-			stored = s->sbuf;
-			len = n;
-			comp = KF_COMP_ZLIB;
+		if (kf_dedup_lookup(s, hash, &ne)) {
+			s->stats.clusters_deduped++;
+			KL_TRY(kf_rc_inc(d, ne.addr, kf_blocks_of(ne.aux & KF_LEN_MASK)));
+			KL_TRY(kf_set_entry(d, c, &ne, &old));
+			return kf_entry_decref(d, &old);
 		}
 	}
-	nb = kf_blocks_of(len);
-	ne.crc = kl_crc32c(0, stored, len);
-	ne.aux = (KF_T_DATA << KF_TYPE_SHIFT) | (comp << KF_COMP_SHIFT) | (uint32_t)len;
+	len = encode(s, data, s->sbuf, &comp);
+	if (len)
+		stored = s->sbuf;
+	else
+		len = s->cluster_size;
+	nb = sealed_blocks(s, len);
+	s->stats.clusters_written++;
+	s->stats.bytes_stored += nb * KF_BLOCK;
 
 	/*
 	 * A cluster first written in this transaction is referenced by
 	 * nothing on disk: overwrite it in place when the new form fits.
 	 */
-	KL_TRY(kf_lookup(d, c, &old, &run));
 	if (kf_type(old.aux) == KF_T_DATA && kf_is_txn_new(s, old.addr) &&
 	    kf_rc_get(s, old.addr / KF_BLOCK) == 1 &&
 	    kf_blocks_of(old.aux & KF_LEN_MASK) >= nb) {
 		uint64_t oldnb = kf_blocks_of(old.aux & KF_LEN_MASK);
 
-		ne.addr = old.addr;
-		KL_TRY(kl_io_pwrite(d->file, ne.addr, stored, len));
+		kf_dedup_forget(s, old.addr);
+		KL_TRY(place_blob(d, old.addr, stored, len, comp, &ne));
 		if (oldnb > nb)
 			KL_TRY(kf_rc_dec(d, old.addr + nb * KF_BLOCK, oldnb - nb));
-		return kf_set_entry(d, c, &ne, &old);
+		KL_TRY(kf_set_entry(d, c, &ne, &old));
+	} else {
+		KL_TRY(kf_alloc(d, nb, &addr));
+		KL_TRY(place_blob(d, addr, stored, len, comp, &ne));
+		KL_TRY(kf_set_entry(d, c, &ne, &old));
+		KL_TRY(kf_entry_decref(d, &old));
 	}
-	KL_TRY(kf_alloc(d, nb, &ne.addr));
-	KL_TRY(kl_io_pwrite(d->file, ne.addr, stored, len));
-	KL_TRY(kf_set_entry(d, c, &ne, &old));
-	return kf_entry_decref(d, &old);
+	if (s->dedup)
+		KL_TRY(kf_dedup_insert(s, hash, &ne));
+	return 0;
+}
+
+static int cluster_put(struct blk_dev *d, uint64_t c, const uint8_t *data)
+{
+	return cluster_put_hashed(d, c, data, NULL);
 }
 
 /* Set cluster c to an entry without data (zero or unallocated). */
@@ -661,8 +777,9 @@ static int alloc_scratch(struct kf_state *s)
 	/* stored form: compressors may exceed the input slightly; room for crypto too */
 	s->sbuf = kl_aligned_alloc(KL_MAX((size_t)s->cluster_size + 4096,
 					  ZSTD_compressBound(s->cluster_size)));
+	s->ebuf = kl_aligned_alloc((size_t)s->cluster_size + 4096);
 	s->cached_cluster = UINT64_MAX;
-	return s->cbuf && s->sbuf ? 0 : -ENOMEM;
+	return s->cbuf && s->sbuf && s->ebuf ? 0 : -ENOMEM;
 }
 
 static void kf_close(struct blk_dev *d)
@@ -678,6 +795,10 @@ static void kf_close(struct blk_dev *d)
 	kl_free(s->parent_fmt);
 	kl_free(s->cbuf);
 	kl_free(s->sbuf);
+	kl_free(s->ebuf);
+	kf_crypto_free(s);
+	kf_dedup_free(s);
+	kf_recv_free(s);
 	ZSTD_freeCCtx(s->zstd_c);
 	ZSTD_freeDCtx(s->zstd_d);
 }
@@ -752,6 +873,20 @@ static int kf_open(struct blk_dev *d, const struct blk_open_opts *o)
 		goto err;
 	}
 	s->nblocks = s->nblocks_committed;
+	if (s->incompat & KF_INCOMPAT_ENCRYPTION) {
+		uint8_t mac[32];
+
+		rc = kf_crypto_open(d, d->key, d->key_len);
+		if (rc < 0)
+			goto err;
+		kf_header_mac(s, s->hdr_extra, mac);
+		if (memcmp(mac, s->hdr_extra + KF_HDR_MAC_OFF, 32) != 0) {
+			rc = kl_err(-EBADMSG, "%s: header fails authentication (tampered)",
+				    d->filename);
+			goto err;
+		}
+	}
+	s->batch = d->flags & BLK_OPEN_BATCH;
 	rc = kf_snap_load(d);
 	if (rc < 0)
 		goto err;
@@ -776,8 +911,16 @@ static int kf_open(struct blk_dev *d, const struct blk_open_opts *o)
 		rc = kf_rc_load(d);
 		if (rc < 0)
 			goto err;
-		/* a writer clears the autoclear features it does not maintain (none yet) */
-		s->autoclear = 0;
+		if (s->compat & KF_COMPAT_DEDUP) {
+			rc = kf_dedup_load(d);
+			if (rc < 0)
+				goto err;
+		}
+		rc = kf_recv_open(d);
+		if (rc < 0)
+			goto err;
+		/* a writer clears the autoclear features it does not maintain */
+		s->autoclear &= (s->compat & KF_COMPAT_DEDUP) ? KF_AUTOCLEAR_DEDUP_INDEX : 0;
 	}
 	if (s->parent) {
 		rc = blk_open_parent(d, s->parent, s->parent_fmt);
@@ -797,7 +940,7 @@ err:
 /* ------------------------------------------------------------------ create */
 
 static int parse_create_opts(const struct blk_create_opts *o, unsigned *cbits, unsigned *comp,
-			     int *level)
+			     int *level, bool *dedup, bool *encrypt)
 {
 	uint64_t cs = 65536, lvl;
 	bool found, on;
@@ -832,12 +975,10 @@ static int parse_create_opts(const struct blk_create_opts *o, unsigned *cbits, u
 			return kl_err(-EINVAL, "keel: compression_level must be 0..22");
 		*level = (int)lvl;
 	}
-	v = kl_opts_get(o->opts, "dedup");
-	if (v && strcmp(v, "off") != 0)
-		return kl_err(-ENOTSUP, "keel: dedup is not available in this version");
-	v = kl_opts_get(o->opts, "encrypt");
-	if (v && strcmp(v, "off") != 0)
-		return kl_err(-ENOTSUP, "keel: encryption is not available in this version");
+	*dedup = false;
+	KL_TRY(kl_opts_get_bool(o->opts, "dedup", dedup, &found));
+	*encrypt = false;
+	KL_TRY(kl_opts_get_bool(o->opts, "encrypt", encrypt, &found));
 	return 0;
 }
 
@@ -850,13 +991,17 @@ static int kf_create(const char *path, const struct blk_create_opts *o)
 	char *tmp = NULL;
 	int level = 0, rc;
 	unsigned cbits = 16, comp = KF_COMP_ZSTD;
+	bool dedup = false, encrypt = false;
+	uint8_t *crypt = NULL;
 
-	KL_TRY(parse_create_opts(o, &cbits, &comp, &level));
+	KL_TRY(parse_create_opts(o, &cbits, &comp, &level, &dedup, &encrypt));
 	if (o->size == 0 || o->size > KF_MAX_VSIZE)
 		return kl_err(-EINVAL, "keel: virtual size must be 1 byte to 64 PiB");
 	if (o->parent) {
 		struct blk_open_opts po = { .format = o->parent_format,
-					    .flags = o->flags & BLK_OPEN_ALLOW_EXTERNAL };
+					    .flags = o->flags & BLK_OPEN_ALLOW_EXTERNAL,
+					    .key = o->key,
+					    .key_len = o->key_len };
 		char *c1 = kl_strdup(path), *ppath;
 		struct blk_dev *p = NULL;
 
@@ -896,8 +1041,29 @@ static int kf_create(const char *path, const struct blk_create_opts *o)
 		if (pid.valid & BLK_ID_GENERATION)
 			st.parent_gen = pid.generation;
 	}
-	/* blocks 0-1: header slots; block 2: the one refcount leaf */
+	if (dedup) {
+		st.compat |= KF_COMPAT_DEDUP;
+		st.autoclear |= KF_AUTOCLEAR_DEDUP_INDEX; /* the empty index is complete */
+	}
+	/* blocks 0-1: header slots; block 2: the one refcount leaf; block 3: key slots */
 	st.nblocks = 3;
+	if (encrypt) {
+		rc = kf_crypto_create(&st, o->key, o->key_len);
+		if (rc < 0)
+			goto out;
+		st.incompat |= KF_INCOMPAT_ENCRYPTION;
+		st.nblocks = 4;
+		crypt = kl_aligned_alloc(KF_BLOCK);
+		if (!crypt) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		memset(crypt, 0, KF_BLOCK);
+		kf_crypto_blob_copy(&st, crypt);
+		st.crypto_hdr.addr = 3 * KF_BLOCK;
+		st.crypto_hdr.crc = kl_crc32c(0, crypt, KF_CRYPTO_LEN);
+		st.crypto_hdr.aux = KF_CRYPTO_LEN;
+	}
 	st.rc_height = 1;
 	blk = kl_aligned_alloc(KF_BLOCK);
 	tmp = kl_asprintf("%s.keel-new.%ld", path, (long)getpid());
@@ -906,15 +1072,16 @@ static int kf_create(const char *path, const struct blk_create_opts *o)
 		goto out;
 	}
 	memset(blk, 0, KF_BLOCK);
-	put_le32(blk + 0, 1);
-	put_le32(blk + 4, 1);
-	put_le32(blk + 8, 1);
+	for (uint64_t b = 0; b < st.nblocks; b++)
+		put_le32(blk + 4 * b, 1);
 	st.rc_root.addr = 2 * KF_BLOCK;
-	st.rc_root.crc = kl_crc32c(0, blk, KF_BLOCK);
+	st.rc_root.crc = kf_sum(&st, blk, KF_BLOCK);
 	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f);
 	if (rc < 0)
 		goto out;
 	rc = kl_io_pwrite(f, 2 * KF_BLOCK, blk, KF_BLOCK);
+	if (rc == 0 && crypt)
+		rc = kl_io_pwrite(f, 3 * KF_BLOCK, crypt, KF_BLOCK);
 	if (rc == 0) {
 		/* generation 1 lives in slot 1; slot 0 stays invalid (zeros) */
 		memset(blk, 0, KF_BLOCK);
@@ -935,6 +1102,8 @@ static int kf_create(const char *path, const struct blk_create_opts *o)
 	else
 		kl_io_unlink(tmp);
 out:
+	kf_crypto_free(&st);
+	kl_free(crypt);
 	kl_free(blk);
 	kl_free(tmp);
 	return rc;
@@ -942,30 +1111,12 @@ out:
 
 /* ------------------------------------------------------------------ info & chains */
 
-struct stored_ctx {
-	uint64_t data_bytes, data_clusters, compressed;
-};
-
-static int count_stored(void *opaque, int level, uint64_t first, const struct kf_ptr *p)
-{
-	struct stored_ctx *x = opaque;
-
-	(void)first;
-	if (level >= 0)
-		return 0;
-	if (kf_type(p->aux) == KF_T_DATA) {
-		x->data_clusters++;
-		x->data_bytes += kf_blocks_of(p->aux & KF_LEN_MASK) * KF_BLOCK;
-		if (kf_comp(p->aux))
-			x->compressed++;
-	}
-	return 0;
-}
-
 static int kf_info(struct blk_dev *d, struct blk_info *out)
 {
 	struct kf_state *s = d->priv;
-	struct stored_ctx x = { 0 };
+	uint64_t refs = 0, cur = 0, blobs = 0, stored = 0, compressed = 0;
+	struct kf_ref *v = NULL;
+	size_t n = 0;
 
 	out->subformat = kl_asprintf("v%d", KF_VERSION);
 	out->compression = kl_strdup(comp_name(s->comp));
@@ -983,16 +1134,30 @@ static int kf_info(struct blk_dev *d, struct blk_info *out)
 	KL_TRY(kf_snapshot_list(d, &out->snaps, &out->nsnaps));
 	if (!d->read_only)
 		KL_TRY(kf_commit(d));
-	KL_TRY(kf_tree_walk(d, &s->root, s->height, count_stored, &x));
+	/* every reference of every tree, grouped by blob: logical vs stored */
+	if (!s->view) {
+		KL_TRY(kf_collect_refs(d, &v, &n));
+		for (size_t i = 0; i < n; i++) {
+			refs++;
+			cur += v[i].tree == -1;
+			if (i > 0 && v[i].addr == v[i - 1].addr)
+				continue;
+			blobs++;
+			stored += kf_blocks_of(v[i].aux & KF_LEN_MASK) * KF_BLOCK;
+			compressed += kf_comp(v[i].aux) != KF_COMP_NONE;
+		}
+		kl_free(v);
+	}
 	KL_TRY(blk_info_add_kv(out, "generation", "%llu", (unsigned long long)s->generation));
-	KL_TRY(blk_info_add_kv(out, "data clusters", "%llu", (unsigned long long)x.data_clusters));
+	KL_TRY(blk_info_add_kv(out, "data clusters", "%llu", (unsigned long long)cur));
 	KL_TRY(blk_info_add_kv(out, "logical bytes", "%llu",
-			       (unsigned long long)(x.data_clusters * s->cluster_size)));
-	KL_TRY(blk_info_add_kv(out, "stored bytes", "%llu", (unsigned long long)x.data_bytes));
+			       (unsigned long long)(cur * s->cluster_size)));
+	KL_TRY(blk_info_add_kv(out, "logical bytes, all snapshots", "%llu",
+			       (unsigned long long)(refs * s->cluster_size)));
+	KL_TRY(blk_info_add_kv(out, "stored bytes", "%llu", (unsigned long long)stored));
+	KL_TRY(blk_info_add_kv(out, "dedup ratio", "%.2f", blobs ? (double)refs / (double)blobs : 1.0));
 	KL_TRY(blk_info_add_kv(out, "compression ratio", "%.2f",
-			       x.data_bytes ? (double)(x.data_clusters * s->cluster_size) /
-						      (double)x.data_bytes
-					    : 1.0));
+			       stored ? (double)(blobs * s->cluster_size) / (double)stored : 1.0));
 	KL_TRY(blk_info_add_kv(out, "file blocks", "%llu", (unsigned long long)s->nblocks_committed));
 	if (s->view)
 		KL_TRY(blk_info_add_kv(out, "snapshot view", "%s", s->view->name));
@@ -1103,6 +1268,40 @@ static int kf_make_empty(struct blk_dev *d)
 	return kf_commit(d);
 }
 
+/* ------------------------------------------------------------------ hashing, stats */
+
+static int kf_hash_cluster(const struct blk_dev *d, const void *buf, size_t len, uint8_t out[32])
+{
+	const struct kf_state *s = d->priv;
+
+	if (len != s->cluster_size)
+		return kl_err(-EINVAL, "%s: content hashes cover whole clusters", d->filename);
+	return kf_hash_content(s, buf, len, out);
+}
+
+static int kf_write_hashed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			   const uint8_t hash[32])
+{
+	struct kf_state *s = d->priv;
+	int rc;
+
+	KL_TRY(kf_writable_check(d));
+	if (len != s->cluster_size || off % s->cluster_size)
+		return kf_pwrite(d, off, buf, len);
+	rc = cluster_put_hashed(d, off >> s->cluster_bits, buf, hash);
+	if (rc == 0)
+		rc = kf_maybe_commit(d);
+	if (rc < 0)
+		s->broken = true;
+	return rc;
+}
+
+static int kf_stats(struct blk_dev *d, struct blk_stats *st)
+{
+	*st = ((struct kf_state *)d->priv)->stats;
+	return 0;
+}
+
 /* ------------------------------------------------------------------ probe & table */
 
 static int kf_probe(const struct blk_probe_buf *pb)
@@ -1143,4 +1342,17 @@ const struct blk_driver blk_keel_driver = {
 	.set_parent = kf_set_parent,
 	.make_empty = kf_make_empty,
 	.parent_commit_begin = kf_parent_commit_begin,
+	.key_op = kf_key_op,
+	.key_list = kf_key_list,
+	.hash_cluster = kf_hash_cluster,
+	.write_hashed = kf_write_hashed,
+	.stats = kf_stats,
+	.dedup = kf_dedup_offline,
+	.snapshot_create_guid = kf_snapshot_create_guid,
+	.recv_begin = kf_recv_begin,
+	.recv_status = kf_recv_status,
+	.recv_checkpoint = kf_recv_checkpoint,
+	.recv_finish = kf_recv_finish,
+	.recv_abort = kf_recv_abort,
+	.scrub = kf_scrub,
 };

@@ -19,11 +19,12 @@
 #define KF_VERSION 1
 #define KF_BLOCK_BITS 12
 #define KF_BLOCK 4096u
-#define KF_HDR_FIXED 256      /* bytes of fixed header fields in use */
+#define KF_HDR_FIXED 512      /* bytes of fixed header fields in use */
 #define KF_HDR_PARENT_OFF 512 /* parent path */
 #define KF_HDR_PARENT_MAX 1024
 #define KF_HDR_PFMT_OFF 1536 /* parent format name */
 #define KF_HDR_PFMT_MAX 16
+#define KF_HDR_MAC_OFF 4060 /* encrypted images: HMAC-SHA-256 of bytes 0..4059 */
 #define KF_HDR_CRC_OFF 4092
 
 #define KF_MIN_CLUSTER_BITS 12
@@ -39,9 +40,10 @@
 
 /* feature bits (§2.2) */
 #define KF_INCOMPAT_ENCRYPTION (1ULL << 0)
-#define KF_INCOMPAT_KNOWN 0ULL /* encryption arrives with the encryption feature */
+#define KF_INCOMPAT_KNOWN KF_INCOMPAT_ENCRYPTION
 #define KF_COMPAT_DEDUP (1ULL << 0)
 #define KF_AUTOCLEAR_DEDUP_INDEX (1ULL << 0)
+#define KF_AUTOCLEAR_RECV (1ULL << 1) /* staging_root and recv_token are valid */
 
 /* leaf entry info word (§4.1) */
 #define KF_LEN_MASK 0x00ffffffu
@@ -57,6 +59,29 @@
 #define KF_COMP_ZLIB 2u
 #define KF_ENCRYPTED (1u << 28)
 #define KF_INFO_RESERVED 0xe0000000u
+
+/* encryption (§10) */
+#define KF_MAX_SLOTS 8
+#define KF_SLOT_OFF 48
+#define KF_SLOT_LEN 128
+#define KF_CRYPTO_LEN (KF_SLOT_OFF + KF_MAX_SLOTS * KF_SLOT_LEN)
+#define KF_SEAL_OVERHEAD 28 /* 12-byte nonce + 16-byte tag */
+/* scrypt for new key slots: 32 MiB and ~0.1 s per attempt on one core */
+#define KF_SCRYPT_N 32768
+#define KF_SCRYPT_R 8
+#define KF_SCRYPT_P 1
+
+struct kf_keyslot {
+	uint32_t state, kdf;
+	uint64_t n;
+	uint32_t r, p;
+	uint8_t salt[32];
+	uint8_t nonce[12];
+	uint8_t wrapped[48];
+};
+
+struct kf_crypto;
+struct kf_dedup;
 
 /* a 16-byte pointer: to a node, a data blob or a table (§3) */
 struct kf_ptr {
@@ -155,6 +180,7 @@ struct kf_state {
 	size_t nsnaps;
 	struct kf_ptr snap_table; /* as committed */
 	bool snaps_dirty;
+	bool snap_pending;	/* the last snapshot takes the root of the next commit */
 	const struct kf_snap *view; /* opened @snapshot: read-only view */
 
 	/* allocation (keel-alloc.c): loaded for writable opens and check */
@@ -177,9 +203,28 @@ struct kf_state {
 	/* I/O scratch */
 	uint8_t *cbuf;		/* one cluster, decoded */
 	uint8_t *sbuf;		/* one cluster, stored form (compressed) + slack */
+	uint8_t *ebuf;		/* sealed or unsealed form, encrypted images */
 	uint64_t cached_cluster; /* cluster held decoded in cbuf, or UINT64_MAX */
 	void *zstd_c, *zstd_d;
 	bool broken;		/* corruption seen on a writable handle: stop writing */
+	bool batch;		/* no commits until flush (BLK_OPEN_BATCH) */
+
+	struct kf_crypto *crypto; /* keys, when encrypted and unlocked */
+	bool crypto_dirty;
+	struct kf_dedup *dedup;	  /* content index, when dedup is on and writable */
+	bool dedup_incomplete;	  /* index was missing or stale: `keel dedup` rebuilds it */
+	struct blk_stats stats;
+
+	/* staged receive (keel-recv.c) */
+	bool staging;		  /* writable: s->root is the working state */
+	struct kf_ptr shown_root; /* staging: what the header shows as current */
+	struct kf_ptr staging_root; /* as read from the header (read-only opens, check) */
+	struct kf_ptr token_ptr;  /* committed token blob */
+	uint8_t *token;
+	size_t token_len;
+	bool token_dirty;
+	uint8_t pending_guid[16];
+	bool pending_guid_set;
 };
 
 /* ------------------------------------------------------------------ keel.c */
@@ -202,7 +247,7 @@ bool kf_is_txn_new(struct kf_state *s, uint64_t addr);
 /* Writes the refcount tree of the current refcounts (part of kf_commit). */
 int kf_rc_commit(struct blk_dev *d);
 /* After the header is durable: pinned blocks become free. */
-void kf_rc_committed(struct kf_state *s);
+void kf_rc_committed(struct blk_dev *d);
 /* Visit every refcount-tree node on disk (check). */
 int kf_rc_walk_nodes(struct blk_dev *d, int (*fn)(void *opaque, uint64_t addr), void *opaque);
 /* Load the stored refcount of every block into out[nblocks] (check, read-only allowed). */
@@ -240,12 +285,66 @@ void kf_snap_free(struct kf_state *s);
 const struct kf_snap *kf_snap_find(struct kf_state *s, const char *name);
 int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *n);
 int kf_snapshot_create(struct blk_dev *d, const char *name);
+int kf_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16]);
 int kf_snapshot_delete(struct blk_dev *d, const char *name);
 int kf_snapshot_revert(struct blk_dev *d, const char *name);
 int kf_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
 		     void *opaque);
 
+/* ------------------------------------------------------------------ keel-crypto.c */
+/* Checksum of metadata: CRC-32C, or truncated HMAC-SHA-256 when encrypted. */
+uint32_t kf_sum(const struct kf_state *s, const void *buf, size_t len);
+void kf_header_mac(const struct kf_state *s, const uint8_t *hdr, uint8_t out[32]);
+int kf_hash_content(const struct kf_state *s, const void *buf, size_t len, uint8_t out[32]);
+int kf_seal(struct kf_state *s, uint64_t addr, const uint8_t *in, size_t len, uint8_t *out);
+int kf_unseal(struct kf_state *s, uint64_t addr, const uint8_t *in, size_t len, uint8_t *out);
+int kf_crypto_parse(const uint8_t *b, size_t len, struct kf_keyslot *slots, unsigned *nslots);
+int kf_crypto_create(struct kf_state *s, const uint8_t *pass, size_t plen);
+int kf_crypto_open(struct blk_dev *d, const uint8_t *pass, size_t plen);
+int kf_crypto_commit(struct blk_dev *d);
+void kf_crypto_free(struct kf_state *s);
+void kf_crypto_blob_copy(const struct kf_state *s, uint8_t *out);
+int kf_key_op(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen, int slot,
+	      int *out_slot);
+int kf_key_list(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n);
+
+/* ------------------------------------------------------------------ keel-dedup.c */
+int kf_dedup_parse(const uint8_t *b, size_t len, uint64_t *count);
+int kf_dedup_load(struct blk_dev *d);
+int kf_dedup_commit(struct blk_dev *d);
+void kf_dedup_free(struct kf_state *s);
+bool kf_dedup_lookup(const struct kf_state *s, const uint8_t h[32], struct kf_ptr *e);
+bool kf_dedup_hash_of(const struct kf_state *s, uint64_t addr, uint8_t h[32]);
+int kf_dedup_insert(struct kf_state *s, const uint8_t h[32], const struct kf_ptr *e);
+void kf_dedup_forget(struct kf_state *s, uint64_t addr);
+size_t kf_dedup_count(const struct kf_state *s);
+int kf_dedup_each(const struct kf_state *s,
+		  int (*fn)(void *o, const uint8_t h[32], const struct kf_ptr *e), void *o);
+void kf_dedup_clear(struct kf_state *s);
+
+/* ------------------------------------------------------------------ keel-recv.c */
+int kf_recv_open(struct blk_dev *d);
+int kf_token_commit(struct blk_dev *d);
+void kf_recv_free(struct kf_state *s);
+int kf_recv_begin(struct blk_dev *d, const char *base);
+int kf_recv_status(struct blk_dev *d, bool *active, void *token, size_t *len);
+int kf_recv_checkpoint(struct blk_dev *d, const void *token, size_t len);
+int kf_recv_finish(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+int kf_recv_abort(struct blk_dev *d);
+
 /* ------------------------------------------------------------------ keel-check.c */
+/* One reference to a data blob: from tree (-1 current, else snapshot index) at cluster. */
+struct kf_ref {
+	uint64_t addr;
+	uint64_t cluster;
+	uint32_t aux, crc;
+	int tree;
+};
+/* Every data reference of every tree, sorted by blob address. */
+int kf_collect_refs(struct blk_dev *d, struct kf_ref **out, size_t *n);
+int kf_dedup_offline(struct blk_dev *d, bool progress, struct blk_stats *st);
 int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags);
+int kf_scrub(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+	     struct blk_scrub_report *r);
 
 #endif

@@ -33,12 +33,25 @@ static uint64_t rnd(void)
 
 static char ctx[256] = "setup";
 
+#define TEST_PASS "test-pass"
+
+/* Images whose name says "enc" are encrypted with TEST_PASS. */
+static void key_for(const char *path, struct blk_open_opts *o)
+{
+	if (strstr(path, "enc")) {
+		o->key = (const uint8_t *)TEST_PASS;
+		o->key_len = strlen(TEST_PASS);
+	}
+}
+
 static struct blk_dev *open_img(const char *path, bool rw)
 {
 	struct blk_open_opts o = { .format = "keel", .flags = rw ? BLK_OPEN_RDWR : 0 };
 	struct blk_dev *d = NULL;
-	int rc = blk_open(path, &o, &d);
+	int rc;
 
+	key_for(path, &o);
+	rc = blk_open(path, &o, &d);
 	ck_assert_msg(rc == 0, "%s: opening %s: %s", ctx, path, kl_errmsg());
 	return d;
 }
@@ -46,8 +59,12 @@ static struct blk_dev *open_img(const char *path, bool rw)
 static void create_img(const char *path, uint64_t size, const char *opts, const char *parent)
 {
 	struct blk_create_opts co = { .size = size, .parent = parent };
+	struct blk_open_opts ko_key = { 0 };
 	struct kl_opts *ko = NULL;
 
+	key_for(path, &ko_key);
+	co.key = ko_key.key;
+	co.key_len = ko_key.key_len;
 	if (opts)
 		ck_assert_ok(kl_opts_parse(opts, &ko));
 	co.opts = ko;
@@ -373,6 +390,117 @@ static int sc_rebase(void)
 	return snap_rebase(tu_path("c-child.keel"), &o, "c-other.keel", "keel", false, false, &st);
 }
 
+static int sc_dedup_writes(void)
+{
+	struct blk_open_opts o = { .format = "keel", .flags = BLK_OPEN_RDWR };
+	struct blk_dev *d;
+	uint8_t buf[32768];
+	int rc;
+
+	key_for(tu_path("c-dedup.keel"), &o);
+	rc = blk_open(tu_path("c-dedup.keel"), &o, &d);
+	if (rc < 0)
+		return rc;
+	fill_data(buf, sizeof(buf), 3); /* content the image holds already */
+	for (int i = 0; i < 4 && rc == 0; i++)
+		rc = blk_pwrite(d, (uint64_t)(1 << 20) + (uint64_t)i * 32768, buf, sizeof(buf));
+	fill_data(buf, sizeof(buf), 11);
+	if (rc == 0)
+		rc = blk_pwrite(d, 0, buf, sizeof(buf)); /* replaces a shared original */
+	if (rc == 0)
+		rc = blk_pwrite_zeroes(d, 65536, 65536, 0);
+	if (rc == 0)
+		rc = blk_flush(d);
+	blk_close(d);
+	return rc;
+}
+
+static int sc_enc_writes(void)
+{
+	struct blk_open_opts o = { .format = "keel", .flags = BLK_OPEN_RDWR };
+	struct blk_dev *d;
+	uint8_t buf[40000];
+	int rc;
+
+	key_for(tu_path("c-enc.keel"), &o);
+	rc = blk_open(tu_path("c-enc.keel"), &o, &d);
+	if (rc < 0)
+		return rc;
+	for (int i = 0; i < 3 && rc == 0; i++) {
+		fill_data(buf, sizeof(buf), (uint64_t)i + 20);
+		rc = blk_pwrite(d, (uint64_t)i * 500000 + 123, buf, sizeof(buf));
+	}
+	if (rc == 0)
+		rc = blk_flush(d);
+	blk_close(d);
+	return rc;
+}
+
+static int sc_key(enum blk_key_op op)
+{
+	struct blk_open_opts o = { .format = "keel", .flags = BLK_OPEN_RDWR };
+	struct blk_dev *d;
+	int rc, slot;
+
+	key_for(tu_path("c-enc.keel"), &o);
+	rc = blk_open(tu_path("c-enc.keel"), &o, &d);
+	if (rc < 0)
+		return rc;
+	if (op == BLK_KEY_REMOVE)
+		rc = blk_key_op(d, op, NULL, 0, 1, &slot);
+	else
+		rc = blk_key_op(d, op, (const uint8_t *)"other", 5, -1, &slot);
+	if (rc == 0)
+		rc = blk_flush(d);
+	blk_close(d);
+	return rc;
+}
+
+static int sc_key_add(void)
+{
+	return sc_key(BLK_KEY_ADD);
+}
+
+static int sc_key_remove(void)
+{
+	return sc_key(BLK_KEY_REMOVE);
+}
+
+static int sc_backup(void)
+{
+	struct snap_backup_opts o = { .src = tu_path("c-src.raw"), .src_fmt = "raw",
+				      .vault = tu_path("c-vault.keel"), .name = "n2",
+				      .threads = 2 };
+	struct snap_backup_stats st;
+
+	return snap_backup(&o, &st);
+}
+
+static int sc_recv_finish(void)
+{
+	struct blk_open_opts o = { .format = "keel", .flags = BLK_OPEN_RDWR | BLK_OPEN_RECV };
+	static const uint8_t guid[16] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 };
+	struct blk_dev *d;
+	uint8_t buf[30000];
+	int rc;
+
+	rc = blk_open(tu_path("c-recv.keel"), &o, &d);
+	if (rc < 0)
+		return rc;
+	fill_data(buf, sizeof(buf), 41);
+	rc = blk_pwrite(d, 900000, buf, sizeof(buf));
+	if (rc == 0)
+		rc = blk_recv_checkpoint(d, "t2", 2);
+	if (rc == 0)
+		rc = blk_pwrite(d, 1900000, buf, sizeof(buf));
+	if (rc == 0)
+		rc = blk_recv_finish(d, "received", guid);
+	if (rc == 0)
+		rc = blk_flush(d);
+	blk_close(d);
+	return rc;
+}
+
 static uint8_t *content_of(const char *path)
 {
 	struct blk_dev *d = open_img(path, false);
@@ -404,6 +532,55 @@ static void make_templates(void)
 	ck_assert_ok(blk_pwrite(d, 40000, buf, sizeof(buf)));
 	blk_close(d);
 
+	create_img(tu_path("c-dedup.keel"), 3 << 20, "cluster_size=32K,dedup=on", NULL);
+	d = open_img(tu_path("c-dedup.keel"), true);
+	fill_data(buf, 32768, 3);
+	ck_assert_ok(blk_pwrite(d, 0, buf, 32768));
+	ck_assert_ok(blk_pwrite(d, 32768, buf, 32768));
+	ck_assert_ok(blk_snapshot_create(d, "base"));
+	blk_close(d);
+
+	create_img(tu_path("c-enc.keel"), 2 << 20, "cluster_size=8K,encrypt=on,dedup=on", NULL);
+	d = open_img(tu_path("c-enc.keel"), true);
+	fill_data(buf, sizeof(buf), 8);
+	ck_assert_ok(blk_pwrite(d, 0, buf, sizeof(buf)));
+	ck_assert_ok(blk_key_op(d, BLK_KEY_ADD, (const uint8_t *)"second", 6, -1, NULL));
+	blk_close(d);
+
+	{
+		/* a raw source and a vault holding one backup of an older version of it */
+		struct snap_backup_opts bo = { .src = tu_path("c-src.raw"), .src_fmt = "raw",
+					       .vault = tu_path("c-vault.keel"), .name = "n1" };
+		struct snap_backup_stats bst;
+		FILE *f = fopen(tu_path("c-src.raw"), "wb");
+
+		fill_data(buf, sizeof(buf), 30);
+		fwrite(buf, 1, sizeof(buf), f);
+		fseek(f, 1 << 20, SEEK_SET);
+		fwrite(buf, 1, sizeof(buf), f);
+		ck_assert_int_eq(ftruncate(fileno(f), 2 << 20), 0);
+		fclose(f);
+		unlink(tu_path("c-vault.keel"));
+		ck_assert_ok(snap_backup(&bo, &bst));
+		f = fopen(tu_path("c-src.raw"), "r+b");
+		fill_data(buf, 20000, 31);
+		fseek(f, 70000, SEEK_SET);
+		fwrite(buf, 1, 20000, f);
+		fseek(f, 1500000, SEEK_SET);
+		fwrite(buf, 1, 20000, f);
+		fclose(f);
+	}
+
+	create_img(tu_path("c-recv.keel"), 3 << 20, "cluster_size=16K", NULL);
+	d = open_img(tu_path("c-recv.keel"), true);
+	fill_data(buf, sizeof(buf), 40);
+	ck_assert_ok(blk_pwrite(d, 0, buf, sizeof(buf)));
+	ck_assert_ok(blk_snapshot_create(d, "base"));
+	ck_assert_ok(blk_recv_begin(d, "base"));
+	ck_assert_ok(blk_pwrite(d, 50000, buf, 5000));
+	ck_assert_ok(blk_recv_checkpoint(d, "t1", 2));
+	blk_close(d);
+
 	create_img(tu_path("c-child.keel"), 0, "cluster_size=8K", "c-top.keel");
 	d = open_img(tu_path("c-child.keel"), true);
 	fill_data(buf, sizeof(buf), 6);
@@ -411,7 +588,9 @@ static void make_templates(void)
 	ck_assert_ok(blk_pwrite_zeroes(d, 2 << 20, 32768, 0));
 	blk_close(d);
 	for (const char *const *f = (const char *const[]){ "c-top.keel", "c-other.keel",
-							  "c-child.keel", NULL };
+							  "c-child.keel", "c-dedup.keel",
+							  "c-enc.keel", "c-vault.keel", "c-recv.keel",
+							  NULL };
 	     *f; f++) {
 		char t[256];
 
@@ -422,7 +601,8 @@ static void make_templates(void)
 
 static void restore_templates(void)
 {
-	const char *files[] = { "c-top.keel", "c-other.keel", "c-child.keel" };
+	const char *files[] = { "c-top.keel", "c-other.keel", "c-child.keel", "c-dedup.keel",
+				"c-enc.keel", "c-vault.keel", "c-recv.keel" };
 
 	for (size_t i = 0; i < KL_ARRAY_SIZE(files); i++) {
 		char t[256];
@@ -434,8 +614,8 @@ static void restore_templates(void)
 
 static void verify_outcome(struct scenario *sc, const char *how, uint64_t n)
 {
-	const char *imgs[] = { "c-top.keel", "c-other.keel", "c-child.keel" };
-	struct blk_open_opts o = { .format = "keel", .flags = BLK_OPEN_NO_PARENT };
+	const char *imgs[] = { "c-top.keel", "c-other.keel", "c-child.keel", "c-dedup.keel",
+			       "c-enc.keel", "c-vault.keel", "c-recv.keel" };
 	uint8_t *got;
 	struct blk_dev *d;
 
@@ -447,6 +627,9 @@ static void verify_outcome(struct scenario *sc, const char *how, uint64_t n)
 		      sc->name, how, (unsigned long long)n);
 	kl_free(got);
 	for (size_t i = 0; i < KL_ARRAY_SIZE(imgs); i++) {
+		struct blk_open_opts o = { .format = "keel", .flags = BLK_OPEN_NO_PARENT };
+
+		key_for(imgs[i], &o);
 		ck_assert_msg(blk_open(tu_path(imgs[i]), &o, &d) == 0, "%s: %s at %llu: %s: %s",
 			      sc->name, how, (unsigned long long)n, imgs[i], kl_errmsg());
 		assert_clean(d, BLK_CHECK_DATA);
@@ -460,8 +643,11 @@ static void crash_loop(struct scenario *sc)
 						    KL_FAULT_CRASH_TORN };
 	static const char *mode_names[] = { "error", "crash", "torn" };
 	struct kl_fault_rule count = { .mode = KL_FAULT_NONE };
+	const char *only = getenv("KEEL_CRASH_ONLY"); /* for debugging one scenario */
 	uint64_t points, mallocs;
 
+	if (only && !strstr(sc->name, only))
+		return;
 	make_templates();
 	sc->before = content_of(tu_path(sc->top));
 	{
@@ -553,6 +739,116 @@ START_TEST(crash_commit)
 	struct scenario sc = { .name = "commit", .run = sc_commit, .top = "c-child.keel" };
 
 	crash_loop(&sc);
+}
+END_TEST
+
+START_TEST(crash_dedup_writes)
+{
+	struct scenario sc = { .name = "dedup writes", .run = sc_dedup_writes,
+			       .top = "c-dedup.keel" };
+
+	crash_loop(&sc);
+}
+END_TEST
+
+START_TEST(crash_encrypted_writes)
+{
+	struct scenario sc = { .name = "encrypted writes", .run = sc_enc_writes,
+			       .top = "c-enc.keel" };
+
+	crash_loop(&sc);
+}
+END_TEST
+
+START_TEST(crash_key_add)
+{
+	struct scenario sc = { .name = "key add", .run = sc_key_add, .top = "c-enc.keel" };
+
+	crash_loop(&sc);
+}
+END_TEST
+
+START_TEST(crash_key_remove)
+{
+	struct scenario sc = { .name = "key remove", .run = sc_key_remove, .top = "c-enc.keel" };
+
+	crash_loop(&sc);
+}
+END_TEST
+
+START_TEST(crash_backup)
+{
+	struct scenario sc = { .name = "backup", .run = sc_backup, .top = "c-vault.keel" };
+
+	crash_loop(&sc);
+}
+END_TEST
+
+START_TEST(crash_recv_finish)
+{
+	struct scenario sc = { .name = "receive finish", .run = sc_recv_finish,
+			       .top = "c-recv.keel" };
+
+	crash_loop(&sc);
+}
+END_TEST
+
+START_TEST(recv_staging)
+{
+	const char *p = tu_path("r.keel");
+	static const uint8_t guid[16] = { 9, 9, 9 };
+	struct blk_open_opts o = { .format = "keel", .flags = BLK_OPEN_RDWR };
+	struct blk_snapshot_info *v;
+	uint8_t a[8192], b[8192], got[8192];
+	char tok[16];
+	size_t n, tl = sizeof(tok);
+	bool active;
+	struct blk_dev *d;
+
+	memset(a, 0xa, sizeof(a));
+	memset(b, 0xb, sizeof(b));
+	create_img(p, 1 << 20, "cluster_size=4K", NULL);
+	d = open_img(p, true);
+	ck_assert_ok(blk_pwrite(d, 0, a, sizeof(a)));
+	ck_assert_ok(blk_snapshot_create(d, "s1"));
+	ck_assert_ok(blk_recv_begin(d, "s1"));
+	ck_assert_ok(blk_pwrite(d, 4096, b, 4096));
+	ck_assert_ok(blk_recv_checkpoint(d, "tok-1", 5));
+	blk_close(d);
+	/* readers see the old state and the token */
+	d = open_img(p, false);
+	ck_assert_ok(blk_pread(d, 0, got, sizeof(got)));
+	ck_assert(memcmp(got, a, sizeof(a)) == 0);
+	ck_assert_ok(blk_recv_status(d, &active, tok, &tl));
+	ck_assert(active);
+	ck_assert_uint_eq(tl, 5);
+	ck_assert(memcmp(tok, "tok-1", 5) == 0);
+	assert_clean(d, BLK_CHECK_DATA);
+	blk_close(d);
+	/* a plain writer is refused while the receive is in progress */
+	ck_assert_int_eq(blk_open(p, &o, &d), -EBUSY);
+	o.flags |= BLK_OPEN_RECV;
+	ck_assert_ok(blk_open(p, &o, &d));
+	ck_assert_ok(blk_pread(d, 4096, got, 4096));
+	ck_assert(memcmp(got, b, 4096) == 0); /* the working state continues */
+	ck_assert_ok(blk_recv_finish(d, "s2", guid));
+	blk_close(d);
+	d = open_img(p, true);
+	ck_assert_ok(blk_pread(d, 0, got, sizeof(got)));
+	ck_assert(memcmp(got, a, 4096) == 0 && memcmp(got + 4096, b, 4096) == 0);
+	ck_assert_ok(blk_snapshot_list(d, &v, &n));
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(v[1].name, "s2");
+	ck_assert(memcmp(v[1].guid, guid, 16) == 0);
+	blk_snapshot_list_free(v, n);
+	/* abort drops the working state */
+	ck_assert_ok(blk_recv_begin(d, "s2"));
+	ck_assert_ok(blk_pwrite(d, 0, b, 4096));
+	ck_assert_ok(blk_recv_abort(d));
+	ck_assert_ok(blk_pread(d, 0, got, 4096));
+	ck_assert(memcmp(got, a, 4096) == 0);
+	assert_clean(d, BLK_CHECK_DATA);
+	blk_close(d);
 }
 END_TEST
 
@@ -763,6 +1059,7 @@ static Suite *keel_suite(void)
 	tcase_add_test(basic, parent_identity_checked);
 	tcase_add_test(basic, parent_escape_and_loops);
 	tcase_add_test(basic, diff_from_metadata);
+	tcase_add_test(basic, recv_staging);
 	tcase_add_test(model, model_small_clusters);
 	tcase_add_test(model, model_default_clusters);
 	tcase_add_test(model, model_uncompressed_zlib);
@@ -772,6 +1069,12 @@ static Suite *keel_suite(void)
 	tcase_add_test(crash, crash_snapshot_revert);
 	tcase_add_test(crash, crash_commit);
 	tcase_add_test(crash, crash_rebase);
+	tcase_add_test(crash, crash_dedup_writes);
+	tcase_add_test(crash, crash_encrypted_writes);
+	tcase_add_test(crash, crash_key_add);
+	tcase_add_test(crash, crash_key_remove);
+	tcase_add_test(crash, crash_backup);
+	tcase_add_test(crash, crash_recv_finish);
 	tcase_add_test(bad, flip_every_byte_of_a_cluster);
 	tcase_add_test(bad, random_metadata_damage);
 	tcase_set_timeout(model, 900);
