@@ -11,6 +11,7 @@ const char cmd_convert_usage[] =
 	"usage: keel convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-j N] [--verify]\n"
 	"                    [-B BACKING [-F BACKING_FMT]] [--keep-chain] [--disk N]\n"
 	"                    [--output json] SRC[@SNAP] DST\n"
+	"       keel convert -O ova [-o OPTIONS] DISK1 [DISK2...] DST.ova\n"
 	"\n"
 	"Copies what a guest sees in SRC into a new image DST of format FMT. Zero\n"
 	"and unallocated ranges of SRC are never read; all-zero blocks are not\n"
@@ -30,7 +31,8 @@ const char cmd_convert_usage[] =
 	"\n"
 	"  -f FMT        source format (probed when absent)\n"
 	"  -O FMT        output format (keel help formats), or a package:\n"
-	"                  ova  OVF package: vm.ovf, vm.mf, streamOptimized VMDK;\n"
+	"                  ova  OVF package: vm.ovf, vm.mf, streamOptimized VMDKs\n"
+	"                       (one per source: several sources make several disks);\n"
 	"                       -o name=VM,cpus=N,memory=MiB,manifest=sha256|sha1,\n"
 	"                          network=NAME|none,controller=scsi|sata|ide,\n"
 	"                          vmx=NN,os=ID,chunk_size=SIZE\n"
@@ -140,7 +142,12 @@ int cmd_convert(int argc, char **argv)
 			return cli_usage("convert", NULL);
 		}
 	}
-	if (optind != argc - 2 || (!o.dst_fmt && !opts)) {
+	/* -O ova takes several sources: the disks of one package */
+	if (o.dst_fmt && !strcmp(o.dst_fmt, "ova") && argc - optind > 2) {
+		o.extra_srcs = (const char *const *)&argv[optind + 1];
+		o.n_extra_srcs = (size_t)(argc - optind - 2);
+	}
+	if (argc - optind - (int)o.n_extra_srcs != 2 || (!o.dst_fmt && !opts)) {
 		kl_opts_free(opts);
 		return cli_usage("convert", "expected -O FMT, SRC and DST");
 	}
@@ -152,7 +159,7 @@ int cmd_convert(int argc, char **argv)
 		}
 	}
 	o.src = argv[optind];
-	o.dst = argv[optind + 1];
+	o.dst = argv[argc - 1];
 	o.src_fmt = co.format;
 	o.src_flags = co.flags;
 	o.dst_opts = opts;

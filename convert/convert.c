@@ -490,6 +490,8 @@ int conv_run(const struct conv_opts *uo, struct conv_stats *st)
 	if (!pkg && !blk_driver_find(o->dst_fmt))
 		return kl_err(-EINVAL, "unknown output format '%s' (see 'keel help formats')",
 			      o->dst_fmt);
+	if (o->n_extra_srcs && !(pkg && pkg->run == conv_ova_write))
+		return kl_err(-EINVAL, "several sources make one output only with -O ova");
 	conv_remove_stale_temps(o->dst);
 	if (pkg)
 		rc = conv_pkg(pkg, o, st);

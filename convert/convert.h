@@ -30,6 +30,8 @@ struct conv_opts {
 	const char *dst_fmt;	/* required */
 	struct kl_opts *dst_opts;
 	const char *src_select; /* --disk N: sub-image of a package source (OVA), or NULL */
+	const char *const *extra_srcs; /* -O ova: the second, third... disk of the package */
+	size_t n_extra_srcs;
 	const char *backing;	/* -B: output is an overlay over this image */
 	const char *backing_fmt;
 	bool compress;		/* -c */

@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* The USTAR size field holds 8 GiB - 1; split above this. */
 #define OVA_USTAR_MAX ((8ULL << 30) - 1)
@@ -206,8 +207,20 @@ static void rasd_u(struct conv_buf *b, const char *key, uint64_t v)
 	conv_buf_add(b, "        <rasd:%s>%llu</rasd:%s>\n", key, (unsigned long long)v, key);
 }
 
-static int make_ovf(const struct ova_cfg *c, const char *href, uint64_t fsize, uint64_t chunk,
-		    uint64_t capacity, uint64_t populated, struct conv_buf *b)
+/* One disk of the package. */
+struct ova_disk_out {
+	const char *src;
+	char *vtmp;	   /* the converted VMDK, beside DST */
+	char *href;	   /* its member name */
+	uint64_t vsize;	   /* bytes of the VMDK */
+	uint64_t capacity; /* its virtual size */
+	uint64_t populated;
+	uint64_t chunk;	   /* member size when split, else 0 */
+	uint64_t nchunks;
+};
+
+static int make_ovf(const struct ova_cfg *c, const struct ova_disk_out *dk, size_t n,
+		    struct conv_buf *b)
 {
 	char tmp[96];
 
@@ -219,19 +232,25 @@ static int make_ovf(const struct ova_cfg *c, const char *href, uint64_t fsize, u
 			"CIM_ResourceAllocationSettingData\"\n"
 			"    xmlns:vssd=\"http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/"
 			"CIM_VirtualSystemSettingData\">\n");
-	conv_buf_add(b, "  <References>\n    <File ovf:id=\"file1\" ovf:href=\"");
-	conv_buf_xml(b, href);
-	conv_buf_add(b, "\" ovf:size=\"%llu\"", (unsigned long long)fsize);
-	if (chunk)
-		conv_buf_add(b, " ovf:chunkSize=\"%llu\"", (unsigned long long)chunk);
-	conv_buf_add(b, "/>\n  </References>\n");
-	conv_buf_add(b, "  <DiskSection>\n    <Info>Virtual disk information</Info>\n"
-			"    <Disk ovf:diskId=\"vmdisk1\" ovf:fileRef=\"file1\" "
-			"ovf:capacity=\"%llu\" ovf:capacityAllocationUnits=\"byte\"\n"
-			"        ovf:populatedSize=\"%llu\"\n"
-			"        ovf:format=\"http://www.vmware.com/interfaces/specifications/"
-			"vmdk.html#streamOptimized\"/>\n  </DiskSection>\n",
-		     (unsigned long long)capacity, (unsigned long long)populated);
+	conv_buf_add(b, "  <References>\n");
+	for (size_t i = 0; i < n; i++) {
+		conv_buf_add(b, "    <File ovf:id=\"file%zu\" ovf:href=\"", i + 1);
+		conv_buf_xml(b, dk[i].href);
+		conv_buf_add(b, "\" ovf:size=\"%llu\"", (unsigned long long)dk[i].vsize);
+		if (dk[i].chunk)
+			conv_buf_add(b, " ovf:chunkSize=\"%llu\"", (unsigned long long)dk[i].chunk);
+		conv_buf_add(b, "/>\n");
+	}
+	conv_buf_add(b, "  </References>\n  <DiskSection>\n    <Info>Virtual disk information</Info>\n");
+	for (size_t i = 0; i < n; i++)
+		conv_buf_add(b, "    <Disk ovf:diskId=\"vmdisk%zu\" ovf:fileRef=\"file%zu\" "
+				"ovf:capacity=\"%llu\" ovf:capacityAllocationUnits=\"byte\"\n"
+				"        ovf:populatedSize=\"%llu\"\n"
+				"        ovf:format=\"http://www.vmware.com/interfaces/specifications/"
+				"vmdk.html#streamOptimized\"/>\n",
+			     i + 1, i + 1, (unsigned long long)dk[i].capacity,
+			     (unsigned long long)dk[i].populated);
+	conv_buf_add(b, "  </DiskSection>\n");
 	if (c->network) {
 		conv_buf_add(b, "  <NetworkSection>\n    <Info>Logical networks</Info>\n"
 				"    <Network ovf:name=\"");
@@ -275,39 +294,51 @@ static int make_ovf(const struct ova_cfg *c, const char *href, uint64_t fsize, u
 	rasd_u(b, "ResourceType", 4);
 	rasd_u(b, "VirtualQuantity", c->memory);
 	conv_buf_add(b, "      </Item>\n");
-	item_open(b, "disk controller");
-	rasd_u(b, "Address", 0);
-	if (!strcmp(c->controller, "scsi")) {
-		rasd(b, "ElementName", "SCSI controller 0");
-		rasd_u(b, "InstanceID", 3);
-		rasd(b, "ResourceSubType", "lsilogic");
-		rasd_u(b, "ResourceType", 6);
-	} else if (!strcmp(c->controller, "sata")) {
-		rasd(b, "ElementName", "SATA controller 0");
-		rasd_u(b, "InstanceID", 3);
-		rasd(b, "ResourceSubType", "vmware.sata.ahci");
-		rasd_u(b, "ResourceType", 20);
-	} else {
-		rasd(b, "ElementName", "IDE controller 0");
-		rasd_u(b, "InstanceID", 3);
-		rasd_u(b, "ResourceType", 5);
+	/* IDE: two devices per controller; SCSI and SATA: one controller holds them all */
+	for (size_t k = 0; k < (strcmp(c->controller, "ide") ? 1 : (n + 1) / 2); k++) {
+		item_open(b, "disk controller");
+		rasd_u(b, "Address", k);
+		if (!strcmp(c->controller, "scsi")) {
+			rasd(b, "ElementName", "SCSI controller 0");
+			rasd_u(b, "InstanceID", 3);
+			rasd(b, "ResourceSubType", "lsilogic");
+			rasd_u(b, "ResourceType", 6);
+		} else if (!strcmp(c->controller, "sata")) {
+			rasd(b, "ElementName", "SATA controller 0");
+			rasd_u(b, "InstanceID", 3);
+			rasd(b, "ResourceSubType", "vmware.sata.ahci");
+			rasd_u(b, "ResourceType", 20);
+		} else {
+			snprintf(tmp, sizeof(tmp), "IDE controller %zu", k);
+			rasd(b, "ElementName", tmp);
+			rasd_u(b, "InstanceID", 3 + k);
+			rasd_u(b, "ResourceType", 5);
+		}
+		conv_buf_add(b, "      </Item>\n");
 	}
-	conv_buf_add(b, "      </Item>\n");
-	item_open(b, "disk");
-	rasd_u(b, "AddressOnParent", 0);
-	rasd(b, "ElementName", "Hard disk 1");
-	rasd(b, "HostResource", "ovf:/disk/vmdisk1");
-	rasd_u(b, "InstanceID", 4);
-	rasd_u(b, "Parent", 3);
-	rasd_u(b, "ResourceType", 17);
-	conv_buf_add(b, "      </Item>\n");
+	for (size_t i = 0; i < n; i++) {
+		bool ide = !strcmp(c->controller, "ide");
+		/* SCSI unit 7 is the controller itself */
+		uint64_t addr = ide ? i % 2 : (!strcmp(c->controller, "scsi") && i >= 7 ? i + 1 : i);
+
+		item_open(b, "disk");
+		rasd_u(b, "AddressOnParent", addr);
+		snprintf(tmp, sizeof(tmp), "Hard disk %zu", i + 1);
+		rasd(b, "ElementName", tmp);
+		snprintf(tmp, sizeof(tmp), "ovf:/disk/vmdisk%zu", i + 1);
+		rasd(b, "HostResource", tmp);
+		rasd_u(b, "InstanceID", 100 + i);
+		rasd_u(b, "Parent", ide ? 3 + i / 2 : 3);
+		rasd_u(b, "ResourceType", 17);
+		conv_buf_add(b, "      </Item>\n");
+	}
 	if (c->network) {
 		item_open(b, "network adapter");
 		rasd_u(b, "AddressOnParent", 7);
 		rasd(b, "AutomaticAllocation", "true");
 		rasd(b, "Connection", c->network);
 		rasd(b, "ElementName", "Network adapter 1");
-		rasd_u(b, "InstanceID", 5);
+		rasd_u(b, "InstanceID", 99);
 		rasd(b, "ResourceSubType", "E1000");
 		rasd_u(b, "ResourceType", 10);
 		conv_buf_add(b, "      </Item>\n");
@@ -443,6 +474,58 @@ static int tar_data(struct archive *a, struct tar_out *t, const char *tmp, const
 
 /* ------------------------------------------------------------------ run */
 
+static char *chunk_name(const struct ova_disk_out *dk, uint64_t i)
+{
+	return dk->chunk ? kl_asprintf("%s.%09llu", dk->href, (unsigned long long)i)
+			 : kl_strdup(dk->href);
+}
+
+/* Convert disk i into its temporary VMDK and note its sizes. */
+static int ova_make_disk(const struct conv_opts *o, struct conv_opts *vo, const struct ova_cfg *c,
+			 struct ova_disk_out *dk, size_t i, struct conv_stats *st)
+{
+	struct blk_open_opts oo = { .format = "vmdk" };
+	struct conv_stats ds = { 0 };
+	struct blk_dev *vd;
+	struct stat sst;
+	char tag[32];
+
+	snprintf(tag, sizeof(tag), "disk%zu.vmdk", i + 1);
+	dk->vtmp = conv_temp_name(o->dst, tag);
+	dk->href = kl_asprintf("%s-disk%zu.vmdk", c->name, i + 1);
+	if (!dk->vtmp || !dk->href)
+		return -ENOMEM;
+	vo->src = dk->src;
+	vo->src_select = i == 0 ? o->src_select : NULL;
+	/* the disk's final name is its member name (a VMDK records it in its extent line) */
+	vo->dst = dk->href;
+	KL_TRY(conv_into(vo, dk->vtmp, &ds));
+	if (o->verify) {
+		KL_TRY(conv_verify_file(vo, dk->vtmp, "vmdk", &ds));
+		st->verified = true;
+	}
+	KL_TRY(blk_open(dk->vtmp, &oo, &vd));
+	dk->capacity = blk_size(vd);
+	blk_close(vd);
+	if (stat(dk->vtmp, &sst) != 0)
+		return kl_err(-errno, "%s: %s", dk->vtmp, strerror(errno));
+	dk->vsize = (uint64_t)sst.st_size;
+	dk->populated = ds.bytes_written;
+	dk->chunk = c->chunk;
+	if (!dk->chunk && dk->vsize > OVA_USTAR_MAX)
+		dk->chunk = OVA_DEFAULT_CHUNK;
+	dk->nchunks = dk->chunk ? KL_MAX(1, KL_DIV_ROUND_UP(dk->vsize, dk->chunk)) : 1;
+	st->virtual_size += ds.virtual_size;
+	st->bytes_read += ds.bytes_read;
+	st->bytes_written += ds.bytes_written;
+	st->zero_skipped += ds.zero_skipped;
+	st->zero_detected += ds.zero_detected;
+	st->bytes_stored += dk->vsize;
+	st->threads = ds.threads;
+	st->memory_bound = ds.memory_bound;
+	return 0;
+}
+
 int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st)
 {
 	struct conv_opts vo = *o;
@@ -452,11 +535,11 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	struct tar_out t = { 0 };
 	struct archive *a = NULL;
 	struct kl_file *vf = NULL;
-	struct blk_dev *vd = NULL;
-	char *vtmp = NULL, *href = NULL, *ovf_name = NULL, *mf_name = NULL;
+	struct ova_disk_out *dk = NULL;
+	size_t n = 1 + o->n_extra_srcs;
+	char *ovf_name = NULL, *mf_name = NULL;
 	uint8_t *buf = NULL;
 	const size_t bufsz = 1u << 20;
-	uint64_t vsize, capacity, chunk, nchunks;
 	time_t mtime = (time_t)(kl_wallclock_ns() / 1000000000ULL);
 	uint8_t dg[EVP_MAX_MD_SIZE];
 	unsigned dl;
@@ -466,7 +549,13 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	rc = parse_cfg(o, op, &c);
 	if (rc < 0)
 		goto out;
-	/* the disk: streamOptimized with the adapter the controller implies */
+	if (n > 60 || (!strcmp(c.controller, "ide") && n > 4)) {
+		rc = kl_err(-EINVAL, "ova: %zu disks is more than the %s controller%s hold%s", n,
+			    c.controller, strcmp(c.controller, "ide") ? "" : "s",
+			    strcmp(c.controller, "ide") ? "s" : "");
+		goto out;
+	}
+	/* the disks: streamOptimized with the adapter the controller implies */
 	if (!kl_opts_peek(op, "adapter_type"))
 		rc = kl_opts_set(&op, "adapter_type",
 				 strcmp(c.controller, "scsi") == 0 ? "lsilogic" : "ide");
@@ -481,44 +570,22 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		rc = kl_err(-ENOTSUP, "-O ova needs the vmdk driver, which this keel lacks");
 		goto out;
 	}
-	vtmp = conv_temp_name(o->dst, "vmdk");
-	href = kl_asprintf("%s-disk1.vmdk", c.name);
+	dk = kl_calloc(n, sizeof(*dk));
 	ovf_name = kl_asprintf("%s.ovf", c.name);
 	mf_name = kl_asprintf("%s.mf", c.name);
 	buf = kl_malloc(bufsz);
-	if (!vtmp || !href || !ovf_name || !mf_name || !buf) {
+	if (!dk || !ovf_name || !mf_name || !buf) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	/* the disk's final name is its member name (a VMDK records it in its extent line) */
-	vo.dst = href;
-	rc = conv_into(&vo, vtmp, st);
-	if (rc == 0 && o->verify)
-		rc = conv_verify_file(&vo, vtmp, "vmdk", st);
-	if (rc < 0)
-		goto out;
-	{
-		struct blk_open_opts oo = { .format = "vmdk" };
-
-		rc = blk_open(vtmp, &oo, &vd);
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		dk[i].src = i == 0 ? o->src : o->extra_srcs[i - 1];
+		rc = ova_make_disk(o, &vo, &c, &dk[i], i, st);
 		if (rc < 0)
-			goto out;
-		capacity = blk_size(vd);
-		blk_close(vd);
-		vd = NULL;
+			rc = kl_err_prefix(rc, "ova: disk %zu (%s)", i + 1, dk[i].src);
 	}
-	rc = kl_io_open(vtmp, KL_O_RDONLY, &vf);
 	if (rc == 0)
-		rc = kl_io_size(vf, &vsize);
-	if (rc < 0)
-		goto out;
-	chunk = c.chunk;
-	if (!chunk && vsize > OVA_USTAR_MAX)
-		chunk = OVA_DEFAULT_CHUNK;
-	if (chunk && vsize <= chunk && c.chunk == 0)
-		chunk = 0;
-	nchunks = chunk ? KL_MAX(1, KL_DIV_ROUND_UP(vsize, chunk)) : 1;
-	rc = make_ovf(&c, href, vsize, chunk, capacity, st->bytes_written, &ovf);
+		rc = make_ovf(&c, dk, n, &ovf);
 	if (rc < 0)
 		goto out;
 	if (strcmp(c.manifest, "none") != 0) {
@@ -527,20 +594,25 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 			goto out;
 		}
 		mf_line(&mf, &c, ovf_name, dg, dl);
-		for (uint64_t i = 0; i < nchunks && rc == 0; i++) {
-			uint64_t off = chunk ? i * chunk : 0;
-			uint64_t len = chunk ? KL_MIN(chunk, vsize - off) : vsize;
-			char *cn = chunk ? kl_asprintf("%s.%09llu", href, (unsigned long long)i)
-					 : kl_strdup(href);
+		for (size_t d = 0; d < n && rc == 0; d++) {
+			rc = kl_io_open(dk[d].vtmp, KL_O_RDONLY, &vf);
+			for (uint64_t i = 0; i < dk[d].nchunks && rc == 0; i++) {
+				uint64_t off = dk[d].chunk ? i * dk[d].chunk : 0;
+				uint64_t len = dk[d].chunk ? KL_MIN(dk[d].chunk, dk[d].vsize - off)
+							   : dk[d].vsize;
+				char *cn = chunk_name(&dk[d], i);
 
-			if (!cn) {
-				rc = -ENOMEM;
-				break;
+				if (!cn) {
+					rc = -ENOMEM;
+					break;
+				}
+				rc = hash_range(vf, off, len, mf_md(&c), dg, &dl, buf, bufsz);
+				if (rc == 0)
+					mf_line(&mf, &c, cn, dg, dl);
+				kl_free(cn);
 			}
-			rc = hash_range(vf, off, len, mf_md(&c), dg, &dl, buf, bufsz);
-			if (rc == 0)
-				mf_line(&mf, &c, cn, dg, dl);
-			kl_free(cn);
+			kl_io_close(vf);
+			vf = NULL;
 		}
 		if (rc == 0)
 			rc = mf.rc;
@@ -573,45 +645,53 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		if (rc == 0)
 			rc = tar_data(a, &t, tmp, mf_name, mf.s, mf.len);
 	}
-	for (uint64_t i = 0; i < nchunks && rc == 0; i++) {
-		uint64_t off = chunk ? i * chunk : 0;
-		uint64_t len = chunk ? KL_MIN(chunk, vsize - off) : vsize;
-		char *cn = chunk ? kl_asprintf("%s.%09llu", href, (unsigned long long)i)
-				 : kl_strdup(href);
+	for (size_t d = 0; d < n && rc == 0; d++) {
+		rc = kl_io_open(dk[d].vtmp, KL_O_RDONLY, &vf);
+		for (uint64_t i = 0; i < dk[d].nchunks && rc == 0; i++) {
+			uint64_t off = dk[d].chunk ? i * dk[d].chunk : 0;
+			uint64_t len = dk[d].chunk ? KL_MIN(dk[d].chunk, dk[d].vsize - off)
+						   : dk[d].vsize;
+			char *cn = chunk_name(&dk[d], i);
 
-		if (!cn) {
-			rc = -ENOMEM;
-			break;
-		}
-		rc = tar_entry(a, &t, tmp, cn, len, mtime);
-		for (uint64_t done = 0; rc == 0 && done < len;) {
-			size_t n = (size_t)KL_MIN(len - done, (uint64_t)bufsz);
-
-			if (conv_interrupted()) {
-				rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
+			if (!cn) {
+				rc = -ENOMEM;
 				break;
 			}
-			rc = kl_io_pread_full(vf, off + done, buf, n, "temporary disk");
-			if (rc == 0)
-				rc = tar_data(a, &t, tmp, cn, buf, n);
-			done += n;
+			rc = tar_entry(a, &t, tmp, cn, len, mtime);
+			for (uint64_t done = 0; rc == 0 && done < len;) {
+				size_t m = (size_t)KL_MIN(len - done, (uint64_t)bufsz);
+
+				if (conv_interrupted()) {
+					rc = kl_err(-EINTR, "interrupted by signal %d",
+						    conv_interrupted());
+					break;
+				}
+				rc = kl_io_pread_full(vf, off + done, buf, m, "temporary disk");
+				if (rc == 0)
+					rc = tar_data(a, &t, tmp, cn, buf, m);
+				done += m;
+			}
+			kl_free(cn);
 		}
-		kl_free(cn);
+		kl_io_close(vf);
+		vf = NULL;
 	}
 	if (rc == 0 && archive_write_close(a) != ARCHIVE_OK)
 		rc = tar_err(a, &t, tmp, "the archive trailer");
 	if (rc == 0)
 		rc = kl_io_sync(t.f);
-	if (rc == 0)
-		st->bytes_stored = vsize;
 out:
 	if (a)
 		archive_write_free(a);
 	kl_io_close(t.f);
 	kl_io_close(vf);
-	blk_close(vd);
-	if (vtmp)
-		kl_io_unlink(vtmp);
+	for (size_t d = 0; dk && d < n; d++) {
+		if (dk[d].vtmp)
+			kl_io_unlink(dk[d].vtmp);
+		kl_free(dk[d].vtmp);
+		kl_free(dk[d].href);
+	}
+	kl_free(dk);
 	if (rc < 0)
 		kl_io_unlink(tmp);
 	if (op != o->dst_opts)
@@ -619,8 +699,6 @@ out:
 	kl_free(c.base);
 	kl_free(ovf.s);
 	kl_free(mf.s);
-	kl_free(vtmp);
-	kl_free(href);
 	kl_free(ovf_name);
 	kl_free(mf_name);
 	kl_free(buf);

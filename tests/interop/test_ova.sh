@@ -179,6 +179,23 @@ t "--verify for ova" keel convert --verify -f "$srcfmt" -O ova src.img ver.ova
 KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=7 "$KEEL" convert -j 1 -f "$srcfmt" -O ova -o name=j src.img j1.ova >/dev/null
 KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=7 "$KEEL" convert -j 4 -f "$srcfmt" -O ova -o name=j src.img j4.ova >/dev/null
 t "ova: -j 1 and -j 4 byte-identical" cmp j1.ova j4.ova
+# several disks in one package, on two IDE controllers
+pattern_file e2.raw $((3 * 1048576))
+t "three disks in one OVA" keel convert -O ova -o name=multi,controller=ide src.img e2.raw d2.raw multi.ova
+t "three disk members in order" test "$(tar -tf multi.ova | tr '\n' ' ')" = "multi.ovf multi.mf multi-disk1.vmdk multi-disk2.vmdk multi-disk3.vmdk "
+t "info lists three disks" sh -c "'$KEEL' info multi.ova | grep -q 'disks: 3'"
+t "disk 2 selected by number" keel compare e2.raw multi.ova@2
+t "disk 3 selected by id" keel compare d2.raw multi.ova@vmdisk3
+t "disk 3 by --disk" keel convert --disk 3 -O raw multi.ova m3.raw
+t "disk 3 content" keel compare d2.raw m3.raw
+mkdir xm && tar -C xm -xf multi.ova
+t "multi: descriptor well-formed" xmllint --noout xm/multi.ovf
+t "multi: two IDE controllers" test "$(xmllint --xpath "count(//*[local-name()='Item'][*[local-name()='ResourceType']=5])" xm/multi.ovf)" = 2
+t "multi: three disk items" test "$(xmllint --xpath "count(//*[local-name()='Item'][*[local-name()='ResourceType']=17])" xm/multi.ovf)" = 3
+(cd xm && sed -E 's/^SHA256\(([^)]*)\)= ([0-9a-f]+)$/\2  \1/' multi.mf >sums)
+t "multi: manifest verifies" sh -c "cd xm && sha256sum -c --strict sums"
+expect_err "too many disks for IDE" "more than" keel convert -O ova -o controller=ide src.img src.img src.img src.img src.img five.ova
+expect_err "several sources only for ova" "only with -O ova" keel convert -O raw src.img e2.raw x.raw
 expect_err "bad OVA option" "cpus" keel convert -f "$srcfmt" -O ova -o cpus=0 src.img e.ova
 t "no output after a bad option" test ! -e e.ova
 finish
