@@ -195,7 +195,7 @@ t "multi: three disk items" test "$(xmllint --xpath "count(//*[local-name()='Ite
 (cd xm && sed -E 's/^SHA256\(([^)]*)\)= ([0-9a-f]+)$/\2  \1/' multi.mf >sums)
 t "multi: manifest verifies" sh -c "cd xm && sha256sum -c --strict sums"
 expect_err "too many disks for IDE" "more than" keel convert -O ova -o controller=ide src.img src.img src.img src.img src.img five.ova
-expect_err "several sources only for ova" "only with -O ova" keel convert -O raw src.img e2.raw x.raw
+expect_rc 2 "several sources only for ova (usage error)" keel convert -O raw src.img e2.raw x.raw
 expect_err "bad OVA option" "cpus" keel convert -f "$srcfmt" -O ova -o cpus=0 src.img e.ova
 t "no output after a bad option" test ! -e e.ova
 finish
