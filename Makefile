@@ -92,8 +92,8 @@ interop: all
 	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh --only interop
 
 demo: deps
-	@$(MAKE) --no-print-directory all
-	@KEEL=$(abspath $(KEEL)) scripts/demo.sh
+	@$(MAKE) --no-print-directory all appliance
+	@KEEL=$(abspath $(KEEL)) KEEL_APPLIANCE_DIR=$(abspath $(APPLIANCE)) scripts/demo.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
@@ -127,6 +127,7 @@ fuzz-run: fuzz all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/keel
 	install -m 0755 $(KEEL) $(DESTDIR)$(PREFIX)/bin/keel
+	install -m 0755 scripts/keel-nightly $(DESTDIR)$(PREFIX)/bin/keel-nightly
 	install -m 0644 $(LIBKEEL) $(DESTDIR)$(PREFIX)/lib/libkeel.a
 	for h in lib/kl.h format/format.h; do \
 		install -d $(DESTDIR)$(PREFIX)/include/keel/$$(dirname $$h); \

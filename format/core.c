@@ -296,6 +296,15 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 		if (rc < 0)
 			goto err;
 	}
+	/* one writer per image; readers never wait (they see committed states) */
+	if (rw) {
+		rc = kl_io_lock(d->file, o->flags & BLK_OPEN_WAIT);
+		if (rc == -EBUSY)
+			rc = kl_err(-EBUSY, "%s is being written by another keel command; try again "
+				    "later or pass --wait", path);
+		if (rc < 0)
+			goto err;
+	}
 	rc = kl_io_identity(d->file, &dev, &ino);
 	if (rc < 0)
 		goto err;

@@ -46,6 +46,7 @@ struct blk_extent {
 #define BLK_OPEN_ALLOW_PROBED_RAW_RW 0x10 /* internal: never set by probing */
 #define BLK_OPEN_NO_CHECKSUM 0x20    /* skip per-cluster checksum verification (check -r) */
 #define BLK_OPEN_BATCH 0x40	     /* no metadata commits until blk_flush (all-or-nothing jobs) */
+#define BLK_OPEN_WAIT 0x100	     /* writable opens wait for another writer instead of failing */
 
 /* Deepest parent chain we follow; deeper is refused as a likely loop. */
 #define BLK_MAX_CHAIN 64

@@ -335,7 +335,8 @@ int kf_collect_refs(struct blk_dev *d, struct kf_ref **out, size_t *n)
 		kl_free(x.v);
 		return rc;
 	}
-	qsort(x.v, x.n, sizeof(*x.v), cmp_ref);
+	if (x.n)
+		qsort(x.v, x.n, sizeof(*x.v), cmp_ref);
 	*out = x.v;
 	*n = x.n;
 	return 0;

@@ -288,7 +288,11 @@ int kf_snapshot_delete(struct blk_dev *d, const char *name)
 
 	if (!sn)
 		return kl_err(-ENOENT, "%s: no snapshot named '%s'", d->filename, name);
-	KL_TRY(kf_commit(d));
+	if (s->snap_pending)
+		return kl_err(-EBUSY, "%s: a snapshot is being created", d->filename);
+	/* in batch mode (prune) several deletes become one commit at flush */
+	if (!s->batch)
+		KL_TRY(kf_commit(d));
 	KL_TRY(kl_io_event("kf.snapshot_delete"));
 	i = (size_t)(sn - s->snaps);
 	rc = kf_tree_decref(d, &sn->root, (int)sn->height - 1);
@@ -300,7 +304,7 @@ int kf_snapshot_delete(struct blk_dev *d, const char *name)
 	memmove(&s->snaps[i], &s->snaps[i + 1], (s->nsnaps - i - 1) * sizeof(*s->snaps));
 	s->nsnaps--;
 	s->snaps_dirty = true;
-	return kf_commit(d);
+	return s->batch ? 0 : kf_commit(d);
 }
 
 int kf_snapshot_revert(struct blk_dev *d, const char *name)

@@ -782,3 +782,18 @@ int kl_io_sync_dir(const char *path)
 	close(fd);
 	return 0;
 }
+
+int kl_io_lock(struct kl_file *f, bool wait)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
+	int rc;
+
+	do {
+		rc = fcntl(f->fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl);
+	} while (rc < 0 && errno == EINTR && wait);
+	if (rc == 0)
+		return 0;
+	if (errno == EAGAIN || errno == EACCES)
+		return kl_err(-EBUSY, "%s is in use by another keel writer", f->name);
+	return kl_err(-errno, "%s: lock: %s", f->name, strerror(errno));
+}

@@ -162,6 +162,13 @@ int kl_io_seek_hole(struct kl_file *f, uint64_t off, uint64_t *out);
 int kl_io_fd(const struct kl_file *f);
 const char *kl_io_name(const struct kl_file *f);
 bool kl_io_writable(const struct kl_file *f);
+/*
+ * Exclusive writer lock on the file (an OFD lock, so it belongs to this
+ * open, not the process, and the kernel drops it when the holder dies: a
+ * killed writer never leaves a stale lock). wait: block until free;
+ * otherwise -EBUSY at once.
+ */
+int kl_io_lock(struct kl_file *f, bool wait);
 /* Same file as (dev, ino); for loop detection in parent chains. */
 int kl_io_identity(struct kl_file *f, uint64_t *dev, uint64_t *ino);
 
