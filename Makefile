@@ -13,7 +13,7 @@ DESTDIR ?=
 CC ?= cc
 SANITIZE ?= 0
 
-PKGS := zlib libzstd libarchive libcrypto libssl uuid libxml-2.0 libcurl
+PKGS := zlib libzstd libarchive libcrypto libssl uuid libxml-2.0 libcurl libdeflate
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)

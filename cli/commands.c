@@ -14,6 +14,7 @@ CMD(info)
 CMD(map)
 CMD(compare)
 CMD(convert)
+CMD(measure)
 CMD(io)
 CMD(check)
 CMD(snapshot)
@@ -42,6 +43,8 @@ const struct cli_cmd cli_commands[] = {
 	{ "compare", cmd_compare, "compare what a guest sees in two images", cmd_compare_usage, 0, NULL },
 	{ "convert", cmd_convert, "convert an image to another format", cmd_convert_usage,
 	  CLI_WRITES, NULL },
+	{ "measure", cmd_measure, "predict the size of a converted image", cmd_measure_usage, 0,
+	  NULL },
 	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
 	  cmd_io_usage, CLI_WRITES, NULL },
 	{ "check", cmd_check, "check metadata and (with --verify-data) every checksum",

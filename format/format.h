@@ -68,6 +68,13 @@ struct blk_open_opts {
  * writable: pass format "raw" explicitly for that.
  */
 int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **out);
+/*
+ * As blk_open, on a file that is already open (a kl_io_open_window view of
+ * an image stored inside another file, a memfd, ...). f's name stands for
+ * the path (messages, relative parent references); o->snapshot selects.
+ * Ownership of f passes to the device, also when this fails.
+ */
+int blk_open_file(struct kl_file *f, const struct blk_open_opts *o, struct blk_dev **out);
 /* Flushes (best effort) and closes, parents included. Accepts NULL. */
 void blk_close(struct blk_dev *d);
 /*
@@ -110,6 +117,37 @@ int blk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned fl
 /* Drops data in the range; it then reads as zeros (never as stale parent data). */
 int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len);
 int blk_flush(struct blk_dev *d);
+/*
+ * Hint for long writers (convert): start writing d's dirty data to the
+ * device without waiting, so that the final blk_flush is short. No
+ * durability promise; no effect on read-only handles.
+ */
+void blk_writeback(struct blk_dev *d);
+
+/*
+ * Encoded writes, for copy pipelines (convert): the CPU-heavy part of
+ * writing a cluster (compression) is split from placing it, so that many
+ * threads can encode while one writes. Usable when blk_can_encode(d).
+ *
+ * blk_encode_cluster: thread-safe and pure (no I/O, d unchanged), may run
+ * on any thread concurrently with writes on d. off must be aligned to
+ * blk_cluster_size(d) and len be the cluster size (or the rest of the
+ * image for the last cluster); buf must not be all zeros; out must hold
+ * BLK_ENCODE_BOUND(blk_cluster_size(d)) bytes. Returns the encoded length
+ * (> 0), 0 when the cluster is to be stored as plain data, or -errno.
+ *
+ * blk_write_encoded: serial, like blk_pwrite: stores the cluster at off
+ * from what blk_encode_cluster returned (enc_len 0: plain data, written
+ * with blk_pwrite). raw/raw_len are the cluster's guest data. Formats that
+ * only append (streamOptimized VMDK) need increasing offsets.
+ */
+#define BLK_ENCODE_BOUND(cs) ((size_t)(cs) + (size_t)(cs) / 16 + 4096)
+#define BLK_ENCODE_MAX_CLUSTER (4u << 20)
+bool blk_can_encode(const struct blk_dev *d);
+ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			   void *out, size_t cap);
+int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+		      const void *raw, size_t raw_len);
 
 /* Status of this layer alone at off: DATA, ZERO or UNALLOC, with its length. */
 int blk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);
@@ -326,6 +364,25 @@ struct blk_key_slot {
 int blk_key_op(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen, int slot,
 	       int *out_slot);
 int blk_key_list(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n);
+
+/* ------------------------------------------------------------------ measure */
+struct blk_measure {
+	uint64_t required;	  /* bytes of the image file holding in's data */
+	uint64_t fully_allocated; /* bytes with every cluster allocated */
+	uint64_t data;		  /* the guest-data part of required */
+};
+/*
+ * Predicts the size of an image of `format` created with o holding what a
+ * guest sees in `in` (NULL: an empty image of o->size bytes), from
+ * metadata only. -ENOTSUP when the driver cannot predict.
+ */
+int blk_measure(const char *format, const struct blk_create_opts *o, struct blk_dev *in,
+		struct blk_measure *m);
+/*
+ * Bytes of in that hold data (DATA anywhere in its chain), counted in
+ * whole units of gran (a power of two) that contain any; metadata only.
+ */
+int blk_measure_allocated(struct blk_dev *in, uint64_t gran, uint64_t *bytes);
 
 /* ------------------------------------------------------------------ drivers */
 const struct blk_driver *blk_driver_find(const char *name);
