@@ -13,7 +13,7 @@ DESTDIR ?=
 CC ?= cc
 SANITIZE ?= 0
 
-PKGS := zlib libzstd libarchive libcrypto libssl uuid libxml-2.0 libcurl
+PKGS := zlib libzstd libarchive libcrypto libssl uuid libxml-2.0 libcurl libdeflate
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -25,6 +25,7 @@ LDLIBS := $(PKG_LIBS) -lm -pthread
 
 ifeq ($(SANITIZE),1)
 BUILD := build-san
+export KEEL_TEST_QUICK := 1
 BASE_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 else
@@ -92,8 +93,8 @@ interop: all
 	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh --only interop
 
 demo: deps
-	@$(MAKE) --no-print-directory all
-	@KEEL=$(abspath $(KEEL)) scripts/demo.sh
+	@$(MAKE) --no-print-directory all appliance
+	@KEEL=$(abspath $(KEEL)) KEEL_APPLIANCE_DIR=$(abspath $(APPLIANCE)) scripts/demo.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
@@ -127,6 +128,7 @@ fuzz-run: fuzz all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/keel
 	install -m 0755 $(KEEL) $(DESTDIR)$(PREFIX)/bin/keel
+	install -m 0755 scripts/keel-nightly $(DESTDIR)$(PREFIX)/bin/keel-nightly
 	install -m 0644 $(LIBKEEL) $(DESTDIR)$(PREFIX)/lib/libkeel.a
 	for h in lib/kl.h format/format.h; do \
 		install -d $(DESTDIR)$(PREFIX)/include/keel/$$(dirname $$h); \
@@ -138,5 +140,58 @@ cppcheck:
 
 clean:
 	rm -rf build build-san build-fuzz keel
+
+# ------------------------------------------------------------------ vmm: appliance + test guests
+# The verifier appliance for `keel verify-boot` (scripts/build-appliance.sh:
+# Debian's kernel and busybox-static via apt-get download, an initramfs packed
+# by the libarchive helper scripts/mkcpio.c) and the tiny freestanding guests
+# the VMM tests boot (tests/vmm/guests/). `make check` builds both; when the
+# appliance cannot be built (no package mirror) its boot tests print SKIP.
+MKCPIO := $(BUILD)/mkcpio
+APPLIANCE := $(BUILD)/appliance
+GUEST_DIR := $(BUILD)/tests/vmm/guests
+GUEST_SRC := tests/vmm/guests
+GUEST_NAMES := boot pci blk mptable spin triple
+GUESTS := $(GUEST_NAMES:%=$(GUEST_DIR)/%.bin) $(GUEST_DIR)/pvh.elf
+GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -ffreestanding -fno-pic -fno-pie \
+	-fno-stack-protector -mno-red-zone -mgeneral-regs-only -fno-asynchronous-unwind-tables \
+	-fcf-protection=none -fno-builtin
+GUEST_LDFLAGS := -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-z,noexecstack \
+	-Wl,-z,max-page-size=4096 -Wl,--no-warn-rwx-segments
+
+$(MKCPIO): scripts/mkcpio.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 $(WARN) -o $@ $< $(shell pkg-config --cflags --libs libarchive)
+
+$(APPLIANCE)/initrd.cpio: scripts/build-appliance.sh vmm/appliance/init $(MKCPIO)
+	scripts/build-appliance.sh $(APPLIANCE) $(MKCPIO)
+
+appliance: $(MKCPIO)
+	@$(MAKE) --no-print-directory $(APPLIANCE)/initrd.cpio || \
+		echo "make: warning: the verify-boot appliance could not be built; its tests will SKIP" >&2
+
+$(GUEST_DIR)/%.o: $(GUEST_SRC)/%.c $(GUEST_SRC)/guest.h
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+
+$(GUEST_DIR)/%.o: $(GUEST_SRC)/%.S
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+
+$(GUEST_DIR)/%.bin: $(GUEST_DIR)/head.o $(GUEST_DIR)/lib.o $(GUEST_DIR)/%.o $(GUEST_SRC)/bzimage.ld
+	$(CC) $(GUEST_LDFLAGS) -T $(GUEST_SRC)/bzimage.ld -o $(@:.bin=.elf) $(filter %.o,$^)
+	objcopy -O binary $(@:.bin=.elf) $@
+
+$(GUEST_DIR)/pvh.elf: $(GUEST_DIR)/head_pvh.o $(GUEST_DIR)/lib.o $(GUEST_DIR)/pvh.o $(GUEST_SRC)/pvh.ld
+	$(CC) $(GUEST_LDFLAGS) -T $(GUEST_SRC)/pvh.ld -o $@ $(filter %.o,$^)
+
+vmm-guests: $(GUESTS)
+.SECONDARY: $(GUEST_NAMES:%=$(GUEST_DIR)/%.o) $(GUEST_DIR)/head.o $(GUEST_DIR)/head_pvh.o $(GUEST_DIR)/lib.o
+
+# the KVM tests boot the guests; check also wants the appliance for the boot tests
+$(BUILD)/tests/unit/vmm/test_kvm: | $(GUESTS)
+check: vmm-guests appliance
+.PHONY: vmm-guests
+# ------------------------------------------------------------------ end vmm
 
 -include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TESTLIB_OBJS:.o=.d) $(UNIT_BINS:=.d) $(FUZZ_LIB_OBJS:.o=.d)

@@ -45,7 +45,9 @@ struct blk_extent {
 #define BLK_OPEN_PARENT_RDWR 0x8     /* open the immediate parent writable (commit) */
 #define BLK_OPEN_ALLOW_PROBED_RAW_RW 0x10 /* internal: never set by probing */
 #define BLK_OPEN_NO_CHECKSUM 0x20    /* skip per-cluster checksum verification (check -r) */
-#define BLK_OPEN_REPAIR 0x40	     /* check -r: open writable an image that needs repair */
+#define BLK_OPEN_BATCH 0x40	     /* no metadata commits until blk_flush (all-or-nothing jobs) */
+#define BLK_OPEN_WAIT 0x100	     /* writable opens wait for another writer instead of failing */
+#define BLK_OPEN_REPAIR 0x200	     /* check -r: open writable an image that needs repair (dirty) */
 
 /* Deepest parent chain we follow; deeper is refused as a likely loop. */
 #define BLK_MAX_CHAIN 64
@@ -67,8 +69,20 @@ struct blk_open_opts {
  * writable: pass format "raw" explicitly for that.
  */
 int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **out);
+/*
+ * As blk_open, on a file that is already open (a kl_io_open_window view of
+ * an image stored inside another file, a memfd, ...). f's name stands for
+ * the path (messages, relative parent references); o->snapshot selects.
+ * Ownership of f passes to the device, also when this fails.
+ */
+int blk_open_file(struct kl_file *f, const struct blk_open_opts *o, struct blk_dev **out);
 /* Flushes (best effort) and closes, parents included. Accepts NULL. */
 void blk_close(struct blk_dev *d);
+/*
+ * Closes without flushing: with BLK_OPEN_BATCH, what was not flushed is
+ * dropped and the image stays at its last flushed state. Accepts NULL.
+ */
+void blk_close_discard(struct blk_dev *d);
 
 /* ------------------------------------------------------------------ create */
 struct blk_create_opts {
@@ -79,6 +93,12 @@ struct blk_create_opts {
 	unsigned flags;		   /* BLK_OPEN_ALLOW_EXTERNAL */
 	const uint8_t *key;	   /* secret for encrypted images */
 	size_t key_len;
+	/*
+	 * Where the image will live once complete when the caller builds it
+	 * under a temporary name (convert does), or NULL for path itself.
+	 * Formats that record their own file name (VMDK extent lines) use it.
+	 */
+	const char *final_path;
 };
 
 /*
@@ -98,6 +118,37 @@ int blk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned fl
 /* Drops data in the range; it then reads as zeros (never as stale parent data). */
 int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len);
 int blk_flush(struct blk_dev *d);
+/*
+ * Hint for long writers (convert): start writing d's dirty data to the
+ * device without waiting, so that the final blk_flush is short. No
+ * durability promise; no effect on read-only handles.
+ */
+void blk_writeback(struct blk_dev *d);
+
+/*
+ * Encoded writes, for copy pipelines (convert): the CPU-heavy part of
+ * writing a cluster (compression) is split from placing it, so that many
+ * threads can encode while one writes. Usable when blk_can_encode(d).
+ *
+ * blk_encode_cluster: thread-safe and pure (no I/O, d unchanged), may run
+ * on any thread concurrently with writes on d. off must be aligned to
+ * blk_cluster_size(d) and len be the cluster size (or the rest of the
+ * image for the last cluster); buf must not be all zeros; out must hold
+ * BLK_ENCODE_BOUND(blk_cluster_size(d)) bytes. Returns the encoded length
+ * (> 0), 0 when the cluster is to be stored as plain data, or -errno.
+ *
+ * blk_write_encoded: serial, like blk_pwrite: stores the cluster at off
+ * from what blk_encode_cluster returned (enc_len 0: plain data, written
+ * with blk_pwrite). raw/raw_len are the cluster's guest data. Formats that
+ * only append (streamOptimized VMDK) need increasing offsets.
+ */
+#define BLK_ENCODE_BOUND(cs) ((size_t)(cs) + (size_t)(cs) / 16 + 4096)
+#define BLK_ENCODE_MAX_CLUSTER (4u << 20)
+bool blk_can_encode(const struct blk_dev *d);
+ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			   void *out, size_t cap);
+int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+		      const void *raw, size_t raw_len);
 
 /* Status of this layer alone at off: DATA, ZERO or UNALLOC, with its length. */
 int blk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);
@@ -129,6 +180,7 @@ struct blk_snapshot_info {
 	uint64_t date_ns;    /* creation time, ns since the epoch, 0 if unknown */
 	uint64_t generation; /* format-specific ordering, 0 if unknown */
 	uint64_t stored;     /* bytes exclusively held, 0 if unknown */
+	uint8_t guid[16];    /* identity kept by replication; zero if unknown */
 };
 
 struct blk_info {
@@ -199,6 +251,33 @@ int blk_snapshot_revert(struct blk_dev *d, const char *name);
 int blk_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
 		      void *opaque);
 
+/*
+ * As blk_snapshot_create, with the snapshot's identity given (replication
+ * keeps the source's guid so a later incremental can name it).
+ */
+int blk_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+
+/* ------------------------------------------------------------------ receiving
+ *
+ * A staged receive (keel recv): writes go to a working state that readers
+ * never see; the image shows its previous state until blk_recv_finish makes
+ * the working state a snapshot and the current state in one commit. A
+ * receive survives close and crash: blk_recv_checkpoint records an opaque
+ * token (at most BLK_RECV_TOKEN_MAX bytes, replicate/ decides its meaning)
+ * durably with everything written so far, and a later open resumes it. While
+ * a receive is in progress the image opens writable only with
+ * BLK_OPEN_RECV.
+ */
+#define BLK_RECV_TOKEN_MAX 2048
+#define BLK_OPEN_RECV 0x80
+/* Start: the working state begins as snapshot base (NULL: empty). */
+int blk_recv_begin(struct blk_dev *d, const char *base);
+/* In progress? *len = 0 when none; token copied when buf is large enough. */
+int blk_recv_status(struct blk_dev *d, bool *active, void *token, size_t *len);
+int blk_recv_checkpoint(struct blk_dev *d, const void *token, size_t len);
+int blk_recv_finish(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+int blk_recv_abort(struct blk_dev *d);
+
 /* ------------------------------------------------------------------ chains */
 struct blk_identity {
 	uint8_t uuid[16];   /* image identity (keel UUID, VHD unique id, VHDX DataWriteGuid) */
@@ -216,6 +295,95 @@ int blk_identity(struct blk_dev *d, struct blk_identity *id);
 int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned flags);
 /* Drops every cluster of d so it reads entirely from its parent (commit). */
 int blk_make_empty(struct blk_dev *d);
+/* Before writing d's data into its parent: tell d to accept the changed parent. */
+int blk_parent_commit_begin(struct blk_dev *d);
+
+/* ------------------------------------------------------------------ content hashing
+ *
+ * For deduplicating formats (.keel with dedup): blk_hash_cluster computes
+ * the content hash the image's index uses (SHA-256, or HMAC-SHA-256 under
+ * the image's key when encrypted). It is thread-safe and pure, so callers
+ * hash in parallel; blk_write_hashed then stores one full, cluster-aligned
+ * cluster with that hash: unchanged content costs nothing, known content a
+ * reference. Formats without an index: -ENOTSUP / a plain write.
+ */
+int blk_hash_cluster(const struct blk_dev *d, const void *buf, size_t len, uint8_t out[32]);
+int blk_write_hashed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+		     const uint8_t hash[32]);
+
+struct blk_stats {
+	uint64_t clusters_written;   /* new blobs stored */
+	uint64_t clusters_deduped;   /* writes that referenced an existing blob */
+	uint64_t clusters_unchanged; /* writes of the content already there */
+	uint64_t bytes_stored;	     /* bytes of new blobs */
+};
+/* Counters since open; zeros for formats that do not count. */
+int blk_get_stats(struct blk_dev *d, struct blk_stats *st);
+/*
+ * Offline dedup: (re)builds the content index from every stored cluster and
+ * points the current state's duplicate clusters at one copy. Turns dedup on
+ * for the image. -ENOTSUP for formats without an index.
+ */
+int blk_dedup(struct blk_dev *d, bool progress, struct blk_stats *st);
+
+/* ------------------------------------------------------------------ scrub */
+struct blk_scrub_damage {
+	const char *snapshot; /* NULL: the current state */
+	uint64_t offset;      /* virtual offset of the damaged cluster */
+	uint64_t length;
+	uint64_t host_off;    /* where it is stored, or BLK_NO_HOST_OFFSET */
+	const char *error;
+};
+typedef int (*blk_scrub_cb)(void *opaque, const struct blk_scrub_damage *dm);
+struct blk_scrub_report {
+	uint64_t blobs;	     /* stored units verified */
+	uint64_t bytes;	     /* bytes read */
+	uint64_t damaged;    /* stored units that failed */
+	uint64_t damaged_refs; /* (snapshot, offset) pairs affected */
+};
+/*
+ * Verifies every stored cluster of every snapshot and the current state
+ * (checksum, and authentication tag when encrypted); cb sees each damaged
+ * (snapshot, offset). Formats without checksums get every range read.
+ */
+int blk_scrub(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+	      struct blk_scrub_report *r);
+
+/* ------------------------------------------------------------------ keys */
+enum blk_key_op {
+	BLK_KEY_ADD,	/* a new slot for key */
+	BLK_KEY_REMOVE, /* the slot `slot`, or (slot < 0) the slot key opens */
+	BLK_KEY_CHANGE, /* the slot the image was opened with now opens with key */
+};
+struct blk_key_slot {
+	int slot;
+	uint64_t kdf_n;
+	uint32_t kdf_r, kdf_p;
+	bool in_use; /* the slot this handle was opened with */
+};
+/* Key-slot management of encrypted images; data is not rewritten. */
+int blk_key_op(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen, int slot,
+	       int *out_slot);
+int blk_key_list(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n);
+
+/* ------------------------------------------------------------------ measure */
+struct blk_measure {
+	uint64_t required;	  /* bytes of the image file holding in's data */
+	uint64_t fully_allocated; /* bytes with every cluster allocated */
+	uint64_t data;		  /* the guest-data part of required */
+};
+/*
+ * Predicts the size of an image of `format` created with o holding what a
+ * guest sees in `in` (NULL: an empty image of o->size bytes), from
+ * metadata only. -ENOTSUP when the driver cannot predict.
+ */
+int blk_measure(const char *format, const struct blk_create_opts *o, struct blk_dev *in,
+		struct blk_measure *m);
+/*
+ * Bytes of in that hold data (DATA anywhere in its chain), counted in
+ * whole units of gran (a power of two) that contain any; metadata only.
+ */
+int blk_measure_allocated(struct blk_dev *in, uint64_t gran, uint64_t *bytes);
 
 /* ------------------------------------------------------------------ drivers */
 const struct blk_driver *blk_driver_find(const char *name);

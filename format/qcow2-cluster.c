@@ -377,18 +377,17 @@ static int set_entry(struct blk_dev *d, uint32_t l1i, uint32_t l2i, uint64_t ent
 	return qcow2_free_entry(d, old);
 }
 
-/* Store compressed batch job j (s->zout, s->zlen[j]) as guest cluster ci. */
-static int store_compressed(struct blk_dev *d, uint64_t ci, unsigned j)
+/* Store zlen compressed bytes as guest cluster ci (qemu's descriptor rules). */
+static int store_compressed(struct blk_dev *d, uint64_t ci, const uint8_t *z, size_t zlen)
 {
 	struct qcow2_state *s = qcow2_s(d);
-	size_t zlen = s->zlen[j];
 	uint64_t coff, nsec, desc;
 
 	KL_TRY(qcow2_alloc_bytes(d, zlen, &coff));
 	if (coff + zlen > s->coffset_mask)
 		return kl_err(-ENOSPC, "%s: compressed data offset %llu past the descriptor's limit",
 			      d->filename, (unsigned long long)coff);
-	KL_TRY(qcow2_file_write(d, coff, s->zout + (size_t)j * s->cluster_size, zlen));
+	KL_TRY(qcow2_file_write(d, coff, z, zlen));
 	nsec = ((coff + zlen - 1) / QCOW2_CSECTOR) - (coff / QCOW2_CSECTOR);
 	desc = QCOW2_OFLAG_COMPRESSED | (nsec << s->csize_shift) | coff;
 	return set_entry(d, (uint32_t)(ci >> s->l2_bits), (uint32_t)(ci & (s->l2_entries - 1)), desc,
@@ -415,7 +414,7 @@ static int write_new_clusters(struct blk_dev *d, uint64_t ci, const uint8_t *dat
 {
 	struct qcow2_state *s = qcow2_s(d);
 
-	if (!s->compress) {
+	if (!s->compress || s->encoder_active) {
 		for (unsigned j = 0; j < n; j++)
 			KL_TRY(write_plain_cluster(d, ci + j, data + (size_t)j * s->cluster_size));
 		return 0;
@@ -423,7 +422,8 @@ static int write_new_clusters(struct blk_dev *d, uint64_t ci, const uint8_t *dat
 	KL_TRY(qcow2_compress_batch(d, data, n));
 	for (unsigned j = 0; j < n; j++) {
 		if (qcow2_compressed_ok(s, j))
-			KL_TRY(store_compressed(d, ci + j, j));
+			KL_TRY(store_compressed(d, ci + j, s->zout + (size_t)j * s->cluster_size,
+						s->zlen[j]));
 		else
 			KL_TRY(write_plain_cluster(d, ci + j, data + (size_t)j * s->cluster_size));
 	}
@@ -617,7 +617,8 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
 			}
 			KL_TRY(write_new_clusters(d, ci, b, k));
 			n = (size_t)k * s->cluster_size;
-		} else if (s->compress && !(s->ext_l2 && (ent & QCOW2_OFFSET_MASK))) {
+		} else if (s->compress && !s->encoder_active &&
+			   !(s->ext_l2 && (ent & QCOW2_OFFSET_MASK))) {
 			KL_TRY(stage_write(d, ci, coff, b, n));
 		} else {
 			KL_TRY(cow_cluster(d, ci, coff, b, n));
@@ -697,6 +698,25 @@ int qcow2_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned 
 		len -= n;
 	}
 	return 0;
+}
+
+int qcow2_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+			const void *raw, size_t raw_len)
+{
+	struct qcow2_state *s = qcow2_s(d);
+
+	(void)raw;
+	(void)raw_len;
+	KL_TRY(qcow2_prepare_write(d));
+	KL_TRY(qcow2_pend_flush(d));
+	/* the caller compresses from now on; clusters it sends plain stay plain */
+	s->encoder_active = true;
+	if (s->nfrees > QCOW2_MAX_PENDING_FREES)
+		KL_TRY(qcow2_flush(d));
+	if (enc_len == 0 || enc_len >= s->cluster_size || off % s->cluster_size)
+		return kl_err(-EINVAL, "%s: encoded cluster of %zu bytes at %llu", d->filename,
+			      enc_len, (unsigned long long)off);
+	return store_compressed(d, off >> s->cluster_bits, enc, enc_len);
 }
 
 int qcow2_discard(struct blk_dev *d, uint64_t off, uint64_t len)

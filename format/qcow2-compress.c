@@ -123,21 +123,23 @@ static int w_compress(struct qcow2_worker *w, uint8_t type, const uint8_t *in, u
 	return Z_GOOD;
 }
 
+static void worker_release(struct qcow2_worker *w)
+{
+	if (w->inflate_ready)
+		inflateEnd(&w->inflate);
+	if (w->deflate_ready)
+		deflateEnd(&w->deflate);
+	ZSTD_freeDCtx(w->zd);
+	ZSTD_freeCCtx(w->zc);
+	memset(w, 0, sizeof(*w));
+}
+
 void qcow2_workers_release(struct blk_dev *d)
 {
 	struct qcow2_state *s = qcow2_s(d);
 
-	for (unsigned i = 0; i < QCOW2_MAX_WORKERS; i++) {
-		struct qcow2_worker *w = &s->wk[i];
-
-		if (w->inflate_ready)
-			inflateEnd(&w->inflate);
-		if (w->deflate_ready)
-			deflateEnd(&w->deflate);
-		ZSTD_freeDCtx(w->zd);
-		ZSTD_freeCCtx(w->zc);
-		memset(w, 0, sizeof(*w));
-	}
+	for (unsigned i = 0; i < QCOW2_MAX_WORKERS; i++)
+		worker_release(&s->wk[i]);
 	kl_free(s->zin);
 	kl_free(s->zout);
 	kl_free(s->dbuf);
@@ -375,4 +377,79 @@ int qcow2_decompress_batch(struct blk_dev *d, const uint64_t *descs, unsigned n,
 	for (unsigned j = 0; j < n; j++)
 		KL_TRY(zerr(d, s->zrc[j], s->zcoff[j]));
 	return 0;
+}
+
+/* ------------------------------------------------------------------ encoded writes */
+
+/*
+ * blk_encode_cluster runs on the caller's threads (convert's pipeline), so
+ * each thread keeps its own codec contexts, freed when the thread ends.
+ */
+struct qcow2_tls {
+	struct qcow2_worker w;
+	uint8_t *pad;
+	size_t pad_size;
+};
+
+static pthread_key_t qcow2_tls_key;
+static pthread_once_t qcow2_tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_free(void *p)
+{
+	struct qcow2_tls *t = p;
+
+	worker_release(&t->w);
+	kl_free(t->pad);
+	kl_free(t);
+}
+
+static void tls_init(void)
+{
+	pthread_key_create(&qcow2_tls_key, tls_free);
+}
+
+static struct qcow2_tls *tls_get(void)
+{
+	struct qcow2_tls *t;
+
+	pthread_once(&qcow2_tls_once, tls_init);
+	t = pthread_getspecific(qcow2_tls_key);
+	if (!t && (t = kl_calloc(1, sizeof(*t))) && pthread_setspecific(qcow2_tls_key, t) != 0) {
+		kl_free(t);
+		t = NULL;
+	}
+	return t;
+}
+
+ssize_t qcow2_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			     void *out, size_t cap)
+{
+	const struct qcow2_state *s = d->priv;
+	struct qcow2_tls *t = tls_get();
+	const uint8_t *in = buf;
+	size_t n = 0;
+	int rc;
+
+	(void)off;
+	if (!t)
+		return -ENOMEM;
+	if (cap < s->cluster_size || len > s->cluster_size)
+		return kl_err(-EINVAL, "%s: encode: %zu bytes into %zu", d->filename, len, cap);
+	if (len < s->cluster_size) {
+		/* the image's last cluster: zero padded, as qemu stores it */
+		if (t->pad_size < s->cluster_size) {
+			kl_free(t->pad);
+			t->pad_size = 0;
+			if (!(t->pad = kl_malloc(s->cluster_size)))
+				return -ENOMEM;
+			t->pad_size = s->cluster_size;
+		}
+		memcpy(t->pad, buf, len);
+		memset(t->pad + len, 0, s->cluster_size - len);
+		in = t->pad;
+	}
+	rc = w_compress(&t->w, s->compression_type, in, s->cluster_size, out, &n);
+	if (rc == Z_NOMEM)
+		return kl_err(-ENOMEM, "%s: cannot set up the compressor", d->filename);
+	return rc == Z_GOOD ? (ssize_t)n : 0;
 }

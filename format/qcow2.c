@@ -595,6 +595,8 @@ static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
 		}
 		if (qcow2_take_compress_mark(d->file))
 			s->compress = true;
+		/* convert then compresses on its own threads (encode_cluster) */
+		d->encoded_writes = s->compress;
 	}
 	n = KL_MIN(KL_MAX((size_t)(8u << 20) >> s->cluster_bits, (size_t)16), (size_t)256);
 	rc = qcow2_cache_init(&s->l2c, n, s->cluster_size, "L2 table");
@@ -943,4 +945,6 @@ const struct blk_driver blk_qcow2_driver = {
 	.info = qcow2_info,
 	.check = qcow2_check,
 	.snapshot_list = qcow2_snapshot_list,
+	.encode_cluster = qcow2_encode_cluster,
+	.write_encoded = qcow2_write_encoded,
 };

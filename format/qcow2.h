@@ -235,6 +235,7 @@ struct qcow2_state {
 
 	/* writing */
 	bool compress;		 /* compress=on: full-cluster writes compressed when it helps */
+	bool encoder_active;	 /* the caller compresses (write_encoded): pwrite stores plain */
 	uint8_t *wbuf;		 /* one cluster of scratch for COW */
 	uint8_t *pbuf;		 /* compress=on: a cluster being filled by partial writes */
 	uint64_t pend_ci;	 /* its guest cluster index */
@@ -328,6 +329,9 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len);
 int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len);
 int qcow2_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned flags);
 int qcow2_discard(struct blk_dev *d, uint64_t off, uint64_t len);
+/* The driver's write_encoded: place what qcow2_encode_cluster made. */
+int qcow2_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+			const void *raw, size_t raw_len);
 /* Store the cluster compress=on is still filling (every entry point calls this first). */
 int qcow2_pend_flush(struct blk_dev *d);
 /* Load an L2 table through the cache, checking its offset first. */
@@ -349,6 +353,9 @@ int qcow2_decompress(struct blk_dev *d, uint64_t desc);
 /* Decompress n clusters (descriptors) into out, one after another, in parallel. */
 int qcow2_decompress_batch(struct blk_dev *d, const uint64_t *descs, unsigned n, uint8_t *out);
 void qcow2_workers_release(struct blk_dev *d);
+/* The driver's encode_cluster: compress one cluster (pure, thread-safe). */
+ssize_t qcow2_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			     void *out, size_t cap);
 
 /* ------------------------------------------------------------------ qcow2-refcount.c */
 

@@ -8,11 +8,21 @@
  */
 #include "format/format_int.h"
 
+extern const struct blk_driver blk_keel_driver;
 extern const struct blk_driver blk_raw_driver;
 extern const struct blk_driver blk_qcow2_driver;
+extern const struct blk_driver blk_vhd_driver;
+extern const struct blk_driver blk_vdi_driver;
+extern const struct blk_driver blk_vmdk_driver;
+extern const struct blk_driver blk_ova_driver;
 
 const struct blk_driver *const blk_drivers[] = {
+	&blk_keel_driver,
 	&blk_qcow2_driver,
+	&blk_vhd_driver,
+	&blk_vdi_driver,
+	&blk_vmdk_driver,
+	&blk_ova_driver,
 	&blk_raw_driver,
 	NULL,
 };

@@ -25,6 +25,7 @@ need_pkg uuid uuid-dev
 need_pkg check check
 need_pkg libxml-2.0 libxml2-dev
 need_pkg libcurl libcurl4-openssl-dev
+need_pkg libdeflate libdeflate-dev
 need_cmd qemu-img qemu-utils
 need_cmd xmllint libxml2-utils
 need_cmd zstd zstd
@@ -41,6 +42,8 @@ if [ "${KEEL_DEPS_EXTRA:-1}" != 0 ]; then
 	need_cmd qemu-system-x86_64 qemu-system-x86
 	need_cmd busybox busybox-static
 	need_cmd mkfs.xfs xfsprogs
+	need_cmd depmod kmod
+	need_cmd mcopy mtools
 	need_cmd borg borgbackup
 	need_cmd restic restic
 	need_cmd hyperfine hyperfine
