@@ -880,6 +880,47 @@ out:
 	return rc;
 }
 
+/* ------------------------------------------------------------------ measure */
+
+/*
+ * What create + writes of in's data would make, counted the way qemu-img
+ * measure does: the metadata of a fully allocated image (header, L1, every
+ * L2 table, refcount table and blocks covering it all) plus the clusters
+ * that hold data.
+ */
+static int qcow2_measure(const struct blk_create_opts *o, struct blk_dev *in, struct blk_measure *m)
+{
+	uint32_t cb = 16, version = 3, rorder = 4;
+	uint64_t cs, size, cover, l2e, l1c, l2c, data = 0, meta, T = 0, B = 0, rbe;
+	uint8_t ctype = 0;
+	bool ext_l2 = false, compress = false;
+
+	KL_TRY(parse_create_opts(o, &cb, &version, &ctype, &rorder, &ext_l2, &compress));
+	cs = 1ULL << cb;
+	size = KL_ALIGN_UP(o->size, 512);
+	l2e = cs / (ext_l2 ? 16 : 8);
+	cover = l2e * cs;
+	l2c = size / cover + (size % cover ? 1 : 0);
+	l1c = KL_MAX(KL_DIV_ROUND_UP(l2c * 8, cs), (uint64_t)1);
+	rbe = (cs * 8) >> rorder;
+	if (in)
+		KL_TRY(blk_measure_allocated(in, cs, &data));
+	for (;;) {
+		uint64_t n = 1 + l1c + l2c + KL_DIV_ROUND_UP(size, cs) + T + B;
+		uint64_t nB = KL_DIV_ROUND_UP(n, rbe), nT = KL_DIV_ROUND_UP(nB * 8, cs);
+
+		if (nB == B && nT == T)
+			break;
+		B = nB;
+		T = nT;
+	}
+	meta = (1 + l1c + l2c + T + B) * cs;
+	m->fully_allocated = meta + KL_ALIGN_UP(size, cs);
+	m->required = meta + data;
+	m->data = data;
+	return 0;
+}
+
 /* ------------------------------------------------------------------ info */
 
 static int qcow2_info(struct blk_dev *d, struct blk_info *out)
@@ -945,6 +986,7 @@ const struct blk_driver blk_qcow2_driver = {
 	.info = qcow2_info,
 	.check = qcow2_check,
 	.snapshot_list = qcow2_snapshot_list,
+	.measure = qcow2_measure,
 	.encode_cluster = qcow2_encode_cluster,
 	.write_encoded = qcow2_write_encoded,
 };

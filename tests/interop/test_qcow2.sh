@@ -250,6 +250,12 @@ t "compressed output holds compressed clusters" sh -c "qemu-img check wz.qcow2 |
 t "zstd output records zstd" sh -c "qemu-img info wzstd.qcow2 | grep -q 'compression type: zstd'"
 t "-c output is smaller" sh -c "[ \$(stat -c %s wz.qcow2) -lt \$(stat -c %s w64k.qcow2) ]"
 
+# keel measure predicts what qemu-img measure does
+for mo in "" "-o cluster_size=512" "-o cluster_size=2M,refcount_bits=1" "-o extended_l2=on"; do
+	t "measure $mo matches qemu-img measure" sh -c "[ \"\$('$KEEL' measure -O qcow2 $mo src.raw)\" = \"\$(qemu-img measure -O qcow2 $mo src.raw)\" ]"
+done
+t "measure of an empty image matches" sh -c "[ \"\$('$KEEL' measure -O qcow2 --size 10G)\" = \"\$(qemu-img measure -O qcow2 --size 10G)\" ]"
+
 # a backing file via keel create -b, then keel io writes at odd offsets
 qemu-img convert -O qcow2 small.raw kb.qcow2
 t "keel create -b" keel -q create -f qcow2 -b kb.qcow2 kov.qcow2
