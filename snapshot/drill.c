@@ -105,6 +105,7 @@ static int drill_s3(const struct snap_drill_opts *o, const char *out, struct sna
 	t0 = kl_now();
 	memset(&st, 0, sizeof(st));
 	rc = repl_s3_restore(&so, r->snapshot, "raw", out, true, &st);
+	repl_s3_stats_release(&st);
 	r->t_restore = kl_now() - t0;
 	r->restore_ok = rc == 0;
 	if (!r->restore_ok)
@@ -114,6 +115,7 @@ static int drill_s3(const struct snap_drill_opts *o, const char *out, struct sna
 	rc = repl_s3_scrub(&so, &st);
 	r->t_scrub = kl_now() - t0;
 	r->scrub_damaged = st.damaged;
+	repl_s3_stats_release(&st);
 	r->scrub_ok = rc == 0;
 	if (!r->scrub_ok)
 		fail(r, "repository scrub failed: %s", kl_errmsg());
