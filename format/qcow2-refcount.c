@@ -983,6 +983,7 @@ static int check_run(struct blk_dev *d, struct blk_check_report *r, unsigned fla
 	uint64_t bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
 	bool all = (flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL;
 	struct blk_check_report again;
+	uint64_t found, left;
 	uint8_t b[8];
 	int rc;
 
@@ -998,20 +999,23 @@ static int check_run(struct blk_dev *d, struct blk_check_report *r, unsigned fla
 	KL_TRY(qcow2_flush(d));
 	if (r->repaired == 0 && !(all && (s->incompat & bits)))
 		return 0;
-	/* report what is left after the repair, keeping the first messages */
+	/*
+	 * Counts stay what was found; repaired is what a second pass no longer
+	 * finds, so "found > repaired" means problems remain (cmd_check).
+	 */
 	memset(&again, 0, sizeof(again));
 	rc = check_pass(d, &again, 0);
-	r->corruptions = again.corruptions;
-	r->leaks = again.leaks;
 	blk_check_report_release(&again);
 	if (rc < 0)
 		return rc;
-	if (all && !r->corruptions && (s->incompat & bits)) {
+	found = r->corruptions + r->leaks;
+	left = again.corruptions + again.leaks;
+	r->repaired = found > left ? found - left : 0;
+	if (all && !again.corruptions && (s->incompat & bits)) {
 		s->incompat &= ~bits;
 		put_be64(b, s->incompat);
 		KL_TRY(qcow2_file_write(d, QCOW2_HDR_INCOMPAT, b, 8));
 		KL_TRY(kl_io_sync(d->file));
-		r->repaired++;
 	}
 	return 0;
 }

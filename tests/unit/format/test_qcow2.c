@@ -436,7 +436,10 @@ START_TEST(check_repairs_leaks)
 	blk_close(d);
 	d = open_img(p, BLK_OPEN_RDWR);
 	ck_assert_ok(blk_check(d, &r, BLK_CHECK_REPAIR_LEAKS));
+	ck_assert_uint_eq(r.leaks, 1); /* as found */
 	ck_assert_uint_eq(r.repaired, 1);
+	blk_check_report_release(&r);
+	ck_assert_ok(blk_check(d, &r, 0));
 	ck_assert_uint_eq(r.leaks, 0);
 	blk_check_report_release(&r);
 	blk_close(d);
