@@ -9,8 +9,10 @@
 #include "format/format_int.h"
 
 extern const struct blk_driver blk_raw_driver;
+extern const struct blk_driver blk_vhdx_driver;
 
 const struct blk_driver *const blk_drivers[] = {
+	&blk_vhdx_driver,
 	&blk_raw_driver,
 	NULL,
 };
