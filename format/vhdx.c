@@ -1318,13 +1318,15 @@ static int vhdx_info(struct blk_dev *d, struct blk_info *out)
 	if (rc == 0) {
 		switch (s->log_state) {
 		case VHDX_LOG_IN_MEMORY:
-			rc = blk_info_add_kv(out, "log", "replayed in memory (%llu entries; "
+			rc = blk_info_add_kv(out, "log", "replayed in memory (%llu entr%s; "
 							 "read-only open, file unchanged)",
-					     (unsigned long long)s->log_entries);
+					     (unsigned long long)s->log_entries,
+					     s->log_entries == 1 ? "y" : "ies");
 			break;
 		case VHDX_LOG_REPLAYED:
-			rc = blk_info_add_kv(out, "log", "replayed to the file (%llu entries)",
-					     (unsigned long long)s->log_entries);
+			rc = blk_info_add_kv(out, "log", "replayed to the file (%llu entr%s)",
+					     (unsigned long long)s->log_entries,
+					     s->log_entries == 1 ? "y" : "ies");
 			break;
 		default:
 			rc = blk_info_add_kv(out, "log", "empty");
