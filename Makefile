@@ -139,4 +139,57 @@ cppcheck:
 clean:
 	rm -rf build build-san build-fuzz keel
 
+# ------------------------------------------------------------------ vmm: appliance + test guests
+# The verifier appliance for `keel verify-boot` (scripts/build-appliance.sh:
+# Debian's kernel and busybox-static via apt-get download, an initramfs packed
+# by the libarchive helper scripts/mkcpio.c) and the tiny freestanding guests
+# the VMM tests boot (tests/vmm/guests/). `make check` builds both; when the
+# appliance cannot be built (no package mirror) its boot tests print SKIP.
+MKCPIO := $(BUILD)/mkcpio
+APPLIANCE := $(BUILD)/appliance
+GUEST_DIR := $(BUILD)/tests/vmm/guests
+GUEST_SRC := tests/vmm/guests
+GUEST_NAMES := boot pci blk mptable spin triple
+GUESTS := $(GUEST_NAMES:%=$(GUEST_DIR)/%.bin) $(GUEST_DIR)/pvh.elf
+GUEST_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -ffreestanding -fno-pic -fno-pie \
+	-fno-stack-protector -mno-red-zone -mgeneral-regs-only -fno-asynchronous-unwind-tables \
+	-fcf-protection=none -fno-builtin
+GUEST_LDFLAGS := -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-z,noexecstack \
+	-Wl,-z,max-page-size=4096 -Wl,--no-warn-rwx-segments
+
+$(MKCPIO): scripts/mkcpio.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 $(WARN) -o $@ $< $(shell pkg-config --cflags --libs libarchive)
+
+$(APPLIANCE)/initrd.cpio: scripts/build-appliance.sh vmm/appliance/init $(MKCPIO)
+	scripts/build-appliance.sh $(APPLIANCE) $(MKCPIO)
+
+appliance: $(MKCPIO)
+	@$(MAKE) --no-print-directory $(APPLIANCE)/initrd.cpio || \
+		echo "make: warning: the verify-boot appliance could not be built; its tests will SKIP" >&2
+
+$(GUEST_DIR)/%.o: $(GUEST_SRC)/%.c $(GUEST_SRC)/guest.h
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+
+$(GUEST_DIR)/%.o: $(GUEST_SRC)/%.S
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+
+$(GUEST_DIR)/%.bin: $(GUEST_DIR)/head.o $(GUEST_DIR)/lib.o $(GUEST_DIR)/%.o $(GUEST_SRC)/bzimage.ld
+	$(CC) $(GUEST_LDFLAGS) -T $(GUEST_SRC)/bzimage.ld -o $(@:.bin=.elf) $(filter %.o,$^)
+	objcopy -O binary $(@:.bin=.elf) $@
+
+$(GUEST_DIR)/pvh.elf: $(GUEST_DIR)/head_pvh.o $(GUEST_DIR)/lib.o $(GUEST_DIR)/pvh.o $(GUEST_SRC)/pvh.ld
+	$(CC) $(GUEST_LDFLAGS) -T $(GUEST_SRC)/pvh.ld -o $@ $(filter %.o,$^)
+
+vmm-guests: $(GUESTS)
+.SECONDARY: $(GUEST_NAMES:%=$(GUEST_DIR)/%.o) $(GUEST_DIR)/head.o $(GUEST_DIR)/head_pvh.o $(GUEST_DIR)/lib.o
+
+# the KVM tests boot the guests; check also wants the appliance for the boot tests
+$(BUILD)/tests/unit/vmm/test_kvm: | $(GUESTS)
+check: vmm-guests appliance
+.PHONY: vmm-guests
+# ------------------------------------------------------------------ end vmm
+
 -include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(TESTLIB_OBJS:.o=.d) $(UNIT_BINS:=.d)

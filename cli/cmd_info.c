@@ -166,6 +166,22 @@ int cmd_info(int argc, char **argv)
 	if (optind != argc - 1)
 		return cli_usage("info", "expected one image");
 	rc = cli_open_image(&co, argv[optind], 0, &d);
+	if (rc < 0 && rc != -ENOKEY && !(co.flags & BLK_OPEN_NO_PARENT)) {
+		/*
+		 * A broken chain (missing or wrong parent) must not hide the
+		 * image itself: show it alone when it opens without its parent.
+		 */
+		char *why = kl_strdup(kl_errmsg());
+
+		if (why && cli_open_image(&co, argv[optind], BLK_OPEN_NO_PARENT, &d) == 0) {
+			cli_warn("%s", why);
+			cli_warn("showing the image without its parent chain");
+			rc = 0;
+		} else if (why) {
+			kl_err(rc, "%s", why);
+		}
+		kl_free(why);
+	}
 	if (rc < 0) {
 		cli_open_release(&co);
 		return cli_fail(rc);

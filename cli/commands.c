@@ -15,6 +15,16 @@ CMD(map)
 CMD(compare)
 CMD(convert)
 CMD(io)
+CMD(check)
+CMD(snapshot)
+CMD(commit)
+CMD(rebase)
+CMD(diff)
+CMD(scrub)
+CMD(key)
+CMD(dedup)
+CMD(backup)
+CMD(verify_boot)
 #undef CMD
 
 const struct cli_cmd cli_commands[] = {
@@ -27,6 +37,26 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "io", cmd_io, "read, write, discard through the block layer (like qemu-io)",
 	  cmd_io_usage, CLI_WRITES },
+	{ "check", cmd_check, "check metadata and (with --verify-data) every checksum",
+	  cmd_check_usage, 0 },
+	{ "snapshot", cmd_snapshot, "create, list, delete, revert internal snapshots",
+	  cmd_snapshot_usage, CLI_WRITES },
+	{ "diff", cmd_diff, "extents changed between two snapshots (from metadata)",
+	  cmd_diff_usage, 0 },
+	{ "commit", cmd_commit, "write an image's data into its parent", cmd_commit_usage,
+	  CLI_WRITES },
+	{ "rebase", cmd_rebase, "change an image's parent, keeping its content",
+	  cmd_rebase_usage, CLI_WRITES },
+	{ "scrub", cmd_scrub, "verify every stored cluster of every snapshot", cmd_scrub_usage,
+	  0 },
+	{ "key", cmd_key, "add, remove, change key slots of an encrypted image", cmd_key_usage,
+	  CLI_WRITES },
+	{ "dedup", cmd_dedup, "deduplicate an existing .keel image offline", cmd_dedup_usage,
+	  CLI_WRITES },
+	{ "backup", cmd_backup, "store a disk image as a new snapshot of a vault",
+	  cmd_backup_usage, CLI_WRITES },
+	{ "verify-boot", cmd_verify_boot, "boot a verifier VM on an image and report a verdict",
+	  cmd_verify_boot_usage, CLI_NEEDS_KVM },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0 },
 	{ NULL, NULL, NULL, NULL, 0 },
 };

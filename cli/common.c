@@ -164,8 +164,9 @@ static int prompt_line(const char *prompt, char *buf, size_t cap)
 	}
 	buf[n] = '\0';
 	tcsetattr(fd, TCSAFLUSH, &old);
-	if (write(fd, "\n", 1) < 0)
-		n = n; /* nothing to do: the newline is cosmetic */
+	/* the newline after the hidden input is cosmetic: its failure does not matter */
+	if (write(fd, "\n", 1) != 1)
+		buf[n] = '\0';
 	close(fd);
 	return (int)n;
 }

@@ -417,6 +417,14 @@ int blk_open_parent(struct blk_dev *d, const char *ref, const char *fmt)
 	return rc;
 }
 
+void blk_close_discard(struct blk_dev *d)
+{
+	if (!d)
+		return;
+	d->read_only = true; /* no flush on the way out */
+	blk_close(d);
+}
+
 void blk_close(struct blk_dev *d)
 {
 	if (!d)
@@ -1030,4 +1038,111 @@ int blk_make_empty(struct blk_dev *d)
 	KL_TRY(check_writable(d));
 	KL_TRY(need_snap_op(d, (const void *)d->drv->make_empty, "emptying an image"));
 	return d->drv->make_empty(d);
+}
+
+int blk_parent_commit_begin(struct blk_dev *d)
+{
+	KL_TRY(check_writable(d));
+	if (!d->drv->parent_commit_begin)
+		return 0;
+	return d->drv->parent_commit_begin(d);
+}
+
+int blk_key_op(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen, int slot,
+	       int *out_slot)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->key_op, "key slots"));
+	return d->drv->key_op(d, op, key, klen, slot, out_slot);
+}
+
+int blk_key_list(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n)
+{
+	*n = 0;
+	if (!d->drv->key_list)
+		return 0;
+	return d->drv->key_list(d, out, max, n);
+}
+
+/* ------------------------------------------------------------------ hashing, scrub */
+
+int blk_hash_cluster(const struct blk_dev *d, const void *buf, size_t len, uint8_t out[32])
+{
+	if (!d->drv->hash_cluster)
+		return kl_err(-ENOTSUP, "%s: format %s has no content index", d->filename,
+			      d->drv->name);
+	return d->drv->hash_cluster(d, buf, len, out);
+}
+
+int blk_write_hashed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+		     const uint8_t hash[32])
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(check_range(d, off, len, "write"));
+	if (!d->drv->write_hashed || off % blk_cluster_size(d) ||
+	    (len != blk_cluster_size(d) && off + len != d->size))
+		return blk_pwrite(d, off, buf, len);
+	return d->drv->write_hashed(d, off, buf, len, hash);
+}
+
+int blk_get_stats(struct blk_dev *d, struct blk_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	return d->drv->stats ? d->drv->stats(d, st) : 0;
+}
+
+/* Formats without checksums: every range must at least read back. */
+static int scrub_generic(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+			 struct blk_scrub_report *r)
+{
+	uint32_t cs = blk_cluster_size(d);
+	uint8_t *buf = kl_aligned_alloc(cs);
+	struct kl_progress *prog = kl_progress_start("scrubbing", d->size, progress);
+	uint64_t off = 0;
+	int rc = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	while (off < d->size && rc == 0) {
+		struct blk_extent e;
+		uint64_t n;
+
+		rc = blk_block_status_chain(d, off, d->size - off, &e);
+		if (rc < 0)
+			break;
+		n = e.type == BLK_DATA ? KL_MIN(e.len, (uint64_t)cs - off % cs) : e.len;
+		if (e.type == BLK_DATA) {
+			r->blobs++;
+			r->bytes += n;
+			if (blk_pread(d, off, buf, (size_t)n) < 0) {
+				struct blk_scrub_damage dm = { NULL, off, n, e.host_off, kl_errmsg() };
+
+				r->damaged++;
+				r->damaged_refs++;
+				rc = cb ? cb(opaque, &dm) : 0;
+			}
+		}
+		off += n;
+		kl_progress_set(prog, off);
+	}
+	kl_progress_finish(prog);
+	kl_free(buf);
+	return rc;
+}
+
+int blk_scrub(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+	      struct blk_scrub_report *r)
+{
+	memset(r, 0, sizeof(*r));
+	if (d->drv->scrub)
+		return d->drv->scrub(d, cb, opaque, progress, r);
+	return scrub_generic(d, cb, opaque, progress, r);
+}
+
+int blk_dedup(struct blk_dev *d, bool progress, struct blk_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->dedup, "dedup"));
+	return d->drv->dedup(d, progress, st);
 }

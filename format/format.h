@@ -45,6 +45,7 @@ struct blk_extent {
 #define BLK_OPEN_PARENT_RDWR 0x8     /* open the immediate parent writable (commit) */
 #define BLK_OPEN_ALLOW_PROBED_RAW_RW 0x10 /* internal: never set by probing */
 #define BLK_OPEN_NO_CHECKSUM 0x20    /* skip per-cluster checksum verification (check -r) */
+#define BLK_OPEN_BATCH 0x40	     /* no metadata commits until blk_flush (all-or-nothing jobs) */
 
 /* Deepest parent chain we follow; deeper is refused as a likely loop. */
 #define BLK_MAX_CHAIN 64
@@ -68,6 +69,11 @@ struct blk_open_opts {
 int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **out);
 /* Flushes (best effort) and closes, parents included. Accepts NULL. */
 void blk_close(struct blk_dev *d);
+/*
+ * Closes without flushing: with BLK_OPEN_BATCH, what was not flushed is
+ * dropped and the image stays at its last flushed state. Accepts NULL.
+ */
+void blk_close_discard(struct blk_dev *d);
 
 /* ------------------------------------------------------------------ create */
 struct blk_create_opts {
@@ -215,6 +221,76 @@ int blk_identity(struct blk_dev *d, struct blk_identity *id);
 int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned flags);
 /* Drops every cluster of d so it reads entirely from its parent (commit). */
 int blk_make_empty(struct blk_dev *d);
+/* Before writing d's data into its parent: tell d to accept the changed parent. */
+int blk_parent_commit_begin(struct blk_dev *d);
+
+/* ------------------------------------------------------------------ content hashing
+ *
+ * For deduplicating formats (.keel with dedup): blk_hash_cluster computes
+ * the content hash the image's index uses (SHA-256, or HMAC-SHA-256 under
+ * the image's key when encrypted). It is thread-safe and pure, so callers
+ * hash in parallel; blk_write_hashed then stores one full, cluster-aligned
+ * cluster with that hash: unchanged content costs nothing, known content a
+ * reference. Formats without an index: -ENOTSUP / a plain write.
+ */
+int blk_hash_cluster(const struct blk_dev *d, const void *buf, size_t len, uint8_t out[32]);
+int blk_write_hashed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+		     const uint8_t hash[32]);
+
+struct blk_stats {
+	uint64_t clusters_written;   /* new blobs stored */
+	uint64_t clusters_deduped;   /* writes that referenced an existing blob */
+	uint64_t clusters_unchanged; /* writes of the content already there */
+	uint64_t bytes_stored;	     /* bytes of new blobs */
+};
+/* Counters since open; zeros for formats that do not count. */
+int blk_get_stats(struct blk_dev *d, struct blk_stats *st);
+/*
+ * Offline dedup: (re)builds the content index from every stored cluster and
+ * points the current state's duplicate clusters at one copy. Turns dedup on
+ * for the image. -ENOTSUP for formats without an index.
+ */
+int blk_dedup(struct blk_dev *d, bool progress, struct blk_stats *st);
+
+/* ------------------------------------------------------------------ scrub */
+struct blk_scrub_damage {
+	const char *snapshot; /* NULL: the current state */
+	uint64_t offset;      /* virtual offset of the damaged cluster */
+	uint64_t length;
+	uint64_t host_off;    /* where it is stored, or BLK_NO_HOST_OFFSET */
+	const char *error;
+};
+typedef int (*blk_scrub_cb)(void *opaque, const struct blk_scrub_damage *dm);
+struct blk_scrub_report {
+	uint64_t blobs;	     /* stored units verified */
+	uint64_t bytes;	     /* bytes read */
+	uint64_t damaged;    /* stored units that failed */
+	uint64_t damaged_refs; /* (snapshot, offset) pairs affected */
+};
+/*
+ * Verifies every stored cluster of every snapshot and the current state
+ * (checksum, and authentication tag when encrypted); cb sees each damaged
+ * (snapshot, offset). Formats without checksums get every range read.
+ */
+int blk_scrub(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+	      struct blk_scrub_report *r);
+
+/* ------------------------------------------------------------------ keys */
+enum blk_key_op {
+	BLK_KEY_ADD,	/* a new slot for key */
+	BLK_KEY_REMOVE, /* the slot `slot`, or (slot < 0) the slot key opens */
+	BLK_KEY_CHANGE, /* the slot the image was opened with now opens with key */
+};
+struct blk_key_slot {
+	int slot;
+	uint64_t kdf_n;
+	uint32_t kdf_r, kdf_p;
+	bool in_use; /* the slot this handle was opened with */
+};
+/* Key-slot management of encrypted images; data is not rewritten. */
+int blk_key_op(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen, int slot,
+	       int *out_slot);
+int blk_key_list(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n);
 
 /* ------------------------------------------------------------------ drivers */
 const struct blk_driver *blk_driver_find(const char *name);

@@ -140,6 +140,24 @@ struct blk_driver {
 	/* Record a new parent reference (already opened as d->parent by the core). */
 	int (*set_parent)(struct blk_dev *d, const char *ref, const char *fmt);
 	int (*make_empty)(struct blk_dev *d);
+	/*
+	 * Optional: the parent is about to receive this image's data (commit);
+	 * until the next set_parent, accept the parent in its old or new state.
+	 */
+	int (*parent_commit_begin)(struct blk_dev *d);
+
+	int (*key_op)(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen,
+		      int slot, int *out_slot);
+	int (*key_list)(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n);
+
+	/* Content hashing (optional): hash_cluster must be thread-safe. */
+	int (*hash_cluster)(const struct blk_dev *d, const void *buf, size_t len, uint8_t out[32]);
+	int (*write_hashed)(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			    const uint8_t hash[32]);
+	int (*stats)(struct blk_dev *d, struct blk_stats *st);
+	int (*dedup)(struct blk_dev *d, bool progress, struct blk_stats *st);
+	int (*scrub)(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
+		     struct blk_scrub_report *r);
 };
 
 /* ------------------------------------------------------------------ for drivers */

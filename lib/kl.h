@@ -354,6 +354,20 @@ double kl_now(void);
 /* Wall clock in nanoseconds since the epoch. KEEL_FAKE_TIME overrides it for tests. */
 uint64_t kl_wallclock_ns(void);
 
+/* ------------------------------------------------------------------ threads
+ *
+ * A small pool of persistent workers for data-parallel loops: kl_pool_run
+ * calls fn(arg, i) for every i in [0, n) spread over the workers and the
+ * calling thread, and returns when all are done (the first error, if any).
+ */
+struct kl_pool;
+/* nthreads 0: one per online CPU. */
+int kl_pool_new(int nthreads, struct kl_pool **out);
+int kl_pool_run(struct kl_pool *p, size_t n, int (*fn)(void *arg, size_t i), void *arg);
+int kl_pool_threads(const struct kl_pool *p);
+void kl_pool_free(struct kl_pool *p);
+int kl_ncpus(void);
+
 /* ------------------------------------------------------------------ progress
  *
  * A progress meter on stderr: bytes done of total, rate and ETA, redrawn at

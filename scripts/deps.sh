@@ -41,6 +41,8 @@ if [ "${KEEL_DEPS_EXTRA:-1}" != 0 ]; then
 	need_cmd qemu-system-x86_64 qemu-system-x86
 	need_cmd busybox busybox-static
 	need_cmd mkfs.xfs xfsprogs
+	need_cmd depmod kmod
+	need_cmd mcopy mtools
 	need_cmd borg borgbackup
 	need_cmd restic restic
 	need_cmd hyperfine hyperfine

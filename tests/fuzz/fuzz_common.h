@@ -14,15 +14,18 @@
 #include "format/format.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #define FUZZ_READ_LIMIT (8u << 20)
 
-static inline int fuzz_image(const uint8_t *data, size_t size, const char *fmt, unsigned flags)
+static inline int fuzz_image_key(const uint8_t *data, size_t size, const char *fmt,
+				 unsigned flags, const char *key)
 {
 	static uint8_t buf[65536];
-	struct blk_open_opts o = { .format = fmt, .flags = flags };
+	struct blk_open_opts o = { .format = fmt, .flags = flags,
+				   .key = (const uint8_t *)key, .key_len = key ? strlen(key) : 0 };
 	struct blk_dev *d = NULL;
 	uint64_t off = 0, budget = FUZZ_READ_LIMIT;
 	char path[64];
@@ -58,6 +61,11 @@ static inline int fuzz_image(const uint8_t *data, size_t size, const char *fmt, 
 	close(fd);
 	kl_err_clear();
 	return 0;
+}
+
+static inline int fuzz_image(const uint8_t *data, size_t size, const char *fmt, unsigned flags)
+{
+	return fuzz_image_key(data, size, fmt, flags, NULL);
 }
 
 #endif

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The .keel format through the CLI: snapshots, diff, check, commit, rebase,
+# corruption detection, and a crash injected into a real process.
+. "$(dirname "$0")/lib.sh"
+cd "$TMP"
+
+t "create" keel -q create -o cluster_size=64K v.keel 64M
+t "write" keel -q io -c 'write -P 1 0 4M' v.keel
+t "snapshot create s1" keel -q snapshot create v.keel s1
+t "overwrite" keel -q io -c 'write -P 2 1M 1M' -c 'write -z 3M 64k' v.keel
+t "snapshot create s2" keel -q snapshot create v.keel s2
+t "snapshot list json" sh -c "'$KEEL' snapshot list --output json v.keel | python3 -c 'import json,sys; l=json.load(sys.stdin); assert [s[\"name\"] for s in l]==[\"s1\",\"s2\"]'"
+t "read s1 through @" keel -q io -c 'read -P 1 0 4M' v.keel@s1
+t "read s2 through @" keel -q io -c 'read -P 2 1M 1M' -c 'read -P 0 3M 64k' v.keel@s2
+expect_err "snapshot is read-only" "read-only" keel io -c 'write 0 4k' v.keel@s1
+t "diff s1 s2 from metadata" sh -c "'$KEEL' diff --output json v.keel s1 s2 | python3 -c 'import json,sys; l=json.load(sys.stdin); assert sum(e[\"length\"] for e in l)==(1<<20)+65536, l'"
+t "info json lists snapshots" sh -c "'$KEEL' info --output json v.keel | python3 -c 'import json,sys; d=json.load(sys.stdin); assert len(d[\"snapshots\"])==2 and d[\"format\"]==\"keel\"'"
+t "check clean with data" keel check --verify-data v.keel
+t "revert to s1" keel -q snapshot revert v.keel s1
+t "reverted content" keel -q io -c 'read -P 1 0 4M' v.keel
+t "delete s1" keel -q snapshot delete v.keel s1
+expect_err "delete missing snapshot" "no snapshot named" keel snapshot delete v.keel nope
+t "check after delete" keel check v.keel
+
+# chains
+t "overlay" keel -q create -b v.keel o.keel
+t "overlay write" keel -q io -c 'write -P 9 0 128k' o.keel
+t "info shows the chain" sh -c "'$KEEL' info --output json o.keel | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"parent\"]==\"v.keel\" and len(d[\"parent_chain\"])==1'"
+t "commit" keel -q commit o.keel
+t "parent has the data" keel -q io -c 'read -P 9 0 128k' -c 'read -P 1 128k 64k' v.keel
+t "overlay reads the same" keel -q io -c 'read -P 9 0 128k' o.keel
+keel -q create other.keel 64M
+keel -q io -c 'write -P 5 0 64M' other.keel
+t "rebase keeps content" sh -c "'$KEEL' -q convert -O raw o.keel before.raw && '$KEEL' -q rebase -b other.keel o.keel && '$KEEL' compare before.raw o.keel"
+t "rebased parent recorded" sh -c "'$KEEL' info o.keel | grep -q 'parent: other.keel'"
+t "rebase -u" keel -q rebase -u -b v.keel o.keel
+expect_err "modified parent refused" "changed since" sh -c "'$KEEL' -q io -c 'write 0 4k' v.keel && '$KEEL' info o.keel"
+mkdir -p sub
+expect_err "parent outside the directory refused" "outside" keel create -b ../v.keel sub/x.keel
+
+# corruption: flip one byte inside a data cluster
+keel -q create -o compression=none c.keel 1M
+keel -q io -c 'write -P 0x33 0 64k' c.keel
+off=$("$KEEL" map --output json c.keel | python3 -c 'import json,sys; print([e for e in json.load(sys.stdin) if e["type"]=="data"][0]["offset"])')
+printf '\xff' | dd of=c.keel bs=1 seek=$((off + 1000)) conv=notrunc 2>/dev/null
+expect_err "corrupt cluster read names the offset" "virtual offset 0" keel io -c 'read 0 64k' c.keel
+expect_rc 3 "check --verify-data finds it" keel check --verify-data c.keel
+# garbage header
+head -c 8192 /dev/urandom > junk.keel
+expect_err "junk with forced format" "no valid .keel header" keel info -f keel junk.keel
+
+# a real process dies at a write inside a snapshot create: old or new state
+keel -q create -o cluster_size=4K k.keel 4M
+keel -q io -c 'write -P 4 0 1M' k.keel
+cp k.keel k.orig
+ok_count=0
+for n in 1 2 3 4 5; do
+	cp k.orig k.keel
+	KEEL_FAULT=torn@$n KEEL_FAULT_SEED=$n "$KEEL" -q snapshot create k.keel snap >/dev/null 2>&1
+	rc=$?
+	if [ $rc -eq 99 ] || [ $rc -eq 0 ] || [ $rc -eq 1 ]; then
+		"$KEEL" check k.keel >/dev/null && "$KEEL" -q io -c 'read -P 4 0 1M' k.keel && ok_count=$((ok_count + 1))
+	fi
+done
+t "process killed at each I/O point of snapshot create leaves a clean image" test $ok_count -eq 5
+finish
