@@ -125,19 +125,22 @@ t "a chain of three opens" keel info "$TMP/grandkid.vhdx"
 cp "$TMP/grandkid.vhdx" "$TMP/loop.vhdx"
 keel -q create -f vhdx -b loop.vhdx "$TMP/loop2.vhdx" >/dev/null
 cp "$TMP/loop2.vhdx" "$TMP/loop.vhdx" # loop.vhdx -> loop.vhdx
-expect_err "parent loop (self)" "loop.vhdx.*loops back" timeout 60 "$KEEL" info "$TMP/loop.vhdx"
+# keel info shows a child without its chain (with a warning); reading needs the chain
+R() { timeout 60 "$KEEL" convert -O raw "$1" "$TMP/out.raw"; }
+expect_err "parent loop (self)" "loop.vhdx.*loops back" R "$TMP/loop.vhdx"
 cp "$TMP/grandkid.vhdx" "$TMP/good.vhdx.tmp"
 cp "$good" "$TMP/good.save"
 cp "$TMP/good.vhdx.tmp" "$good" # good -> kid -> good
-expect_err "parent loop (two images)" "loops back" timeout 60 "$KEEL" info "$TMP/kid.vhdx"
+expect_err "parent loop (two images)" "loops back" R "$TMP/kid.vhdx"
 cp "$TMP/good.save" "$good"
 mv "$good" "$TMP/moved.vhdx"
 expect_err "missing parent" "kid.vhdx: parent VHDX not found.*relative_path 'good.vhdx'" \
-	timeout 60 "$KEEL" info "$TMP/kid.vhdx"
+	R "$TMP/kid.vhdx"
+t "info still shows the child of a missing parent" keel info "$TMP/kid.vhdx"
 mv "$TMP/moved.vhdx" "$good"
 keel -q io -c "write -P 0x62 0 512" "$good" >/dev/null
 expect_err "parent changed after the child was made" "kid.vhdx: wrong parent.*parent_linkage" \
-	timeout 60 "$KEEL" info "$TMP/kid.vhdx"
+	R "$TMP/kid.vhdx"
 cp "$TMP/kid.vhdx" "$b"
 vpatch "$b" $((ITEMS + 64)) hex 00
 expect_err "parent locator of another type" "bad.vhdx: parent locator.*not a VHDX parent" info
