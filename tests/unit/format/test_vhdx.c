@@ -921,6 +921,104 @@ START_TEST(create_options)
 }
 END_TEST
 
+/*
+ * Crash (and error) at every I/O point of a session's first write + flush:
+ * the header update for the new DataWriteGuid, an in-place overwrite,
+ * newly allocated blocks, sector bitmap bits (differencing), the BAT. The
+ * image must open to the old or the new content: per sector where data is
+ * overwritten in place, per block where a block is newly allocated (its BAT
+ * entry is written only after a sync of the data).
+ */
+START_TEST(crash_during_allocation)
+{
+	static const enum kl_fault_mode modes[] = { KL_FAULT_ERROR, KL_FAULT_CRASH,
+						    KL_FAULT_CRASH_TORN };
+	const char *p = tu_path("cr.vhdx"), *c = tu_path("crc.vhdx"), *pristine = tu_path("pr.vhdx");
+	const uint64_t off = 512 * 1024, len = 3 * MiB;
+	uint8_t *old = kl_malloc(len), *neu = kl_malloc(len), *got = kl_malloc(len);
+	struct kl_fault_rule count = { .mode = KL_FAULT_NONE };
+	uint64_t points;
+
+	for (int diff = 0; diff < 2; diff++) {
+		const char *img = diff ? c : p;
+		struct blk_dev *d;
+
+		create(p, 8 * MiB, "block_size=1M");
+		d = open_img(p, true);
+		write_pattern(d, 0, MiB, 30);
+		blk_close(d);
+		if (diff) {
+			struct kl_opts *o = NULL;
+			struct blk_create_opts co = { .parent = "cr.vhdx" };
+
+			ck_assert_ok(kl_opts_parse("block_size=1M", &o));
+			co.opts = o;
+			ck_assert_ok(blk_create(c, "vhdx", &co));
+			kl_opts_free(o);
+			d = open_img(c, true);
+			write_pattern(d, 0, 4096, 29); /* block 0 PARTIALLY_PRESENT */
+			blk_close(d);
+		}
+		ck_assert_ok(tu_copy(img, pristine));
+		d = open_img(img, false);
+		ck_assert_ok(blk_pread(d, off, old, len));
+		blk_close(d);
+		tu_fill(neu, len, 31, off);
+
+		d = open_img(img, true);
+		kl_fault_arm(&count);
+		ck_assert_ok(blk_pwrite(d, off, neu, len));
+		ck_assert_ok(blk_flush(d));
+		points = kl_fault_points();
+		kl_fault_reset();
+		blk_close(d);
+		ck_assert_uint_ge(points, 6);
+
+		for (size_t m = 0; m < KL_ARRAY_SIZE(modes); m++) {
+			for (uint64_t at = 1; at <= points; at++) {
+				struct kl_fault_rule r = { .mode = modes[m], .at = at,
+							   .seed = at * 7 + m };
+				int rc;
+
+				ck_assert_ok(tu_copy(pristine, img));
+				d = open_img(img, true);
+				kl_fault_arm(&r);
+				rc = blk_pwrite(d, off, neu, len);
+				if (rc == 0)
+					rc = blk_flush(d);
+				blk_close(d);
+				kl_fault_settle();
+				kl_fault_reset();
+				ck_assert_int_lt(rc, 0);
+				d = open_img(img, false);
+				ck_assert_ok(blk_pread(d, off, got, len));
+				blk_close(d);
+				/* [512K, 1M): block 0, written in place (bitmap bits in the child) */
+				for (uint64_t o = 0; o < MiB - off; o += 512)
+					ck_assert_msg(memcmp(got + o, old + o, 512) == 0 ||
+						      memcmp(got + o, neu + o, 512) == 0,
+						      "diff=%d mode %zu point %llu: sector at %llu torn",
+						      diff, m, (unsigned long long)at,
+						      (unsigned long long)(off + o));
+				/* blocks 1, 2 and the first half of 3: newly allocated */
+				for (uint64_t o = MiB - off; o < len; o += MiB)
+					ck_assert_msg(memcmp(got + o, old + o,
+							     KL_MIN(MiB, len - o)) == 0 ||
+						      memcmp(got + o, neu + o,
+							     KL_MIN(MiB, len - o)) == 0,
+						      "diff=%d mode %zu point %llu: block at %llu "
+						      "neither old nor new",
+						      diff, m, (unsigned long long)at,
+						      (unsigned long long)(off + o));
+			}
+		}
+	}
+	kl_free(old);
+	kl_free(neu);
+	kl_free(got);
+}
+END_TEST
+
 static Suite *vhdx_suite(void)
 {
 	Suite *s = suite_create("vhdx");
@@ -946,6 +1044,7 @@ static Suite *vhdx_suite(void)
 	tcase_add_test(tc, log_bad);
 	tcase_add_test(tc, bad_input);
 	tcase_add_test(tc, create_options);
+	tcase_add_test(tc, crash_during_allocation);
 	suite_add_tcase(s, tc);
 	return s;
 }
