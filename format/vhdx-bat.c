@@ -528,7 +528,6 @@ int vhdx_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned f
 		uint64_t blk = off / s->block_size, in = off - blk * s->block_size;
 		uint64_t n = KL_MIN(len, s->block_size - in);
 		uint64_t idx = bat_index(s, blk), e = s->bat[idx];
-		uint64_t bytes = KL_MIN((uint64_t)s->block_size, s->vsize - blk * s->block_size);
 		unsigned st = VHDX_BAT_STATE(e);
 
 		if (st == VHDX_PAYLOAD_FULLY_PRESENT) {
@@ -538,11 +537,12 @@ int vhdx_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned f
 			KL_TRY(zero_file(d, VHDX_BAT_OFF(e) + in, n));
 			KL_TRY(sbm_set(d, off, n));
 		} else if (s->has_parent && st == VHDX_PAYLOAD_NOT_PRESENT) {
-			/* the parent shows through: hide it */
-			if (in == 0 && n == bytes)
-				set_bat(s, idx, VHDX_PAYLOAD_ZERO);
-			else
-				KL_TRY(write_piece(d, blk, in, NULL, (size_t)n));
+			/*
+			 * The parent shows through: hide it with a block of zeros
+			 * (a hole in the file). Not the ZERO state, which libvhdi
+			 * reads through to the parent in a differencing disk.
+			 */
+			KL_TRY(write_piece(d, blk, in, NULL, (size_t)n));
 		}
 		/* every other state already reads as zeros */
 		off += n;
@@ -611,4 +611,56 @@ int vhdx_bat_flush(struct blk_dev *d)
 		s->broken = true;
 	kl_free(buf);
 	return rc;
+}
+
+/*
+ * After keel commit copied this child's data into its parent: clear the
+ * sector bitmaps (synced), then set every payload entry NOT_PRESENT
+ * (written and synced like any BAT update), then cut the file back to the
+ * end of its regions, log and bitmap blocks: the payload blocks are
+ * unreferenced. Either intermediate state reads through to the parent,
+ * which now holds the same data. Bitmap blocks stay allocated (see
+ * vhdx_create). DataWriteGuid stays: what the chain shows has not changed.
+ */
+int vhdx_bat_make_empty(struct blk_dev *d)
+{
+	struct vhdx_state *s = d->priv;
+	uint64_t end = KL_MAX(VHDX_MiB, s->regions_end);
+	int rc;
+
+	if (!s->has_parent)
+		return kl_err(-ENOTSUP, "%s: only a differencing VHDX can be emptied", d->filename);
+	if (s->broken)
+		return kl_err(-EUCLEAN, "%s: refusing to write after an earlier failure",
+			      d->filename);
+	KL_TRY(vhdx_bat_flush(d));
+	for (int i = 0; i < VHDX_SBM_CACHE; i++) {
+		kl_free(s->sbm[i].bits);
+		s->sbm[i].bits = NULL;
+		s->sbm[i].any_dirty = false;
+	}
+	for (uint64_t c = 0; c < s->nchunks; c++) {
+		uint64_t e = s->bat[sb_index(s, c)];
+
+		if (VHDX_BAT_STATE(e) != VHDX_SB_PRESENT)
+			continue;
+		KL_TRY(zero_file(d, VHDX_BAT_OFF(e), VHDX_SB_SIZE));
+		end = KL_MAX(end, VHDX_BAT_OFF(e) + VHDX_SB_SIZE);
+	}
+	KL_TRY(kl_io_sync(d->file));
+	for (uint64_t i = 0; i < s->nbat; i++)
+		if (i % (s->chunk_ratio + 1) != s->chunk_ratio && s->bat[i])
+			set_bat(s, i, VHDX_PAYLOAD_NOT_PRESENT);
+	KL_TRY(vhdx_bat_flush(d));
+	if (s->log_len && s->log_off >= VHDX_MiB && s->log_off + s->log_len <= s->file_size)
+		end = KL_MAX(end, s->log_off + s->log_len);
+	if (end < s->alloc_end) {
+		rc = kl_io_truncate(d->file, end);
+		if (rc == 0)
+			rc = kl_io_sync(d->file);
+		if (rc < 0)
+			return rc;
+		s->alloc_end = KL_ALIGN_UP(end, VHDX_MiB);
+	}
+	return 0;
 }

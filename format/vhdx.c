@@ -426,6 +426,7 @@ static int read_regions(struct blk_dev *d)
 				    (unsigned long long)s->file_size);
 			goto out;
 		}
+		s->regions_end = KL_MAX(s->regions_end, off + len);
 		if (!which)
 			continue;
 		if (which->len) {
@@ -567,6 +568,8 @@ static int read_metadata(struct blk_dev *d)
 
 	if (!t)
 		return -ENOMEM;
+	s->loc_entry = -1;
+	s->meta_end = VHDX_META_TABLE_SIZE;
 	rc = vhdx_read(d, s->meta_off, t, VHDX_META_TABLE_SIZE);
 	if (rc < 0)
 		goto out;
@@ -589,6 +592,8 @@ static int read_metadata(struct blk_dev *d)
 		char g[39];
 
 		vhdx_guid_format(e, g, false);
+		if (len && off + (uint64_t)len > s->meta_end)
+			s->meta_end = off + len;
 		if (len > VHDX_MiB || (len == 0 && off != 0) ||
 		    (len && (off < VHDX_META_TABLE_SIZE || !kl_range_ok(off, len, s->meta_len)))) {
 			rc = kl_err(-EUCLEAN,
@@ -622,6 +627,8 @@ static int read_metadata(struct blk_dev *d)
 		have[k] = true;
 		ioff[k] = off;
 		ilen[k] = len;
+		if (k == MI_PARENT)
+			s->loc_entry = i;
 	}
 	for (int k = MI_PARAMS; k <= MI_LSS; k++) {
 		if (!have[k] && k != MI_PAGE83) {
@@ -917,7 +924,7 @@ struct vhdx_layout {
 	uint64_t vsize;
 	uint32_t bs, lss, pss;
 	uint32_t log_len;
-	uint64_t log_off, meta_off, bat_off, data_off;
+	uint64_t log_off, meta_off, bat_off, data_off, sb_off;
 	uint32_t bat_len;
 	uint64_t cr, nblocks, nchunks, nbat;
 	uint64_t file_size;
@@ -952,33 +959,49 @@ static int put_region_tables(struct kl_file *f, const struct vhdx_layout *L)
 	return rc;
 }
 
-static size_t put_locator(uint8_t *p, const struct vhdx_layout *L)
+/* Encode a VHDX parent locator item (2.6.2.6) into p; returns its length. */
+static size_t encode_locator(uint8_t *p, const struct blk_kv *kv, size_t n)
 {
-	char link[39];
-	const char *kv[3][2] = { { "parent_linkage", link },
-				 { "relative_path", L->parent_rel },
-				 { "absolute_win32_path", L->parent_abs } };
-	int n = L->parent_abs ? 3 : 2;
-	size_t o = 20 + 12 * (size_t)n;
+	size_t o = 20 + 12 * n;
 
-	vhdx_guid_format(L->parent_dwg, link, true);
 	vhdx_guid_parse(VHDX_GUID_LOCATOR_VHDX, p);
 	put_le16(p + 16, 0);
 	put_le16(p + 18, (uint16_t)n);
-	for (int i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++) {
 		uint8_t *e = p + 20 + 12 * i;
 		size_t kn, vn;
 
-		kn = utf8_to_utf16(kv[i][0], p + o);
+		kn = utf8_to_utf16(kv[i].key, p + o);
 		put_le32(e, (uint32_t)o);
 		put_le16(e + 8, (uint16_t)kn);
 		o += kn;
-		vn = utf8_to_utf16(kv[i][1], p + o);
+		vn = utf8_to_utf16(kv[i].val, p + o);
 		put_le32(e + 4, (uint32_t)o);
 		put_le16(e + 10, (uint16_t)vn);
 		o += vn;
 	}
 	return o;
+}
+
+/* Room for an encoded locator with these entries. */
+static size_t locator_room(const struct blk_kv *kv, size_t n)
+{
+	size_t r = 20 + 12 * n;
+
+	for (size_t i = 0; i < n; i++)
+		r += 2 * (strlen(kv[i].key) + strlen(kv[i].val));
+	return r;
+}
+
+static size_t put_locator(uint8_t *p, const struct vhdx_layout *L)
+{
+	char link[39];
+	struct blk_kv kv[3] = { { (char *)"parent_linkage", link },
+				{ (char *)"relative_path", (char *)L->parent_rel },
+				{ (char *)"absolute_win32_path", (char *)L->parent_abs } };
+
+	vhdx_guid_format(L->parent_dwg, link, true);
+	return encode_locator(p, kv, L->parent_abs ? 3 : 2);
 }
 
 static int put_metadata(struct kl_file *f, const struct vhdx_layout *L)
@@ -1035,8 +1058,8 @@ static int put_bat(struct kl_file *f, const struct vhdx_layout *L)
 	uint8_t *b;
 	int rc = 0;
 
-	/* dynamic and differencing without ZERO states: all NOT_PRESENT = zeros */
-	if (!L->fixed && !L->zero_state)
+	/* dynamic without ZERO states: all NOT_PRESENT = zeros */
+	if (!L->fixed && !L->zero_state && !L->parent_rel)
 		return 0;
 	b = kl_malloc(per * 8);
 	if (!b)
@@ -1047,7 +1070,11 @@ static int put_bat(struct kl_file *f, const struct vhdx_layout *L)
 		for (size_t k = 0; k < cnt; k++) {
 			uint64_t i = first + k, v = 0;
 
-			if (i % (L->cr + 1) != L->cr) {
+			if (i % (L->cr + 1) == L->cr) {
+				/* differencing: a zeroed sector bitmap per chunk (see vhdx_create) */
+				if (L->parent_rel)
+					v = (L->sb_off + i / (L->cr + 1) * VHDX_MiB) | VHDX_SB_PRESENT;
+			} else if (!L->parent_rel) {
 				uint64_t blk = i - i / (L->cr + 1);
 
 				if (L->fixed)
@@ -1248,6 +1275,9 @@ static int vhdx_create(const char *path, const struct blk_create_opts *o)
 	}
 	if (rc == 0)
 		rc = kl_opts_get_bool(o->opts, "block_state_zero", &bsz, &found);
+	if (rc == 0 && bsz && rel)
+		rc = kl_err(-EINVAL, "vhdx: block_state_zero=on would hide the whole parent of a "
+				     "differencing disk");
 	if (rc < 0)
 		goto out;
 	L.zero_state = bsz;
@@ -1266,6 +1296,18 @@ static int vhdx_create(const char *path, const struct blk_create_opts *o)
 	L.meta_off = L.log_off + L.log_len;
 	L.bat_off = L.meta_off + VHDX_MiB;
 	L.data_off = L.bat_off + L.bat_len;
+	/*
+	 * A differencing disk gets a zeroed sector bitmap block for every chunk
+	 * up front (sparse: 1 MiB of file per 4 GiB of disk at 512-byte
+	 * sectors). MS-VHDX allows either; libvhdi 20210425 reads the bitmap of
+	 * a NOT_PRESENT block from the chunk's bitmap entry even when that
+	 * entry is NOT_PRESENT (offset 0, the file identifier) and so shows
+	 * garbage for untouched blocks of a child without them.
+	 */
+	if (rel) {
+		L.sb_off = L.data_off;
+		L.data_off += L.nchunks * VHDX_MiB;
+	}
 	L.file_size = L.data_off + (L.fixed ? L.nblocks * L.bs : 0);
 	rc = write_image(path, &L);
 out:
@@ -1347,6 +1389,178 @@ static int vhdx_identity(struct blk_dev *d, struct blk_identity *id)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ commit, rebase */
+
+/*
+ * Replace the parent locator: the new item is written into free space after
+ * the last metadata item and synced, then its table entry (32 bytes, inside
+ * one sector) is pointed at it and synced, so a crash leaves the old or the
+ * new locator. MS-VHDX routes metadata updates through the log; this
+ * ordering gives the same all-or-nothing result without one.
+ */
+static int write_locator(struct blk_dev *d, const struct blk_kv *kv, size_t n)
+{
+	struct vhdx_state *s = d->priv;
+	uint64_t at = KL_ALIGN_UP(s->meta_end, 8);
+	size_t room = locator_room(kv, n), len;
+	uint8_t *p, ent[8];
+	int rc;
+
+	if (s->loc_entry < 0)
+		return kl_err(-EUCLEAN, "%s: no parent locator to update", d->filename);
+	for (size_t i = 0; i < n; i++)
+		if (2 * strlen(kv[i].key) > 65535 || 2 * strlen(kv[i].val) > 65535)
+			return kl_err(-EINVAL, "%s: parent locator value for %s is too long",
+				      d->filename, kv[i].key);
+	if (at + room > s->meta_len)
+		return kl_err(-ENOSPC, "%s: no room left in the %u-byte metadata region for a new "
+				       "parent locator",
+			      d->filename, s->meta_len);
+	p = kl_calloc(1, room);
+	if (!p)
+		return -ENOMEM;
+	len = encode_locator(p, kv, n);
+	rc = kl_io_pwrite(d->file, s->meta_off + at, p, len);
+	if (rc == 0)
+		rc = kl_io_sync(d->file);
+	if (rc == 0)
+		rc = kl_io_event("vhdx.locator_switch");
+	put_le32(ent, (uint32_t)at);
+	put_le32(ent + 4, (uint32_t)len);
+	if (rc == 0)
+		rc = kl_io_pwrite(d->file, s->meta_off + 32 + 32 * (uint64_t)s->loc_entry + 16, ent,
+				  8);
+	if (rc == 0)
+		rc = kl_io_sync(d->file);
+	if (rc == 0) {
+		s->meta_end = at + len;
+		loc_free(s);
+		rc = parse_locator(d, p, (uint32_t)len, s->meta_off + at);
+	}
+	kl_free(p);
+	if (rc < 0)
+		s->broken = true;
+	return rc;
+}
+
+/*
+ * The entries of a new locator: linkage (and linkage2 when given), the
+ * paths given, and the paths already recorded for those not given.
+ */
+static int locator_update(struct blk_dev *d, const uint8_t link[16], const uint8_t *link2,
+			  const char *rel, const char *abs)
+{
+	struct vhdx_state *s = d->priv;
+	char l1[39], l2[39];
+	struct blk_kv kv[5];
+	size_t n = 0;
+	const char *v;
+
+	vhdx_guid_format(link, l1, true);
+	kv[n++] = (struct blk_kv){ (char *)"parent_linkage", l1 };
+	if (link2) {
+		vhdx_guid_format(link2, l2, true);
+		kv[n++] = (struct blk_kv){ (char *)"parent_linkage2", l2 };
+	}
+	if ((v = rel ? rel : loc_get(s, "relative_path")))
+		kv[n++] = (struct blk_kv){ (char *)"relative_path", (char *)v };
+	if (!rel && (v = loc_get(s, "volume_path")))
+		kv[n++] = (struct blk_kv){ (char *)"volume_path", (char *)v };
+	if ((v = abs ? abs : loc_get(s, "absolute_win32_path")))
+		kv[n++] = (struct blk_kv){ (char *)"absolute_win32_path", (char *)v };
+	return write_locator(d, kv, n);
+}
+
+/* "\\?\" + the host path with '\' separators, for absolute_win32_path. */
+static char *win32_abs(const char *path)
+{
+	char *real = realpath(path, NULL), *w;
+
+	if (!real)
+		return NULL;
+	w = kl_asprintf("\\\\?\\%s", real + (real[0] == '/'));
+	free(real);
+	for (char *q = w ? w + 4 : NULL; q && *q; q++)
+		if (*q == '/')
+			*q = '\\';
+	return w;
+}
+
+/*
+ * keel commit is about to write this child's data into its VHDX parent,
+ * which changes the parent's DataWriteGuid. Pick that new GUID now, record
+ * it as parent_linkage2 (both values are accepted, MS-VHDX 2.6.2.6.3), and
+ * only then give it to the parent: after a crash at any point the child
+ * still opens with its parent, committed or not.
+ */
+static int vhdx_parent_commit_begin(struct blk_dev *d)
+{
+	struct vhdx_state *s = d->priv, *ps;
+	uint8_t g[16], link[16];
+	const char *lk = loc_get(s, "parent_linkage");
+
+	if (!s->has_parent || !d->parent)
+		return 0;
+	if (d->parent->drv != d->drv || d->parent->read_only)
+		return kl_err(-ENOTSUP, "%s: committing needs a writable VHDX parent", d->filename);
+	if (s->broken)
+		return kl_err(-EUCLEAN, "%s: refusing to write after an earlier failure",
+			      d->filename);
+	if (!lk || vhdx_guid_parse(lk, link) < 0)
+		return kl_err(-EUCLEAN, "%s: parent locator has no valid parent_linkage",
+			      d->filename);
+	ps = d->parent->priv;
+	kl_uuid_generate(g);
+	KL_TRY(locator_update(d, link, g, NULL, NULL));
+	memcpy(ps->data_write_guid, g, 16);
+	KL_TRY(vhdx_update_headers(d->parent, false));
+	ps->dwg_updated = true;
+	return 0;
+}
+
+static int vhdx_set_parent(struct blk_dev *d, const char *ref, const char *fmt)
+{
+	struct vhdx_state *s = d->priv;
+	struct blk_identity id;
+	char *rel, *abs;
+	int rc;
+
+	if (!ref)
+		return kl_err(-ENOTSUP, "%s: a differencing VHDX cannot drop its parent (convert "
+					"it to a standalone image instead)",
+			      d->filename);
+	if (!s->has_parent)
+		return kl_err(-ENOTSUP, "%s: only a differencing VHDX has a parent to change",
+			      d->filename);
+	if (!d->parent || d->parent->drv != d->drv)
+		return kl_err(-ENOTSUP, "%s: the parent of a differencing VHDX must be a VHDX, "
+					"not %s",
+			      d->filename, fmt ? fmt : "another format");
+	if (((const struct vhdx_state *)d->parent->priv)->lss != s->lss)
+		return kl_err(-EINVAL, "%s: new parent %s has another logical sector size",
+			      d->filename, blk_filename(d->parent));
+	KL_TRY(blk_identity(d->parent, &id));
+	rel = kl_strdup(ref);
+	abs = win32_abs(blk_filename(d->parent));
+	if (!rel) {
+		kl_free(abs);
+		return -ENOMEM;
+	}
+	for (char *q = rel; *q; q++)
+		if (*q == '/')
+			*q = '\\';
+	rc = locator_update(d, id.uuid, NULL, rel, abs);
+	kl_free(rel);
+	kl_free(abs);
+	if (rc == 0) {
+		kl_free(s->parent_ref);
+		s->parent_ref = kl_strdup(ref);
+		if (!s->parent_ref)
+			rc = -ENOMEM;
+	}
+	return rc;
+}
+
 static int vhdx_flush(struct blk_dev *d)
 {
 	return vhdx_bat_flush(d);
@@ -1369,4 +1583,7 @@ const struct blk_driver blk_vhdx_driver = {
 	.close = vhdx_close,
 	.info = vhdx_info,
 	.identity = vhdx_identity,
+	.set_parent = vhdx_set_parent,
+	.make_empty = vhdx_bat_make_empty,
+	.parent_commit_begin = vhdx_parent_commit_begin,
 };

@@ -101,6 +101,7 @@ struct vhdx_state {
 	uint32_t bat_len;
 	uint64_t meta_off;
 	uint32_t meta_len;
+	uint64_t regions_end;	   /* end of the last region, known or not */
 
 	/* metadata (2.6) */
 	uint32_t block_size;
@@ -113,6 +114,8 @@ struct vhdx_state {
 	struct blk_kv *loc;	   /* parent locator entries, decoded to UTF-8 */
 	size_t nloc;
 	char *parent_ref;	   /* the locator path we opened (or would open) */
+	int loc_entry;		   /* metadata table entry of the locator, -1: none */
+	uint64_t meta_end;	   /* end of the last metadata item (region-relative) */
 
 	/* BAT (2.5) */
 	uint64_t chunk_ratio;	   /* payload blocks per sector bitmap block */
@@ -179,6 +182,8 @@ int vhdx_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len);
 int vhdx_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len);
 int vhdx_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned flags);
 int vhdx_bat_flush(struct blk_dev *d);
+/* Every block NOT_PRESENT (the child of a commit then reads its parent). */
+int vhdx_bat_make_empty(struct blk_dev *d);
 void vhdx_bat_free(struct vhdx_state *s);
 
 #endif

@@ -8,6 +8,7 @@
  */
 #include "tests/common/testutil.h"
 #include "format/vhdx.h"
+#include "snapshot/snapshot.h"
 
 #include <string.h>
 
@@ -507,7 +508,7 @@ START_TEST(differencing_chain)
 	ck_assert_ptr_nonnull(blk_parent(d));
 	write_pattern(d, 4096, 1024, 200);	  /* sectors 8, 9: PARTIALLY_PRESENT */
 	write_pattern(d, 2 * MiB, 2 * MiB, 201); /* a whole 2 MiB block: FULLY_PRESENT */
-	ck_assert_ok(blk_pwrite_zeroes(d, 8 * MiB, 2 * MiB, 0)); /* whole block: ZERO */
+	ck_assert_ok(blk_pwrite_zeroes(d, 8 * MiB, 2 * MiB, 0)); /* hides the parent */
 	blk_close(d);
 
 	/* on disk: block 0 PARTIALLY_PRESENT, its chunk's bitmap has bits 8 and 9 (LSB first) */
@@ -519,7 +520,10 @@ START_TEST(differencing_chain)
 	ck_assert_uint_eq(bits[0], 0);
 	ck_assert_uint_eq(bits[1], 0x03);
 	ck_assert_uint_eq(read_le64(c, BAT_OFF + 8) & 7, VHDX_PAYLOAD_FULLY_PRESENT);
-	ck_assert_uint_eq(read_le64(c, BAT_OFF + 32), VHDX_PAYLOAD_ZERO);
+	/* zeroing is a block of zeros (a hole), not the ZERO state libvhdi reads through */
+	ck_assert_uint_eq(read_le64(c, BAT_OFF + 32) & 7, VHDX_PAYLOAD_FULLY_PRESENT);
+	/* every chunk has its (zeroed) sector bitmap from the start */
+	ck_assert_uint_eq(VHDX_BAT_OFF(sb), BAT_OFF + MiB);
 
 	d = open_img(c, false);
 	expect_pattern(d, 0, 4096, 100);
@@ -537,8 +541,8 @@ START_TEST(differencing_chain)
 	ck_assert_int_eq(e.type, BLK_DATA);
 	ck_assert_uint_eq(e.len, 1024);
 	ck_assert_uint_eq(e.host_off, VHDX_BAT_OFF(blk0) + 4096);
-	ck_assert_ok(blk_block_status(d, 8 * MiB, MiB, &e));
-	ck_assert_int_eq(e.type, BLK_ZERO);
+	ck_assert_ok(blk_block_status(d, 6 * MiB, MiB, &e));
+	ck_assert_int_eq(e.type, BLK_UNALLOC);
 	ck_assert_ok(blk_info(d, &in));
 	ck_assert_str_eq(in.subformat, "differencing");
 	ck_assert_str_eq(in.parent, "base.vhdx");
@@ -1019,6 +1023,112 @@ START_TEST(crash_during_allocation)
 }
 END_TEST
 
+/*
+ * keel commit of a differencing VHDX into its VHDX parent, with a crash at
+ * every I/O point: the child must open with its parent (parent_linkage2
+ * carries the parent's new DataWriteGuid before the parent gets it) and
+ * the chain must read the same at every point.
+ */
+START_TEST(commit_crash_loop)
+{
+	const char *p = tu_path("cm.vhdx"), *c = tu_path("cmc.vhdx");
+	const char *p0 = tu_path("cm0.vhdx"), *c0 = tu_path("cmc0.vhdx");
+	struct blk_open_opts o = { .format = "vhdx" };
+	struct kl_fault_rule count = { .mode = KL_FAULT_NONE };
+	struct snap_stats st;
+	uint8_t *want = kl_malloc(8 * MiB), *got = kl_malloc(8 * MiB);
+	struct blk_dev *d;
+	uint64_t points;
+
+	make_parent(p);
+	make_child(c, "cm.vhdx");
+	d = open_img(c, true);
+	write_pattern(d, 4096, 8192, 50);	 /* partial block */
+	write_pattern(d, 2 * MiB, 2 * MiB, 51); /* whole block */
+	ck_assert_ok(blk_pwrite_zeroes(d, 6 * MiB, MiB, 0));
+	ck_assert_ok(blk_pread(d, 0, want, 8 * MiB));
+	blk_close(d);
+	ck_assert_ok(tu_copy(p, p0));
+	ck_assert_ok(tu_copy(c, c0));
+
+	kl_fault_arm(&count);
+	ck_assert_ok(snap_commit(c, &o, false, &st));
+	points = kl_fault_points();
+	kl_fault_reset();
+	d = open_img(c, false);
+	ck_assert_ok(blk_pread(d, 0, got, 8 * MiB));
+	ck_assert(memcmp(got, want, 8 * MiB) == 0);
+	{
+		struct blk_extent e;
+
+		ck_assert_ok(blk_block_status(d, 0, blk_size(d), &e));
+		ck_assert_int_eq(e.type, BLK_UNALLOC);
+		ck_assert_uint_eq(e.len, blk_size(d)); /* the child is empty */
+	}
+	blk_close(d);
+	d = open_img(p, false);
+	ck_assert_ok(blk_pread(d, 0, got, 8 * MiB));
+	ck_assert(memcmp(got, want, 8 * MiB) == 0);
+	blk_close(d);
+
+	for (uint64_t at = 1; at <= points; at++) {
+		for (int torn = 0; torn < 2; torn++) {
+			struct kl_fault_rule r = { .mode = torn ? KL_FAULT_CRASH_TORN : KL_FAULT_CRASH,
+						   .at = at, .seed = at * 3 + (uint64_t)torn };
+
+			ck_assert_ok(tu_copy(p0, p));
+			ck_assert_ok(tu_copy(c0, c));
+			kl_fault_arm(&r);
+			ck_assert_int_lt(snap_commit(c, &o, false, &st), 0);
+			kl_fault_settle();
+			kl_fault_reset();
+			d = NULL;
+			ck_assert_msg(blk_open(c, &o, &d) == 0, "point %llu torn %d: %s",
+				      (unsigned long long)at, torn, kl_errmsg());
+			ck_assert_ok(blk_pread(d, 0, got, 8 * MiB));
+			ck_assert_msg(memcmp(got, want, 8 * MiB) == 0,
+				      "point %llu torn %d: the chain reads differently",
+				      (unsigned long long)at, torn);
+			blk_close(d);
+		}
+	}
+	kl_free(want);
+	kl_free(got);
+}
+END_TEST
+
+START_TEST(rebase_unsafe)
+{
+	const char *p = tu_path("rb.vhdx"), *q = tu_path("rb2.vhdx"), *c = tu_path("rbc.vhdx");
+	struct blk_dev *d;
+	struct blk_info in;
+
+	make_parent(p);
+	make_child(c, "rb.vhdx");
+	d = open_img(c, true);
+	write_pattern(d, MiB, 4096, 60);
+	blk_close(d);
+	/* a copy of the parent has the same DataWriteGuid: repoint the child */
+	ck_assert_ok(tu_copy(p, q));
+	d = open_img(c, true);
+	ck_assert_ok(blk_set_parent(d, "rb2.vhdx", "vhdx", 0));
+	blk_close(d);
+	ck_assert_int_eq(tu_sh("rm '%s'", p), 0);
+	d = open_img(c, false);
+	ck_assert_ok(blk_info(d, &in));
+	ck_assert_str_eq(in.parent, "rb2.vhdx");
+	ck_assert_str_eq(info_kv(&in, "parent locator relative_path"), "rb2.vhdx");
+	blk_info_release(&in);
+	expect_pattern(d, 0, MiB, 100);
+	expect_pattern(d, MiB, 4096, 60);
+	blk_close(d);
+	/* removing the parent, or a parent of another format, is refused */
+	d = open_img(c, true);
+	ck_assert_int_eq(blk_set_parent(d, NULL, NULL, 0), -ENOTSUP);
+	blk_close(d);
+}
+END_TEST
+
 static Suite *vhdx_suite(void)
 {
 	Suite *s = suite_create("vhdx");
@@ -1045,6 +1155,8 @@ static Suite *vhdx_suite(void)
 	tcase_add_test(tc, bad_input);
 	tcase_add_test(tc, create_options);
 	tcase_add_test(tc, crash_during_allocation);
+	tcase_add_test(tc, commit_crash_loop);
+	tcase_add_test(tc, rebase_unsafe);
 	suite_add_tcase(s, tc);
 	return s;
 }
