@@ -236,6 +236,34 @@ t "convert -B writes a differencing VHDX over a VHDX parent" \
 t "the overlay reads like its source" keel compare "$TMP/expect.raw" "$TMP/child2.vhdx"
 t "the overlay holds only what differs" sh -c \
 	"[ \$(stat -c %s '$TMP/child2.vhdx') -lt \$(stat -c %s '$TMP/base.vhdx') ]"
+
+# commit and rebase (keel commit folds the child into the parent)
+keel -q convert -O vhdx -o block_size=1M "$TMP/small.raw" "$TMP/cbase.vhdx"
+keel -q create -f vhdx -b cbase.vhdx "$TMP/cchild.vhdx"
+cp --sparse=always "$TMP/small.raw" "$TMP/cexpect.raw"
+truncate -s $(((37 * MiB + 12345 + 511) / 512 * 512)) "$TMP/cexpect.raw"
+if [ $fuse_ok = 1 ]; then
+	t "libvhdi reads an untouched child as its parent" libvhdi_read "$TMP/cchild.vhdx" "$TMP/cexpect.raw" 2
+fi
+ops=(-c "write -P 0x11 512 4k" -c "write -P 0x22 6M 2M" -c "write -z 12M 2M" -c "write -P 0x44 30M 100k")
+keel -q io "${ops[@]}" "$TMP/cchild.vhdx" >/dev/null
+keel -q io -f raw "${ops[@]}" "$TMP/cexpect.raw" >/dev/null
+t "the child before commit" keel compare "$TMP/cexpect.raw" "$TMP/cchild.vhdx"
+t "keel commit child.vhdx" keel commit "$TMP/cchild.vhdx"
+t "after commit the chain reads the same" keel compare "$TMP/cexpect.raw" "$TMP/cchild.vhdx"
+t "after commit the parent alone holds the data" keel compare "$TMP/cexpect.raw" "$TMP/cbase.vhdx"
+t "after commit the child is empty" sh -c "'$KEEL' map --output json '$TMP/cchild.vhdx' | \
+	python3 -c 'import json,sys; m=json.load(sys.stdin); assert all(e.get(\"depth\",0)>=1 or e[\"type\"]!=\"data\" for e in m), m'"
+if [ $fuse_ok = 1 ]; then
+	t "libvhdi reads the committed chain" libvhdi_read "$TMP/cchild.vhdx" "$TMP/cexpect.raw" 2
+	t "libvhdi reads the committed parent" libvhdi_read "$TMP/cbase.vhdx" "$TMP/cexpect.raw" 1
+fi
+cp "$TMP/cbase.vhdx" "$TMP/cbase2.vhdx"
+t "rebase -u onto a copy of the parent" keel rebase -u -b cbase2.vhdx "$TMP/cchild.vhdx"
+rm -f "$TMP/cbase.vhdx"
+t "the rebased child reads through the copy" keel compare "$TMP/cexpect.raw" "$TMP/cchild.vhdx"
+t "info shows the new parent" sh -c "'$KEEL' info '$TMP/cchild.vhdx' | grep -q 'parent: cbase2.vhdx'"
+
 keel -q io -c "write -P 0x01 0 512" "$TMP/base.vhdx" >/dev/null
 expect_err "a modified parent is refused (DataWriteGuid != parent_linkage)" "child.vhdx.*wrong parent" \
 	keel compare "$TMP/expect.raw" "$TMP/child.vhdx"
