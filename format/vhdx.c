@@ -781,7 +781,8 @@ static int open_parent(struct blk_dev *d)
 		char *path = NULL;
 		size_t tl = strlen(tried);
 
-		if (!cand[i])
+		if (!cand[i] || (i > 0 && cand[i - 1] && strcmp(cand[i - 1], cand[i]) == 0) ||
+		    (i == 2 && cand[0] && strcmp(cand[0], cand[2]) == 0))
 			continue;
 		rc = blk_resolve_path(d, cand[i], &path);
 		kl_free(path);
