@@ -13,7 +13,7 @@ DESTDIR ?=
 CC ?= cc
 SANITIZE ?= 0
 
-PKGS := zlib libzstd libarchive libcrypto libssl uuid libxml-2.0 libcurl
+PKGS := zlib libzstd libarchive libcrypto libssl uuid libxml-2.0 libcurl libdeflate
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -25,6 +25,7 @@ LDLIBS := $(PKG_LIBS) -lm -pthread
 
 ifeq ($(SANITIZE),1)
 BUILD := build-san
+export KEEL_TEST_QUICK := 1
 BASE_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 else
@@ -92,8 +93,8 @@ interop: all
 	@KEEL=$(abspath $(KEEL)) BUILD=$(BUILD) tests/run-all.sh --only interop
 
 demo: deps
-	@$(MAKE) --no-print-directory all
-	@KEEL=$(abspath $(KEEL)) scripts/demo.sh
+	@$(MAKE) --no-print-directory all appliance
+	@KEEL=$(abspath $(KEEL)) KEEL_APPLIANCE_DIR=$(abspath $(APPLIANCE)) scripts/demo.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
@@ -127,6 +128,7 @@ fuzz-run: fuzz all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/keel
 	install -m 0755 $(KEEL) $(DESTDIR)$(PREFIX)/bin/keel
+	install -m 0755 scripts/keel-nightly $(DESTDIR)$(PREFIX)/bin/keel-nightly
 	install -m 0644 $(LIBKEEL) $(DESTDIR)$(PREFIX)/lib/libkeel.a
 	for h in lib/kl.h format/format.h; do \
 		install -d $(DESTDIR)$(PREFIX)/include/keel/$$(dirname $$h); \

@@ -28,7 +28,11 @@ struct cli_cmd {
 	const char *summary;
 	const char *usage; /* full text for `keel help NAME` */
 	unsigned flags;
+	const char *usage_more; /* a second form (s3:// sources), printed after usage */
 };
+
+/* True when some non-option argument is an s3:// URL (the command hands over). */
+bool cli_has_s3_arg(int argc, char **argv);
 
 extern const struct cli_cmd cli_commands[];
 const struct cli_cmd *cli_find(const char *name);
@@ -57,6 +61,7 @@ struct cli_open {
 #define CLI_OPT_KEY_FILE 0x1002
 #define CLI_OPT_KEY_ENV 0x1003
 #define CLI_OPT_OUTPUT 0x1004
+#define CLI_OPT_WAIT 0x1005
 /* Handle an open-related long option; true when it was one. */
 bool cli_open_option(struct cli_open *co, int opt, const char *arg);
 int cli_open_image(struct cli_open *co, const char *spec, unsigned flags, struct blk_dev **out);

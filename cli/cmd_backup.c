@@ -8,7 +8,7 @@
 #include <string.h>
 
 const char cmd_backup_usage[] =
-	"usage: keel backup [-f SRC_FMT] [-o OPTIONS] [--name NAME] [-j N] [-p]\n"
+	"usage: keel backup [-f SRC_FMT] [-o OPTIONS] [--name NAME] [-j N] [-p] [--wait]\n"
 	"                   [--key-file F | --key-env V] [--output json] SRC VAULT.keel\n"
 	"\n"
 	"Stores what a guest sees in SRC (any format, SRC@SNAP too) as a new\n"
@@ -19,7 +19,9 @@ const char cmd_backup_usage[] =
 	"leaves the vault exactly as it was. The vault is created on first use\n"
 	"with -o options (default dedup=on, compression=zstd; encrypt=on takes\n"
 	"the passphrase from --key-file/--key-env or the terminal). NAME defaults\n"
-	"to the UTC time, e.g. 2026-11-22T03:00:00Z.\n"
+	"to the UTC time, e.g. 2026-11-22T03:00:00Z. One writer at a time: another\n"
+	"backup or prune on the same vault makes this one fail at once, or wait\n"
+	"with --wait.\n"
 	"\n"
 	"example: keel backup --name nightly-1 /var/lib/libvirt/images/web.qcow2 web.keel\n";
 
@@ -32,6 +34,7 @@ int cmd_backup(int argc, char **argv)
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
 		{ "allow-external-backing", no_argument, NULL, CLI_OPT_ALLOW_EXTERNAL },
 		{ "progress", no_argument, NULL, 'p' },
+		{ "wait", no_argument, NULL, CLI_OPT_WAIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -89,7 +92,8 @@ int cmd_backup(int argc, char **argv)
 	}
 	o.src = argv[optind];
 	o.src_fmt = co.format;
-	o.src_flags = co.flags;
+	o.src_flags = co.flags & ~(unsigned)BLK_OPEN_WAIT;
+	o.vault_flags = co.flags & BLK_OPEN_WAIT;
 	o.vault = argv[optind + 1];
 	o.create_opts = opts;
 	o.key = co.key;

@@ -21,6 +21,7 @@ int cmd_commit(int argc, char **argv)
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
 		{ "progress", no_argument, NULL, 'p' },
+		{ "wait", no_argument, NULL, CLI_OPT_WAIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};

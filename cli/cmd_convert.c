@@ -9,27 +9,59 @@
 
 const char cmd_convert_usage[] =
 	"usage: keel convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-j N] [--verify]\n"
-	"                    [-B BACKING [-F BACKING_FMT]] [--output json] SRC[@SNAP] DST\n"
+	"                    [-B BACKING [-F BACKING_FMT]] [--keep-chain] [--disk N]\n"
+	"                    [--output json] SRC[@SNAP] DST\n"
+	"       keel convert -O ova [-o OPTIONS] DISK1 [DISK2...] DST.ova\n"
 	"\n"
 	"Copies what a guest sees in SRC into a new image DST of format FMT. Zero\n"
 	"and unallocated ranges of SRC are never read; all-zero blocks are not\n"
 	"written, so DST stays sparse. DST is written under a temporary name in\n"
 	"its directory and renamed into place only when complete; an error or\n"
-	"SIGINT/SIGTERM leaves nothing under DST and SRC is never modified.\n"
+	"SIGINT/SIGTERM leaves nothing under DST and SRC is never modified. A\n"
+	"temporary file left by a killed run is removed by the next run.\n"
+	"\n"
+	"The copy is a pipeline: the calling thread walks SRC's extent map and\n"
+	"queues 2 MiB chunks; N threads (itself included) read them, each through\n"
+	"its own handle, detect zeros, compress and hash; chunks are committed in\n"
+	"offset order, so DST is the same bytes whatever N is. Memory: the\n"
+	"pipeline's buffers stay under 192 MiB whatever the image size: at most\n"
+	"max(8, 4N+4) chunks of max(2 MiB, cluster size) with their compressed\n"
+	"copies (24 MiB at -j 2 uncompressed, about 50 MiB compressed), plus the\n"
+	"formats' metadata caches.\n"
 	"\n"
 	"  -f FMT        source format (probed when absent)\n"
-	"  -O FMT        output format: keel help formats\n"
-	"  -o OPTIONS    output format options, k=v,... (as for keel create)\n"
+	"  -O FMT        output format (keel help formats), or a package:\n"
+	"                  ova  OVF package: vm.ovf, vm.mf, streamOptimized VMDKs\n"
+	"                       (one per source: several sources make several disks);\n"
+	"                       -o name=VM,cpus=N,memory=MiB,manifest=sha256|sha1,\n"
+	"                          network=NAME|none,controller=scsi|sata|ide,\n"
+	"                          vmx=NN,os=ID,chunk_size=SIZE\n"
+	"                  gce  Google Compute Engine import: disk.raw (sparse) in a\n"
+	"                       gzip-compressed tar; -o sparse=off,level=1..9\n"
+	"  -o OPTIONS    output format options, k=v,... (as for keel create); profiles:\n"
+	"                  azure  fixed VHD with a whole-MiB size (-O vhd)\n"
+	"                  esxi   streamOptimized VMDK, version 3 (-O vmdk)\n"
 	"  -c            compress the output where the format supports it\n"
 	"  -B BACKING    write an overlay of BACKING holding only what differs\n"
+	"                (BACKING is recorded as given, relative to DST's directory)\n"
 	"  -F FMT        format of BACKING\n"
-	"  -j N          worker threads (default: number of CPUs)\n"
+	"  --keep-chain  keep SRC's parent chain: each layer is converted, base first,\n"
+	"                as an overlay of the converted layer below it; parents are\n"
+	"                written beside DST as <layer name>.<format extension>\n"
+	"  --disk N      the disk to read from a package source with several (OVA):\n"
+	"                its number (1, 2, ...), disk id or file name; same as SRC@N\n"
+	"  -j N          threads that read, compress and hash (default: number of\n"
+	"                CPUs); -j 1 runs everything on one thread\n"
 	"  --verify      re-read DST and compare its content digest with SRC's;\n"
 	"                exit 3 when they differ (DST is then not created)\n"
 	"  -p            progress bar even when stderr is not a terminal\n"
 	"  --output json summary: bytes read, written, zero bytes skipped, duration\n"
 	"\n"
-	"example: keel convert -O qcow2 -o compression=zstd -c disk.raw disk.qcow2\n";
+	"examples:\n"
+	"  keel convert -O qcow2 -o compression_type=zstd -c disk.raw disk.qcow2\n"
+	"  keel convert -O vmdk -o esxi disk.qcow2 disk.vmdk\n"
+	"  keel convert -O ova -o name=web1,cpus=2,memory=4096 disk.qcow2 web1.ova\n"
+	"  keel convert -O qcow2 web1.ova@2 data.qcow2\n";
 
 int cmd_convert(int argc, char **argv)
 {
@@ -40,6 +72,7 @@ int cmd_convert(int argc, char **argv)
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
 		{ "verify", no_argument, NULL, 'V' },
 		{ "keep-chain", no_argument, NULL, 'K' },
+		{ "disk", required_argument, NULL, 'D' },
 		{ "progress", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -61,8 +94,10 @@ int cmd_convert(int argc, char **argv)
 			o.dst_fmt = optarg;
 			break;
 		case 'o':
-			if (kl_opts_parse(optarg, &opts) < 0)
+			if (kl_opts_parse(optarg, &opts) < 0) {
+				kl_opts_free(opts);
 				return cli_usage("convert", "bad -o '%s'", optarg);
+			}
 			break;
 		case 'c':
 			o.compress = true;
@@ -74,8 +109,10 @@ int cmd_convert(int argc, char **argv)
 			o.backing_fmt = optarg;
 			break;
 		case 'j':
-			if (kl_parse_u64(optarg, &n) < 0 || n < 1 || n > 256)
+			if (kl_parse_u64(optarg, &n) < 0 || n < 1 || n > 256) {
+				kl_opts_free(opts);
 				return cli_usage("convert", "-j takes 1 to 256");
+			}
 			o.threads = (int)n;
 			break;
 		case 'p':
@@ -87,11 +124,17 @@ int cmd_convert(int argc, char **argv)
 		case 'K':
 			o.keep_chain = true;
 			break;
+		case 'D':
+			o.src_select = optarg;
+			break;
 		case CLI_OPT_OUTPUT:
-			if (cli_parse_output(optarg, &json) < 0)
+			if (cli_parse_output(optarg, &json) < 0) {
+				kl_opts_free(opts);
 				return cli_usage("convert", "bad --output '%s'", optarg);
+			}
 			break;
 		case 'h':
+			kl_opts_free(opts);
 			printf("%s", cmd_convert_usage);
 			return 0;
 		default:
@@ -99,7 +142,12 @@ int cmd_convert(int argc, char **argv)
 			return cli_usage("convert", NULL);
 		}
 	}
-	if (optind != argc - 2 || !o.dst_fmt) {
+	/* -O ova takes several sources: the disks of one package */
+	if (o.dst_fmt && !strcmp(o.dst_fmt, "ova") && argc - optind > 2) {
+		o.extra_srcs = (const char *const *)&argv[optind + 1];
+		o.n_extra_srcs = (size_t)(argc - optind - 2);
+	}
+	if (argc - optind - (int)o.n_extra_srcs != 2 || (!o.dst_fmt && !opts)) {
 		kl_opts_free(opts);
 		return cli_usage("convert", "expected -O FMT, SRC and DST");
 	}
@@ -111,7 +159,7 @@ int cmd_convert(int argc, char **argv)
 		}
 	}
 	o.src = argv[optind];
-	o.dst = argv[optind + 1];
+	o.dst = argv[argc - 1];
 	o.src_fmt = co.format;
 	o.src_flags = co.flags;
 	o.dst_opts = opts;
@@ -131,13 +179,17 @@ int cmd_convert(int argc, char **argv)
 		kl_json_obj_open(&j, NULL);
 		kl_json_str(&j, "source", o.src);
 		kl_json_str(&j, "destination", o.dst);
-		kl_json_str(&j, "format", o.dst_fmt);
+		kl_json_str(&j, "format", o.dst_fmt ? o.dst_fmt : "");
 		kl_json_u64(&j, "virtual_size", st.virtual_size);
 		kl_json_u64(&j, "bytes_read", st.bytes_read);
 		kl_json_u64(&j, "bytes_written", st.bytes_written);
+		kl_json_u64(&j, "bytes_stored", st.bytes_stored);
 		kl_json_u64(&j, "zero_bytes_skipped", st.zero_skipped);
 		kl_json_u64(&j, "zero_bytes_detected", st.zero_detected);
 		kl_json_u64(&j, "output_size", st.output_size);
+		kl_json_u64(&j, "threads", (uint64_t)st.threads);
+		kl_json_u64(&j, "memory_bound", st.memory_bound);
+		kl_json_u64(&j, "layers", (uint64_t)st.layers);
 		kl_json_double(&j, "seconds", st.seconds);
 		kl_json_double(&j, "throughput_mb_s",
 			       st.seconds > 0 ? (double)st.virtual_size / st.seconds / 1e6 : 0);
@@ -145,8 +197,8 @@ int cmd_convert(int argc, char **argv)
 		kl_json_obj_close(&j);
 		kl_json_end(&j);
 	} else if (!cli_quiet && rc == 0) {
-		printf("converted %s -> %s (%s): %s read, %s written, %s zero skipped, %.2fs%s\n",
-		       o.src, o.dst, o.dst_fmt, cli_size(st.bytes_read), cli_size(st.bytes_written),
+		printf("converted %s -> %s: %s read, %s written, %s zero skipped, %.2fs%s\n",
+		       o.src, o.dst, cli_size(st.bytes_read), cli_size(st.bytes_written),
 		       cli_size(st.zero_skipped + st.zero_detected), st.seconds,
 		       st.verified ? ", verified" : "");
 	}

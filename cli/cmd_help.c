@@ -42,6 +42,8 @@ int cmd_help(int argc, char **argv)
 		return CLI_EXIT_USAGE;
 	}
 	printf("%s", c->usage);
+	if (c->usage_more)
+		printf("\n%s", c->usage_more);
 	return 0;
 }
 

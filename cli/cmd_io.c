@@ -150,6 +150,7 @@ int cmd_io(int argc, char **argv)
 		{ "allow-external-backing", no_argument, NULL, CLI_OPT_ALLOW_EXTERNAL },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
+		{ "wait", no_argument, NULL, CLI_OPT_WAIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};

@@ -40,6 +40,7 @@ int cmd_key(int argc, char **argv)
 		{ "remove-key-file", required_argument, NULL, OPT_RM_FILE },
 		{ "slot", required_argument, NULL, OPT_SLOT },
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
+		{ "wait", no_argument, NULL, CLI_OPT_WAIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};

@@ -41,6 +41,8 @@ static int on_damage(void *opaque, const struct blk_scrub_damage *dm)
 	return 0;
 }
 
+int cmd_s3_scrub(int argc, char **argv);
+
 int cmd_scrub(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -60,6 +62,9 @@ int cmd_scrub(int argc, char **argv)
 	double t0 = kl_now();
 	int opt, rc;
 
+	/* s3:// repositories have their own implementation (replicate/s3.h) */
+	if (cli_has_s3_arg(argc, argv))
+		return cmd_s3_scrub(argc, argv);
 	while ((opt = getopt_long(argc, argv, "f:ph", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;

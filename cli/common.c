@@ -93,6 +93,9 @@ bool cli_open_option(struct cli_open *co, int opt, const char *arg)
 	case CLI_OPT_KEY_ENV:
 		co->key_env = arg;
 		return true;
+	case CLI_OPT_WAIT:
+		co->flags |= BLK_OPEN_WAIT;
+		return true;
 	default:
 		return false;
 	}
@@ -245,4 +248,12 @@ void cli_open_release(struct cli_open *co)
 	}
 	co->key = NULL;
 	co->key_len = 0;
+}
+
+bool cli_has_s3_arg(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strncmp(argv[i], "s3://", 5))
+			return true;
+	return false;
 }

@@ -1,12 +1,14 @@
 /*
  * convert/convert.c - keel convert: copy the guest-visible content of any
- * image into a new image of any format.
+ * image into a new image of any format, or into a package (OVA, GCE).
  *
- * The walk is driven by block_status over the whole chain, so zero and
- * unallocated ranges are never read; data blocks that turn out to be all
- * zeros are not written either, so the output stays sparse. The output is
- * built under a temporary name beside DST and renamed into place only
- * when complete (and verified, with --verify).
+ * The copying itself is the parallel pipeline of pipeline.c: driven by
+ * block_status over the whole chain, so zero and unallocated ranges are
+ * never read; data blocks that turn out to be all zeros are not written
+ * either, so the output stays sparse. This file wraps it in the safety
+ * rules: the output is built under a temporary name beside DST (removed
+ * on any failure or signal, and by the next run when a SIGKILL left it),
+ * synced, verified with --verify, and only then renamed into place.
  *
  * The verification digest is canonical: SHA-256 over (block index, SHA-256
  * of block) for every non-zero 64 KiB block, then the virtual size. It does
@@ -14,19 +16,15 @@
  * run over DST must give the same value.
  */
 #define _GNU_SOURCE
-#include "convert/convert.h"
+#include "convert/conv_int.h"
 
 #include <dirent.h>
 #include <libgen.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define CONV_BLOCK (64u << 10)
-#define CONV_WINDOW (1u << 20)
 
 static volatile sig_atomic_t conv_sig;
 
@@ -51,137 +49,21 @@ int conv_interrupted(void)
 	return conv_sig;
 }
 
-/* ------------------------------------------------------------------ digest */
-
-struct conv_digest {
-	EVP_MD_CTX *outer;
-	EVP_MD_CTX *inner;
-};
-
-static int digest_init(struct conv_digest *g)
-{
-	g->outer = EVP_MD_CTX_new();
-	g->inner = EVP_MD_CTX_new();
-	if (!g->outer || !g->inner || !EVP_DigestInit_ex(g->outer, EVP_sha256(), NULL))
-		return kl_err(-ENOMEM, "cannot set up SHA-256");
-	return 0;
-}
-
-static void digest_free(struct conv_digest *g)
-{
-	EVP_MD_CTX_free(g->outer);
-	EVP_MD_CTX_free(g->inner);
-}
-
-static void digest_block(struct conv_digest *g, uint64_t idx, const uint8_t *buf, size_t len)
-{
-	uint8_t rec[40];
-	unsigned int n;
-
-	put_le64(rec, idx);
-	EVP_DigestInit_ex(g->inner, EVP_sha256(), NULL);
-	EVP_DigestUpdate(g->inner, buf, len);
-	EVP_DigestFinal_ex(g->inner, rec + 8, &n);
-	EVP_DigestUpdate(g->outer, rec, sizeof(rec));
-}
-
-static void digest_final(struct conv_digest *g, uint64_t vsize, uint8_t out[32])
-{
-	uint8_t sz[8];
-	unsigned int n;
-
-	put_le64(sz, vsize);
-	EVP_DigestUpdate(g->outer, sz, sizeof(sz));
-	EVP_DigestFinal_ex(g->outer, out, &n);
-}
-
-/*
- * Fill buf with [off, off+len) of d and mark in zmask which CONV_BLOCK
- * blocks are known zero from metadata (bit set = zero, not read).
- */
-static int read_window(struct blk_dev *d, uint64_t off, uint8_t *buf, size_t len, uint64_t *zmask,
-		       uint64_t *read_bytes)
-{
-	uint64_t pos = off, end = off + len;
-
-	*zmask = 0;
-	for (uint64_t b = 0; b * CONV_BLOCK < len; b++)
-		*zmask |= 1ULL << b;
-	while (pos < end) {
-		struct blk_extent e;
-		uint64_t n;
-
-		KL_TRY(blk_block_status_chain(d, pos, end - pos, &e));
-		n = KL_MIN(e.len, end - pos);
-		if (e.type == BLK_ZERO) {
-			memset(buf + (pos - off), 0, (size_t)n);
-		} else {
-			KL_TRY(blk_pread(d, pos, buf + (pos - off), (size_t)n));
-			*read_bytes += n;
-			for (uint64_t b = (pos - off) / CONV_BLOCK; b * CONV_BLOCK < pos - off + n; b++)
-				*zmask &= ~(1ULL << b);
-		}
-		pos += n;
-	}
-	return 0;
-}
-
-/* Digest of the guest-visible content of d, the way conv_run computes it. */
-static int digest_image(struct blk_dev *d, uint8_t out[32])
-{
-	struct conv_digest g = { 0 };
-	uint64_t size = blk_size(d), off = 0, rb = 0;
-	uint8_t *buf = kl_aligned_alloc(CONV_WINDOW);
-	int rc;
-
-	if (!buf)
-		return -ENOMEM;
-	rc = digest_init(&g);
-	while (rc == 0 && off < size) {
-		size_t len = (size_t)KL_MIN(size - off, (uint64_t)CONV_WINDOW);
-		struct blk_extent e;
-		uint64_t zmask;
-
-		rc = blk_block_status_chain(d, off, len, &e);
-		if (rc < 0)
-			break;
-		if (e.type == BLK_ZERO && e.len >= CONV_WINDOW) {
-			off += e.len - e.len % CONV_WINDOW;
-			continue;
-		}
-		rc = read_window(d, off, buf, len, &zmask, &rb);
-		for (size_t b = 0; rc == 0 && b * CONV_BLOCK < len; b++) {
-			size_t bl = KL_MIN((size_t)CONV_BLOCK, len - b * CONV_BLOCK);
-			const uint8_t *p = buf + b * CONV_BLOCK;
-
-			if ((zmask >> b) & 1 || kl_is_zero(p, bl))
-				continue;
-			digest_block(&g, (off + b * CONV_BLOCK) / CONV_BLOCK, p, bl);
-		}
-		off += len;
-	}
-	if (rc == 0)
-		digest_final(&g, size, out);
-	digest_free(&g);
-	kl_free(buf);
-	return rc;
-}
-
 /* ------------------------------------------------------------------ temp names */
 
-static char *temp_name(const char *dst)
+char *conv_temp_name(const char *dst, const char *tag)
 {
 	char *c1 = kl_strdup(dst), *c2 = kl_strdup(dst), *t = NULL;
 
 	if (c1 && c2)
-		t = kl_asprintf("%s/.%s.keel-tmp.%ld", dirname(c1), basename(c2), (long)getpid());
+		t = kl_asprintf("%s/.%s.keel-tmp.%ld%s%s", dirname(c1), basename(c2),
+				(long)getpid(), tag ? "." : "", tag ? tag : "");
 	kl_free(c1);
 	kl_free(c2);
 	return t;
 }
 
-/* Remove temporaries of earlier runs for the same DST whose process is gone. */
-static void remove_stale_temps(const char *dst)
+void conv_remove_stale_temps(const char *dst)
 {
 	char *c1 = kl_strdup(dst), *c2 = kl_strdup(dst);
 	char *dir, *base, *prefix = NULL;
@@ -202,7 +84,8 @@ static void remove_stale_temps(const char *dst)
 		if (strncmp(de->d_name, prefix, strlen(prefix)) != 0)
 			continue;
 		pid = strtol(de->d_name + strlen(prefix), &end, 10);
-		if (*end || pid <= 0 || (kill((pid_t)pid, 0) < 0 && errno == ESRCH)) {
+		if ((*end && *end != '.') || pid <= 0 ||
+		    (kill((pid_t)pid, 0) < 0 && errno == ESRCH)) {
 			char *p = kl_asprintf("%s/%s", dir, de->d_name);
 
 			if (p)
@@ -217,66 +100,56 @@ out:
 	kl_free(c2);
 }
 
-/* ------------------------------------------------------------------ run */
+/* ------------------------------------------------------------------ one image */
 
-enum conv_act { ACT_SKIP, ACT_DATA, ACT_ZERO };
-
-static int flush_run(struct blk_dev *dst, enum conv_act act, uint64_t off, const uint8_t *p,
-		     size_t len, struct conv_stats *st)
+static void src_open_opts(const struct conv_opts *o, struct blk_open_opts *so)
 {
-	switch (act) {
-	case ACT_DATA:
-		st->bytes_written += len;
-		return blk_pwrite(dst, off, p, len);
-	case ACT_ZERO:
-		return blk_pwrite_zeroes(dst, off, len, 0);
-	default:
-		return 0;
-	}
+	memset(so, 0, sizeof(*so));
+	so->format = o->src_fmt;
+	so->flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR;
+	so->key = o->key;
+	so->key_len = o->key_len;
+	so->snapshot = o->src_select;
 }
 
-int conv_run(const struct conv_opts *o, struct conv_stats *st)
+int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st)
 {
-	struct blk_open_opts so = { .format = o->src_fmt, .flags = o->src_flags,
-				    .key = o->key, .key_len = o->key_len };
+	struct blk_open_opts so;
 	struct blk_open_opts dop = { .format = o->dst_fmt, .flags = BLK_OPEN_RDWR,
 				     .key = o->dst_key, .key_len = o->dst_key_len };
 	struct blk_create_opts co = { 0 };
-	struct blk_dev *src = NULL, *dst = NULL, *back = NULL;
-	struct conv_digest g = { 0 };
-	struct kl_progress *prog = NULL;
-	uint8_t *buf = NULL, *bbuf = NULL;
-	char *tmp = NULL;
-	uint64_t size, off = 0;
-	double t0 = kl_now();
+	struct conv_pipe_cfg pc = { 0 };
+	struct kl_opts *oo = NULL;
+	struct blk_dev *src = NULL, *dst = NULL;
+	bool created = false;
 	struct stat sst;
 	int rc;
 
-	memset(st, 0, sizeof(*st));
-	if (!o->dst_fmt)
-		return kl_err(-EINVAL, "an output format is needed (-O)");
-	if (stat(o->dst, &sst) == 0 && S_ISDIR(sst.st_mode))
-		return kl_err(-EISDIR, "%s is a directory", o->dst);
-	remove_stale_temps(o->dst);
+	src_open_opts(o, &so);
 	rc = blk_open(o->src, &so, &src);
 	if (rc < 0)
 		return rc;
-	size = blk_size(src);
-	st->virtual_size = size;
-	tmp = temp_name(o->dst);
-	buf = kl_aligned_alloc(CONV_WINDOW);
-	if (!tmp || !buf) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	co.size = size;
+	st->virtual_size = blk_size(src);
+	co.size = blk_size(src);
 	co.opts = o->dst_opts;
 	co.key = o->dst_key;
 	co.key_len = o->dst_key_len;
 	if (o->compress) {
-		rc = kl_opts_set(&co.opts, "compress", "on");
+		/* creation and every open of the output see the request */
+		rc = kl_opts_set(&oo, "compress", "on");
 		if (rc < 0)
 			goto out;
+		if (o->dst_opts) {
+			const char *v = kl_opts_peek(o->dst_opts, "compress");
+
+			if (!v)
+				rc = kl_opts_set(&co.opts, "compress", "on");
+		} else {
+			co.opts = oo;
+		}
+		if (rc < 0)
+			goto out;
+		dop.opts = oo;
 	}
 	if (o->backing) {
 		co.parent = o->backing;
@@ -284,145 +157,348 @@ int conv_run(const struct conv_opts *o, struct conv_stats *st)
 		co.flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
 		dop.flags |= o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
 	}
-	rc = blk_create(tmp, o->dst_fmt, &co);
+	rc = blk_create(path, o->dst_fmt, &co);
 	if (rc < 0)
 		goto out;
-	rc = blk_open(tmp, &dop, &dst);
+	created = true;
+	rc = blk_open(path, &dop, &dst);
 	if (rc < 0)
-		goto out_unlink;
-	if (o->backing) {
-		back = blk_parent(dst);
-		bbuf = kl_aligned_alloc(CONV_WINDOW);
-		if (!bbuf) {
-			rc = -ENOMEM;
-			goto out_unlink;
-		}
-	}
-	rc = digest_init(&g);
+		goto out;
+	if (o->compress && !blk_can_encode(dst) && getenv("KEEL_CONV_DEBUG"))
+		fprintf(stderr, "keel: compression runs inside the %s driver\n", o->dst_fmt);
+	pc.src = o->src;
+	pc.so = so;
+	pc.src_dev = src;
+	pc.dst = dst;
+	pc.backing = o->backing != NULL;
+	pc.backing_fmt = o->backing_fmt;
+	pc.backing_flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
+	pc.digest = o->verify;
+	pc.threads = o->threads;
+	pc.progress = o->progress;
+	pc.label = "converting";
+	rc = conv_pipe_run(&pc, st);
 	if (rc < 0)
-		goto out_unlink;
-	prog = kl_progress_start("converting", size, o->progress);
-
-	while (off < size) {
-		size_t len = (size_t)KL_MIN(size - off, (uint64_t)CONV_WINDOW);
-		struct blk_extent e;
-		uint64_t zmask;
-		size_t run_start = 0, run_len = 0;
-		enum conv_act run_act = ACT_SKIP;
-
-		if (conv_interrupted()) {
-			rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
-			goto out_unlink;
-		}
-		rc = blk_block_status_chain(src, off, len, &e);
-		if (rc < 0)
-			goto out_unlink;
-		if (e.type == BLK_ZERO && e.len >= CONV_WINDOW && !back) {
-			uint64_t skip = e.len - e.len % CONV_WINDOW;
-
-			st->zero_skipped += skip;
-			off += skip;
-			kl_progress_add(prog, skip);
-			continue;
-		}
-		rc = read_window(src, off, buf, len, &zmask, &st->bytes_read);
-		if (rc < 0)
-			goto out_unlink;
-		if (back && (rc = blk_pread_padded(back, off, bbuf, len)) < 0)
-			goto out_unlink;
-		for (size_t b = 0; b * CONV_BLOCK < len; b++) {
-			size_t bl = KL_MIN((size_t)CONV_BLOCK, len - b * CONV_BLOCK);
-			const uint8_t *p = buf + b * CONV_BLOCK;
-			bool known_zero = (zmask >> b) & 1;
-			bool zero = known_zero || kl_is_zero(p, bl);
-			enum conv_act act;
-
-			if (known_zero)
-				st->zero_skipped += bl;
-			else if (zero)
-				st->zero_detected += bl;
-			if (!zero)
-				digest_block(&g, (off + b * CONV_BLOCK) / CONV_BLOCK, p, bl);
-			if (back && memcmp(p, bbuf + b * CONV_BLOCK, bl) == 0)
-				act = ACT_SKIP;
-			else if (zero)
-				act = back ? ACT_ZERO : ACT_SKIP;
-			else
-				act = ACT_DATA;
-			if (act != run_act && run_len) {
-				rc = flush_run(dst, run_act, off + run_start, buf + run_start, run_len, st);
-				if (rc < 0)
-					goto out_unlink;
-				run_len = 0;
-			}
-			if (run_len == 0) {
-				run_start = b * CONV_BLOCK;
-				run_act = act;
-			}
-			run_len += bl;
-		}
-		if (run_len) {
-			rc = flush_run(dst, run_act, off + run_start, buf + run_start, run_len, st);
-			if (rc < 0)
-				goto out_unlink;
-		}
-		off += len;
-		kl_progress_add(prog, len);
-	}
-	digest_final(&g, size, st->digest);
+		goto out;
 	rc = blk_flush(dst);
 	if (rc < 0)
-		goto out_unlink;
+		goto out;
 	blk_close(dst);
 	dst = NULL;
-	if (o->verify) {
-		struct blk_open_opts vo = { .format = o->dst_fmt,
-					    .flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL,
-					    .key = o->dst_key,
-					    .key_len = o->dst_key_len };
-		struct blk_dev *v;
-		uint8_t dg[32];
-
-		rc = blk_open(tmp, &vo, &v);
-		if (rc < 0)
-			goto out_unlink;
-		rc = digest_image(v, dg);
-		blk_close(v);
-		if (rc < 0)
-			goto out_unlink;
-		if (memcmp(dg, st->digest, 32) != 0) {
-			st->verify_failed = true;
-			rc = kl_err(-EBADMSG, "verification failed: %s does not read back as %s",
-				    o->dst, o->src);
-			goto out_unlink;
-		}
-		st->verified = true;
-	}
-	rc = kl_io_rename(tmp, o->dst);
-	if (rc < 0)
-		goto out_unlink;
-	kl_io_sync_dir(o->dst);
-	if (stat(o->dst, &sst) == 0)
+	if (stat(path, &sst) == 0)
 		st->output_size = (uint64_t)sst.st_size;
-	st->seconds = kl_now() - t0;
-	kl_progress_finish(prog);
-	prog = NULL;
-	goto out;
-out_unlink:
-	blk_close(dst);
-	dst = NULL;
-	kl_io_unlink(tmp);
 out:
-	if (prog)
-		kl_progress_finish(prog);
-	digest_free(&g);
 	blk_close(dst);
 	blk_close(src);
-	/* co.opts aliases o->dst_opts when that existed; free only our own */
-	if (co.opts != o->dst_opts)
+	if (co.opts != o->dst_opts && co.opts != oo)
 		kl_opts_free(co.opts);
-	kl_free(buf);
-	kl_free(bbuf);
+	kl_opts_free(oo);
+	if (rc < 0 && created)
+		kl_io_unlink(path);
+	return rc;
+}
+
+/* Digest of what a guest sees in path (format fmt), with the same pipeline. */
+static int digest_file(const struct conv_opts *o, const char *path, const char *fmt,
+		       uint64_t size, uint8_t out[32])
+{
+	struct blk_open_opts vo = { .format = fmt,
+				    .flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL,
+				    .key = o->dst_key,
+				    .key_len = o->dst_key_len };
+	struct conv_pipe_cfg pc = { 0 };
+	struct conv_stats vst = { 0 };
+	struct blk_dev *v;
+	int rc;
+
+	KL_TRY(blk_open(path, &vo, &v));
+	pc.src = path;
+	pc.so = vo;
+	pc.src_dev = v;
+	pc.digest = true;
+	pc.digest_size = size;
+	pc.threads = o->threads;
+	pc.progress = o->progress;
+	pc.label = "verifying";
+	rc = conv_pipe_run(&pc, &vst);
+	blk_close(v);
+	if (rc == 0)
+		memcpy(out, vst.digest, 32);
+	return rc;
+}
+
+int conv_verify_file(const struct conv_opts *o, const char *path, const char *fmt,
+		       struct conv_stats *st)
+{
+	uint8_t dg[32];
+
+	KL_TRY(digest_file(o, path, fmt, st->virtual_size, dg));
+	if (memcmp(dg, st->digest, 32) != 0) {
+		st->verify_failed = true;
+		return kl_err(-EBADMSG, "verification failed: %s does not read back as %s", o->dst,
+			      o->src);
+	}
+	st->verified = true;
+	return 0;
+}
+
+static int commit_temp(const char *tmp, const char *dst, struct conv_stats *st)
+{
+	struct stat sst;
+
+	KL_TRY(kl_io_rename(tmp, dst));
+	kl_io_sync_dir(dst);
+	if (stat(dst, &sst) == 0)
+		st->output_size = (uint64_t)sst.st_size;
+	return 0;
+}
+
+/* Convert one image through a temporary name into o->dst. */
+static int conv_one(const struct conv_opts *o, struct conv_stats *st)
+{
+	char *tmp = conv_temp_name(o->dst, NULL);
+	int rc;
+
+	if (!tmp)
+		return -ENOMEM;
+	rc = conv_into(o, tmp, st);
+	if (rc == 0 && o->verify)
+		rc = conv_verify_file(o, tmp, o->dst_fmt, st);
+	if (rc == 0 && conv_interrupted())
+		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
+	if (rc == 0)
+		rc = commit_temp(tmp, o->dst, st);
+	if (rc < 0)
+		kl_io_unlink(tmp);
 	kl_free(tmp);
+	st->layers = rc == 0;
+	return rc;
+}
+
+/* ------------------------------------------------------------------ --keep-chain */
+
+/*
+ * Converting a chain layer by layer: the base first, flattened; then each
+ * layer above it as an overlay (-B) of the layer just converted, holding
+ * only what differs from it; DST last. Parents are written beside DST,
+ * named after the source layer with the target's extension. If any layer
+ * fails, the layers this run wrote are removed again.
+ */
+static int conv_chain(const struct conv_opts *o, struct conv_stats *st)
+{
+	const struct blk_driver *drv = blk_driver_find(o->dst_fmt);
+	struct blk_open_opts so;
+	struct blk_dev *top = NULL;
+	char **paths = NULL, **outs = NULL;
+	int n = 0, done = 0, rc;
+
+	if (!drv)
+		return kl_err(-EINVAL, "unknown format '%s' (see 'keel help formats')", o->dst_fmt);
+	src_open_opts(o, &so);
+	KL_TRY(blk_open(o->src, &so, &top));
+	for (struct blk_dev *d = top; d; d = blk_parent(d))
+		n++;
+	paths = kl_calloc((size_t)n, sizeof(*paths));
+	outs = kl_calloc((size_t)n, sizeof(*outs));
+	if (!paths || !outs) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	/* paths[0] = base ... paths[n-1] = top */
+	{
+		int i = n - 1;
+
+		for (struct blk_dev *d = top; d; d = blk_parent(d), i--)
+			paths[i] = kl_strdup(blk_filename(d));
+	}
+	for (int i = 0; i < n; i++) {
+		if (!paths[i]) {
+			rc = -ENOMEM;
+			goto out;
+		}
+	}
+	blk_close(top);
+	top = NULL;
+	if (n > 1 && !blk_driver_can_create(drv)) {
+		rc = kl_err(-ENOTSUP, "format %s cannot be created", o->dst_fmt);
+		goto out;
+	}
+	for (int i = 0; i < n - 1; i++) {
+		char *c1 = kl_strdup(o->dst), *c2 = kl_strdup(paths[i]), *dot;
+
+		if (!c1 || !c2) {
+			kl_free(c1);
+			kl_free(c2);
+			rc = -ENOMEM;
+			goto out;
+		}
+		dot = strrchr(basename(c2), '.');
+		if (dot)
+			*dot = '\0';
+		outs[i] = kl_asprintf("%s/%s.%s", dirname(c1), basename(c2), blk_driver_name(drv));
+		kl_free(c1);
+		kl_free(c2);
+		if (!outs[i]) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		if (access(outs[i], F_OK) == 0) {
+			rc = kl_err(-EEXIST, "--keep-chain: %s (for layer %s) already exists", outs[i],
+				    paths[i]);
+			goto out;
+		}
+	}
+	outs[n - 1] = kl_strdup(o->dst);
+	if (!outs[n - 1]) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		struct conv_opts lo = *o;
+		struct conv_stats ls = { 0 };
+		char *ref = NULL;
+
+		lo.src = paths[i];
+		lo.src_fmt = NULL;
+		lo.src_select = NULL;
+		lo.dst = outs[i];
+		lo.keep_chain = false;
+		lo.backing = NULL;
+		lo.backing_fmt = NULL;
+		if (i > 0) {
+			char *c = kl_strdup(outs[i - 1]);
+
+			ref = c ? kl_strdup(basename(c)) : NULL;
+			kl_free(c);
+			if (!ref) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			lo.backing = ref;
+			lo.backing_fmt = blk_driver_name(drv);
+		} else if (o->backing) {
+			lo.backing = o->backing;
+			lo.backing_fmt = o->backing_fmt;
+		}
+		rc = conv_one(&lo, &ls);
+		kl_free(ref);
+		st->bytes_read += ls.bytes_read;
+		st->bytes_written += ls.bytes_written;
+		st->bytes_stored += ls.bytes_stored;
+		st->zero_skipped += ls.zero_skipped;
+		st->zero_detected += ls.zero_detected;
+		st->virtual_size = ls.virtual_size;
+		st->output_size = ls.output_size;
+		st->threads = ls.threads;
+		st->memory_bound = ls.memory_bound;
+		st->verified = ls.verified;
+		st->verify_failed = ls.verify_failed;
+		memcpy(st->digest, ls.digest, 32);
+		if (rc < 0) {
+			rc = kl_err_prefix(rc, "--keep-chain: layer %s", paths[i]);
+			goto out;
+		}
+		done++;
+		st->layers = done;
+	}
+	rc = 0;
+out:
+	if (rc < 0) {
+		for (int i = 0; i < done; i++)
+			kl_io_unlink(outs[i]);
+	}
+	blk_close(top);
+	for (int i = 0; paths && i < n; i++)
+		kl_free(paths[i]);
+	for (int i = 0; outs && i < n; i++)
+		kl_free(outs[i]);
+	kl_free(paths);
+	kl_free(outs);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ packages */
+
+static const struct conv_package conv_packages[] = {
+	{ "ova", "OVF package (tar: vm.ovf, vm.mf, streamOptimized VMDK) for ESXi/VirtualBox",
+	  conv_ova_write },
+	{ "gce", "Google Compute Engine import: sparse disk.raw in a gzip-compressed tar",
+	  conv_gce_write },
+};
+
+const struct conv_package *conv_package_find(const char *name)
+{
+	for (size_t i = 0; i < KL_ARRAY_SIZE(conv_packages); i++)
+		if (name && strcmp(conv_packages[i].name, name) == 0)
+			return &conv_packages[i];
+	return NULL;
+}
+
+bool conv_package_at(size_t i, const char **name, const char **desc)
+{
+	if (i >= KL_ARRAY_SIZE(conv_packages))
+		return false;
+	*name = conv_packages[i].name;
+	*desc = conv_packages[i].desc;
+	return true;
+}
+
+static int conv_pkg(const struct conv_package *pkg, const struct conv_opts *o,
+		    struct conv_stats *st)
+{
+	char *tmp = conv_temp_name(o->dst, NULL);
+	int rc;
+
+	if (!tmp)
+		return -ENOMEM;
+	if (o->backing || o->keep_chain) {
+		kl_free(tmp);
+		return kl_err(-ENOTSUP, "-O %s writes a single flat disk: -B and --keep-chain do "
+					"not apply",
+			      pkg->name);
+	}
+	rc = pkg->run(o, tmp, st);
+	if (rc == 0 && conv_interrupted())
+		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
+	if (rc == 0)
+		rc = commit_temp(tmp, o->dst, st);
+	if (rc < 0)
+		kl_io_unlink(tmp);
+	kl_free(tmp);
+	st->layers = rc == 0;
+	return rc;
+}
+
+/* ------------------------------------------------------------------ run */
+
+int conv_run(const struct conv_opts *uo, struct conv_stats *st)
+{
+	const struct conv_package *pkg;
+	struct conv_opts lo = *uo, *o = &lo;
+	double t0 = kl_now();
+	struct stat sst;
+	int rc;
+
+	memset(st, 0, sizeof(*st));
+	if (lo.dst_opts)
+		KL_TRY(conv_apply_profiles(&lo.dst_opts, &lo.dst_fmt));
+	if (!o->dst_fmt)
+		return kl_err(-EINVAL, "an output format is needed (-O)");
+	if (stat(o->dst, &sst) == 0 && S_ISDIR(sst.st_mode))
+		return kl_err(-EISDIR, "%s is a directory", o->dst);
+	pkg = conv_package_find(o->dst_fmt);
+	if (!pkg && !blk_driver_find(o->dst_fmt))
+		return kl_err(-EINVAL, "unknown output format '%s' (see 'keel help formats')",
+			      o->dst_fmt);
+	if (o->n_extra_srcs && !(pkg && pkg->run == conv_ova_write))
+		return kl_err(-EINVAL, "several sources make one output only with -O ova");
+	conv_remove_stale_temps(o->dst);
+	if (pkg)
+		rc = conv_pkg(pkg, o, st);
+	else if (o->keep_chain)
+		rc = conv_chain(o, st);
+	else
+		rc = conv_one(o, st);
+	st->seconds = kl_now() - t0;
 	return rc;
 }

@@ -29,6 +29,9 @@ struct conv_opts {
 	const char *dst;
 	const char *dst_fmt;	/* required */
 	struct kl_opts *dst_opts;
+	const char *src_select; /* --disk N: sub-image of a package source (OVA), or NULL */
+	const char *const *extra_srcs; /* -O ova: the second, third... disk of the package */
+	size_t n_extra_srcs;
 	const char *backing;	/* -B: output is an overlay over this image */
 	const char *backing_fmt;
 	bool compress;		/* -c */
@@ -48,7 +51,11 @@ struct conv_stats {
 	uint64_t bytes_written;	 /* guest bytes written as data */
 	uint64_t zero_skipped;	 /* bytes never read or written because zero/unallocated */
 	uint64_t zero_detected;	 /* data that turned out to be zeros */
+	uint64_t bytes_stored;	 /* bytes the data took once encoded (compressed) */
 	uint64_t output_size;	 /* bytes of the output file */
+	uint64_t memory_bound;	 /* bytes of pipeline buffers */
+	int threads;		 /* workers used */
+	int layers;		 /* images written (--keep-chain: one per layer) */
 	double seconds;
 	bool verified;
 	bool verify_failed;
@@ -60,8 +67,33 @@ struct conv_stats {
  * name in DST's directory, synced, and renamed into place only on success;
  * on failure (or SIGINT/SIGTERM) nothing is left under either name.
  * Returns 0, or -EBADMSG when --verify found a difference (st->verify_failed).
+ *
+ * o->dst_fmt is a format driver name, or a package: "ova" (OVF package
+ * with a streamOptimized VMDK) or "gce" (Google Compute Engine import
+ * format: disk.raw in a gzip-compressed tar). Thread-safe with respect to
+ * other conversions; uses o->threads worker threads.
  */
 int conv_run(const struct conv_opts *o, struct conv_stats *st);
+
+/* Package targets conv_run accepts besides the format drivers; i = 0, 1, ... until false. */
+bool conv_package_at(size_t i, const char **name, const char **desc);
+
+/* ------------------------------------------------------------------ measure */
+struct conv_measure {
+	uint64_t required;	  /* bytes the converted image will take */
+	uint64_t fully_allocated; /* bytes with every cluster allocated */
+	uint64_t data;		  /* guest data bytes counted in required */
+	bool exact_data;	  /* data was measured by encoding it (-c) */
+};
+
+/*
+ * Predicts the size of converting o->src to o->dst_fmt with o->dst_opts
+ * (like qemu-img measure). With o->src NULL, size is the virtual size of
+ * an empty image. With o->compress the data is read and encoded by the
+ * pipeline (o->threads workers), so the prediction is exact but costs a
+ * read of SRC.
+ */
+int conv_measure(const struct conv_opts *o, uint64_t size, struct conv_measure *m);
 
 /* Install SIGINT/SIGTERM handlers that make conv_run stop and clean up. */
 void conv_install_signal_handlers(void);

@@ -253,8 +253,10 @@ static void dev_free(struct blk_dev *d)
 	kl_free(d);
 }
 
+/* file: an already open file to use (ownership passes to the device), or NULL to open path */
 static int open_path(const char *path, const char *snapshot, const struct blk_open_opts *o,
-		     struct blk_chain *chain, int depth, struct blk_dev **out)
+		     struct blk_chain *chain, int depth, struct kl_file *file,
+		     struct blk_dev **out)
 {
 	const struct blk_driver *drv = NULL;
 	struct blk_dev *d;
@@ -263,11 +265,16 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 	int rc;
 
 	*out = NULL;
-	if (depth > BLK_MAX_CHAIN)
+	if (depth > BLK_MAX_CHAIN) {
+		kl_io_close(file);
 		return kl_err(-ELOOP, "%s: parent chain deeper than %d images", path, BLK_MAX_CHAIN);
+	}
 	d = kl_calloc(1, sizeof(*d));
-	if (!d)
+	if (!d) {
+		kl_io_close(file);
 		return -ENOMEM;
+	}
+	d->file = file;
 	d->filename = kl_strdup(path);
 	if (!d->filename) {
 		rc = -ENOMEM;
@@ -280,9 +287,24 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 	/* snapshots are views of the past: never writable */
 	if (snapshot)
 		rw = false;
-	rc = kl_io_open(path, rw ? KL_O_RDWR : KL_O_RDONLY, &d->file);
-	if (rc < 0)
+	if (file && rw && !kl_io_writable(file)) {
+		rc = kl_err(-EROFS, "%s: opened read-only", path);
 		goto err;
+	}
+	if (!file) {
+		rc = kl_io_open(path, rw ? KL_O_RDWR : KL_O_RDONLY, &d->file);
+		if (rc < 0)
+			goto err;
+	}
+	/* one writer per image; readers never wait (they see committed states) */
+	if (rw) {
+		rc = kl_io_lock(d->file, o->flags & BLK_OPEN_WAIT);
+		if (rc == -EBUSY)
+			rc = kl_err(-EBUSY, "%s is being written by another keel command; try again "
+				    "later or pass --wait", path);
+		if (rc < 0)
+			goto err;
+	}
 	rc = kl_io_identity(d->file, &dev, &ino);
 	if (rc < 0)
 		goto err;
@@ -323,7 +345,7 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 			goto err;
 		}
 	}
-	if (snapshot && !(drv->flags & BLK_DRV_SNAPSHOTS)) {
+	if (snapshot && !(drv->flags & (BLK_DRV_SNAPSHOTS | BLK_DRV_SELECT))) {
 		rc = kl_err(-ENOTSUP, "%s: format %s has no internal snapshots (asked for '@%s')",
 			    path, drv->name, snapshot);
 		goto err;
@@ -380,10 +402,21 @@ int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **o
 			return -ENOMEM;
 		}
 	}
-	rc = open_path(path, snap, o, &chain, 0, out);
+	rc = open_path(path, snap, o, &chain, 0, NULL, out);
 	kl_free(path);
 	kl_free(snap);
 	return rc;
+}
+
+int blk_open_file(struct kl_file *f, const struct blk_open_opts *o, struct blk_dev **out)
+{
+	static const struct blk_open_opts none;
+	struct blk_chain chain = { .n = 0 };
+
+	*out = NULL;
+	if (!o)
+		o = &none;
+	return open_path(kl_io_name(f), o->snapshot, o, &chain, 0, f, out);
 }
 
 int blk_open_parent(struct blk_dev *d, const char *ref, const char *fmt)
@@ -410,7 +443,7 @@ int blk_open_parent(struct blk_dev *d, const char *ref, const char *fmt)
 	}
 	po.key = d->key;
 	po.key_len = d->key_len;
-	rc = open_path(path, NULL, &po, d->chain, d->depth + 1, &d->parent);
+	rc = open_path(path, NULL, &po, d->chain, d->depth + 1, NULL, &d->parent);
 	if (rc < 0)
 		rc = kl_err_prefix(rc, "opening parent '%s' of %s", ref, d->filename);
 	kl_free(path);
@@ -756,11 +789,103 @@ int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len)
 	return blk_pwrite_zeroes(d, off, len, BLK_ZERO_MAY_UNMAP);
 }
 
+void blk_writeback(struct blk_dev *d)
+{
+	if (!d->read_only)
+		kl_io_writeback(d->file);
+}
+
+bool blk_can_encode(const struct blk_dev *d)
+{
+	return d->encoded_writes && !d->read_only && d->drv->encode_cluster &&
+	       d->drv->write_encoded && d->cluster_size && d->cluster_size <= BLK_ENCODE_MAX_CLUSTER;
+}
+
+static int check_encode_range(const struct blk_dev *d, uint64_t off, size_t len)
+{
+	uint32_t cs = d->cluster_size;
+
+	if (!blk_can_encode(d))
+		return kl_err(-ENOTSUP, "%s: format %s has no encoded writes on this handle",
+			      d->filename, d->drv->name);
+	if (off % cs || off >= d->size || len == 0 || len != KL_MIN((uint64_t)cs, d->size - off))
+		return kl_err(-EINVAL, "%s: encoded write of %zu bytes at %llu is not one cluster",
+			      d->filename, len, (unsigned long long)off);
+	return 0;
+}
+
+ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			   void *out, size_t cap)
+{
+	ssize_t n;
+
+	KL_TRY(check_encode_range(d, off, len));
+	if (cap < BLK_ENCODE_BOUND(d->cluster_size))
+		return kl_err(-EINVAL, "%s: encode buffer of %zu bytes is too small", d->filename, cap);
+	n = d->drv->encode_cluster(d, off, buf, len, out, cap);
+	if (n > (ssize_t)cap)
+		return kl_err(-EIO, "%s: driver %s encoded past its buffer", d->filename,
+			      d->drv->name);
+	return n;
+}
+
+int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+		      const void *raw, size_t raw_len)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(check_encode_range(d, off, raw_len));
+	if (enc_len == 0)
+		return blk_pwrite(d, off, raw, raw_len);
+	return d->drv->write_encoded(d, off, enc, enc_len, raw, raw_len);
+}
+
 int blk_flush(struct blk_dev *d)
 {
 	if (d->read_only || !d->drv->flush)
 		return 0;
 	return d->drv->flush(d);
+}
+
+/* ------------------------------------------------------------------ measure */
+
+int blk_measure_allocated(struct blk_dev *in, uint64_t gran, uint64_t *bytes)
+{
+	uint64_t size = blk_size(in), off = 0, last = UINT64_MAX;
+
+	*bytes = 0;
+	if (!KL_IS_POW2(gran))
+		return kl_err(-EINVAL, "measure granularity %llu is not a power of two",
+			      (unsigned long long)gran);
+	while (off < size) {
+		struct blk_extent e;
+		uint64_t first, end;
+
+		KL_TRY(blk_block_status_chain(in, off, size - off, &e));
+		if (e.type == BLK_DATA) {
+			first = off / gran;
+			end = KL_DIV_ROUND_UP(off + e.len, gran);
+			if (first == last)
+				first++;
+			if (end > first)
+				*bytes += (end - first) * gran;
+			last = end - 1;
+		}
+		off += e.len;
+	}
+	return 0;
+}
+
+int blk_measure(const char *format, const struct blk_create_opts *o, struct blk_dev *in,
+		struct blk_measure *m)
+{
+	const struct blk_driver *drv = blk_driver_find(format);
+
+	memset(m, 0, sizeof(*m));
+	if (!drv)
+		return kl_err(-EINVAL, "unknown format '%s' (see 'keel help formats')", format);
+	if (!drv->measure)
+		return kl_err(-ENOTSUP, "format %s cannot predict its size", drv->name);
+	return drv->measure(o, in, m);
 }
 
 /* ------------------------------------------------------------------ properties */
@@ -1145,4 +1270,56 @@ int blk_dedup(struct blk_dev *d, bool progress, struct blk_stats *st)
 	KL_TRY(check_writable(d));
 	KL_TRY(need_snap_op(d, (const void *)d->drv->dedup, "dedup"));
 	return d->drv->dedup(d, progress, st);
+}
+
+/* ------------------------------------------------------------------ receiving */
+
+int blk_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16])
+{
+	KL_TRY(need_snap_op(d, (const void *)d->drv->snapshot_create_guid, "internal snapshots"));
+	KL_TRY(check_writable(d));
+	if (!name || !*name || strchr(name, '@') || strchr(name, '/'))
+		return kl_err(-EINVAL, "snapshot name '%s' is empty or contains '@' or '/'",
+			      name ? name : "");
+	return d->drv->snapshot_create_guid(d, name, guid);
+}
+
+int blk_recv_begin(struct blk_dev *d, const char *base)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_begin, "receiving streams"));
+	return d->drv->recv_begin(d, base);
+}
+
+int blk_recv_status(struct blk_dev *d, bool *active, void *token, size_t *len)
+{
+	*active = false;
+	if (!d->drv->recv_status) {
+		*len = 0;
+		return 0;
+	}
+	return d->drv->recv_status(d, active, token, len);
+}
+
+int blk_recv_checkpoint(struct blk_dev *d, const void *token, size_t len)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_checkpoint, "receiving streams"));
+	if (len > BLK_RECV_TOKEN_MAX)
+		return kl_err(-EINVAL, "receive token of %zu bytes is too long", len);
+	return d->drv->recv_checkpoint(d, token, len);
+}
+
+int blk_recv_finish(struct blk_dev *d, const char *name, const uint8_t guid[16])
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_finish, "receiving streams"));
+	return d->drv->recv_finish(d, name, guid);
+}
+
+int blk_recv_abort(struct blk_dev *d)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(need_snap_op(d, (const void *)d->drv->recv_abort, "receiving streams"));
+	return d->drv->recv_abort(d);
 }

@@ -46,6 +46,7 @@ struct blk_extent {
 #define BLK_OPEN_ALLOW_PROBED_RAW_RW 0x10 /* internal: never set by probing */
 #define BLK_OPEN_NO_CHECKSUM 0x20    /* skip per-cluster checksum verification (check -r) */
 #define BLK_OPEN_BATCH 0x40	     /* no metadata commits until blk_flush (all-or-nothing jobs) */
+#define BLK_OPEN_WAIT 0x100	     /* writable opens wait for another writer instead of failing */
 
 /* Deepest parent chain we follow; deeper is refused as a likely loop. */
 #define BLK_MAX_CHAIN 64
@@ -67,6 +68,13 @@ struct blk_open_opts {
  * writable: pass format "raw" explicitly for that.
  */
 int blk_open(const char *spec, const struct blk_open_opts *o, struct blk_dev **out);
+/*
+ * As blk_open, on a file that is already open (a kl_io_open_window view of
+ * an image stored inside another file, a memfd, ...). f's name stands for
+ * the path (messages, relative parent references); o->snapshot selects.
+ * Ownership of f passes to the device, also when this fails.
+ */
+int blk_open_file(struct kl_file *f, const struct blk_open_opts *o, struct blk_dev **out);
 /* Flushes (best effort) and closes, parents included. Accepts NULL. */
 void blk_close(struct blk_dev *d);
 /*
@@ -84,6 +92,12 @@ struct blk_create_opts {
 	unsigned flags;		   /* BLK_OPEN_ALLOW_EXTERNAL */
 	const uint8_t *key;	   /* secret for encrypted images */
 	size_t key_len;
+	/*
+	 * Where the image will live once complete when the caller builds it
+	 * under a temporary name (convert does), or NULL for path itself.
+	 * Formats that record their own file name (VMDK extent lines) use it.
+	 */
+	const char *final_path;
 };
 
 /*
@@ -103,6 +117,37 @@ int blk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned fl
 /* Drops data in the range; it then reads as zeros (never as stale parent data). */
 int blk_discard(struct blk_dev *d, uint64_t off, uint64_t len);
 int blk_flush(struct blk_dev *d);
+/*
+ * Hint for long writers (convert): start writing d's dirty data to the
+ * device without waiting, so that the final blk_flush is short. No
+ * durability promise; no effect on read-only handles.
+ */
+void blk_writeback(struct blk_dev *d);
+
+/*
+ * Encoded writes, for copy pipelines (convert): the CPU-heavy part of
+ * writing a cluster (compression) is split from placing it, so that many
+ * threads can encode while one writes. Usable when blk_can_encode(d).
+ *
+ * blk_encode_cluster: thread-safe and pure (no I/O, d unchanged), may run
+ * on any thread concurrently with writes on d. off must be aligned to
+ * blk_cluster_size(d) and len be the cluster size (or the rest of the
+ * image for the last cluster); buf must not be all zeros; out must hold
+ * BLK_ENCODE_BOUND(blk_cluster_size(d)) bytes. Returns the encoded length
+ * (> 0), 0 when the cluster is to be stored as plain data, or -errno.
+ *
+ * blk_write_encoded: serial, like blk_pwrite: stores the cluster at off
+ * from what blk_encode_cluster returned (enc_len 0: plain data, written
+ * with blk_pwrite). raw/raw_len are the cluster's guest data. Formats that
+ * only append (streamOptimized VMDK) need increasing offsets.
+ */
+#define BLK_ENCODE_BOUND(cs) ((size_t)(cs) + (size_t)(cs) / 16 + 4096)
+#define BLK_ENCODE_MAX_CLUSTER (4u << 20)
+bool blk_can_encode(const struct blk_dev *d);
+ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			   void *out, size_t cap);
+int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+		      const void *raw, size_t raw_len);
 
 /* Status of this layer alone at off: DATA, ZERO or UNALLOC, with its length. */
 int blk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);
@@ -134,6 +179,7 @@ struct blk_snapshot_info {
 	uint64_t date_ns;    /* creation time, ns since the epoch, 0 if unknown */
 	uint64_t generation; /* format-specific ordering, 0 if unknown */
 	uint64_t stored;     /* bytes exclusively held, 0 if unknown */
+	uint8_t guid[16];    /* identity kept by replication; zero if unknown */
 };
 
 struct blk_info {
@@ -203,6 +249,33 @@ int blk_snapshot_revert(struct blk_dev *d, const char *name);
  */
 int blk_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
 		      void *opaque);
+
+/*
+ * As blk_snapshot_create, with the snapshot's identity given (replication
+ * keeps the source's guid so a later incremental can name it).
+ */
+int blk_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+
+/* ------------------------------------------------------------------ receiving
+ *
+ * A staged receive (keel recv): writes go to a working state that readers
+ * never see; the image shows its previous state until blk_recv_finish makes
+ * the working state a snapshot and the current state in one commit. A
+ * receive survives close and crash: blk_recv_checkpoint records an opaque
+ * token (at most BLK_RECV_TOKEN_MAX bytes, replicate/ decides its meaning)
+ * durably with everything written so far, and a later open resumes it. While
+ * a receive is in progress the image opens writable only with
+ * BLK_OPEN_RECV.
+ */
+#define BLK_RECV_TOKEN_MAX 2048
+#define BLK_OPEN_RECV 0x80
+/* Start: the working state begins as snapshot base (NULL: empty). */
+int blk_recv_begin(struct blk_dev *d, const char *base);
+/* In progress? *len = 0 when none; token copied when buf is large enough. */
+int blk_recv_status(struct blk_dev *d, bool *active, void *token, size_t *len);
+int blk_recv_checkpoint(struct blk_dev *d, const void *token, size_t len);
+int blk_recv_finish(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+int blk_recv_abort(struct blk_dev *d);
 
 /* ------------------------------------------------------------------ chains */
 struct blk_identity {
@@ -291,6 +364,25 @@ struct blk_key_slot {
 int blk_key_op(struct blk_dev *d, enum blk_key_op op, const uint8_t *key, size_t klen, int slot,
 	       int *out_slot);
 int blk_key_list(struct blk_dev *d, struct blk_key_slot *out, size_t max, size_t *n);
+
+/* ------------------------------------------------------------------ measure */
+struct blk_measure {
+	uint64_t required;	  /* bytes of the image file holding in's data */
+	uint64_t fully_allocated; /* bytes with every cluster allocated */
+	uint64_t data;		  /* the guest-data part of required */
+};
+/*
+ * Predicts the size of an image of `format` created with o holding what a
+ * guest sees in `in` (NULL: an empty image of o->size bytes), from
+ * metadata only. -ENOTSUP when the driver cannot predict.
+ */
+int blk_measure(const char *format, const struct blk_create_opts *o, struct blk_dev *in,
+		struct blk_measure *m);
+/*
+ * Bytes of in that hold data (DATA anywhere in its chain), counted in
+ * whole units of gran (a power of two) that contain any; metadata only.
+ */
+int blk_measure_allocated(struct blk_dev *in, uint64_t gran, uint64_t *bytes);
 
 /* ------------------------------------------------------------------ drivers */
 const struct blk_driver *blk_driver_find(const char *name);

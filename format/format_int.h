@@ -33,6 +33,7 @@ struct blk_probe_buf {
 #define BLK_DRV_APPEND_ONLY 0x8	 /* writes must come in increasing offset order (streamOptimized) */
 #define BLK_DRV_NO_PROBE 0x10	 /* never chosen by probing */
 #define BLK_DRV_HAS_PARENT 0x20	 /* can record a parent */
+#define BLK_DRV_SELECT 0x40	 /* "FILE@NAME" selects a member (a disk of a package), not a snapshot */
 
 struct blk_chain; /* loop detection during open, private to core.c */
 
@@ -53,6 +54,7 @@ struct blk_dev {
 	int depth;		 /* 0 for the top image */
 	const uint8_t *key;	 /* borrowed secret, valid during open only */
 	size_t key_len;
+	bool encoded_writes;	 /* set by open: encode_cluster/write_encoded apply (see below) */
 };
 
 /*
@@ -156,8 +158,58 @@ struct blk_driver {
 			    const uint8_t hash[32]);
 	int (*stats)(struct blk_dev *d, struct blk_stats *st);
 	int (*dedup)(struct blk_dev *d, bool progress, struct blk_stats *st);
+
+	int (*snapshot_create_guid)(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+	int (*recv_begin)(struct blk_dev *d, const char *base);
+	int (*recv_status)(struct blk_dev *d, bool *active, void *token, size_t *len);
+	int (*recv_checkpoint)(struct blk_dev *d, const void *token, size_t len);
+	int (*recv_finish)(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+	int (*recv_abort)(struct blk_dev *d);
 	int (*scrub)(struct blk_dev *d, blk_scrub_cb cb, void *opaque, bool progress,
 		     struct blk_scrub_report *r);
+
+	/*
+	 * Encoded writes (optional, both or neither; used by convert so that
+	 * compression runs on many threads while the file is written by one).
+	 * They apply to a handle only when its open set d->encoded_writes
+	 * (e.g. because compression was asked for); the core never calls them
+	 * otherwise.
+	 *
+	 * encode_cluster: turn the guest data of one whole cluster into the
+	 * bytes this format will store for it (compressed, with any per-cluster
+	 * framing). The core guarantees off is aligned to d->cluster_size and
+	 * len == d->cluster_size, or len is the shorter rest of the image for
+	 * its last cluster; buf is never all zeros (zero clusters are not
+	 * encoded); out has cap >= BLK_ENCODE_BOUND(d->cluster_size) bytes.
+	 * MUST be pure and thread-safe: it may be called from several threads
+	 * at once, concurrently with write_encoded on the same handle, so it
+	 * reads only state that open fixed, never does I/O, never changes d.
+	 * Returns the number of bytes written to out (> 0), 0 for "store this
+	 * cluster as plain data" (e.g. it did not shrink; the core then uses
+	 * pwrite), or -errno.
+	 *
+	 * write_encoded: place enc (enc_len > 0, exactly what encode_cluster
+	 * returned for this off and data) as the cluster at off. Serial: called
+	 * from one thread, like pwrite, and in increasing offset order when the
+	 * driver has BLK_DRV_APPEND_ONLY. The cluster's guest data is passed
+	 * too (raw, raw_len) for drivers that need it (e.g. a checksum of the
+	 * plain data). The cluster must then read back as raw.
+	 */
+	ssize_t (*encode_cluster)(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+				  void *out, size_t cap);
+	int (*write_encoded)(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+			     const void *raw, size_t raw_len);
+
+	/*
+	 * Optional: predict the size of the file create(o) would make once it
+	 * holds the guest data of in (qemu's bdrv_measure). o->size is the
+	 * virtual size; in is NULL for an empty image, else an open image to
+	 * walk (blk_measure_allocated counts its data at a granularity). Fill
+	 * m->required (data + metadata), m->fully_allocated (every cluster
+	 * allocated) and m->data (the guest-data part of required, so a caller
+	 * can put compressed sizes in its place). Reads only metadata of in.
+	 */
+	int (*measure)(const struct blk_create_opts *o, struct blk_dev *in, struct blk_measure *m);
 };
 
 /* ------------------------------------------------------------------ for drivers */

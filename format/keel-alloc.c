@@ -513,8 +513,8 @@ static void punch_freed(struct blk_dev *d)
 				start = b;
 			continue;
 		}
-		if (run >= 16 && kl_io_punch(d->file, start * KF_BLOCK, run * KF_BLOCK) < 0)
-			kl_err_clear();
+		if (run >= 16)
+			kl_io_discard_hint(d->file, start * KF_BLOCK, run * KF_BLOCK);
 		run = 0;
 	}
 }

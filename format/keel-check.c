@@ -191,7 +191,19 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		if (s->snaps[i].root.addr)
 			walk_node(&x, &s->snaps[i].root, (int)s->snaps[i].height - 1, 0);
 	}
+	{
+		/* a receive in progress holds its working tree and token */
+		struct kf_ptr other = s->staging ? s->shown_root
+				      : (s->autoclear & KF_AUTOCLEAR_RECV) ? s->staging_root
+									   : (struct kf_ptr){ 0 };
+
+		x.tree = s->staging ? "shown state" : "receive in progress";
+		if (other.addr)
+			walk_node(&x, &other, (int)s->height - 1, 0);
+	}
 	x.tree = "metadata";
+	if (s->token_ptr.addr)
+		ref(&x, s->token_ptr.addr, 1, "receive token");
 	if (s->snap_table.addr)
 		ref(&x, s->snap_table.addr, kf_blocks_of(s->snap_table.aux), "snapshot table");
 	if (s->crypto_hdr.addr)
@@ -323,7 +335,8 @@ int kf_collect_refs(struct blk_dev *d, struct kf_ref **out, size_t *n)
 		kl_free(x.v);
 		return rc;
 	}
-	qsort(x.v, x.n, sizeof(*x.v), cmp_ref);
+	if (x.n)
+		qsort(x.v, x.n, sizeof(*x.v), cmp_ref);
 	*out = x.v;
 	*n = x.n;
 	return 0;

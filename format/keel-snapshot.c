@@ -216,6 +216,7 @@ int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *
 		v[i].vsize = s->snaps[i].vsize;
 		v[i].date_ns = s->snaps[i].ctime_ns;
 		v[i].generation = s->snaps[i].generation;
+		memcpy(v[i].guid, s->snaps[i].guid, 16);
 		if (!v[i].id || !v[i].name) {
 			blk_snapshot_list_free(v, i + 1);
 			return -ENOMEM;
@@ -227,6 +228,11 @@ int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *
 }
 
 int kf_snapshot_create(struct blk_dev *d, const char *name)
+{
+	return kf_snapshot_create_guid(d, name, NULL);
+}
+
+int kf_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16])
 {
 	struct kf_state *s = d->priv;
 	struct kf_snap *v, *sn;
@@ -261,7 +267,10 @@ int kf_snapshot_create(struct blk_dev *d, const char *name)
 	sn->ctime_ns = kl_wallclock_ns();
 	sn->vsize = s->vsize;
 	sn->height = (uint8_t)s->height;
-	kl_uuid_generate(sn->guid);
+	if (guid && !kl_uuid_is_null(guid))
+		memcpy(sn->guid, guid, 16);
+	else
+		kl_uuid_generate(sn->guid);
 	s->nsnaps++;
 	s->snaps_dirty = true;
 	s->snap_pending = true;
@@ -279,7 +288,11 @@ int kf_snapshot_delete(struct blk_dev *d, const char *name)
 
 	if (!sn)
 		return kl_err(-ENOENT, "%s: no snapshot named '%s'", d->filename, name);
-	KL_TRY(kf_commit(d));
+	if (s->snap_pending)
+		return kl_err(-EBUSY, "%s: a snapshot is being created", d->filename);
+	/* in batch mode (prune) several deletes become one commit at flush */
+	if (!s->batch)
+		KL_TRY(kf_commit(d));
 	KL_TRY(kl_io_event("kf.snapshot_delete"));
 	i = (size_t)(sn - s->snaps);
 	rc = kf_tree_decref(d, &sn->root, (int)sn->height - 1);
@@ -291,7 +304,7 @@ int kf_snapshot_delete(struct blk_dev *d, const char *name)
 	memmove(&s->snaps[i], &s->snaps[i + 1], (s->nsnaps - i - 1) * sizeof(*s->snaps));
 	s->nsnaps--;
 	s->snaps_dirty = true;
-	return kf_commit(d);
+	return s->batch ? 0 : kf_commit(d);
 }
 
 int kf_snapshot_revert(struct blk_dev *d, const char *name)

@@ -130,6 +130,10 @@ static int hdr_parse(struct blk_dev *d, const uint8_t *h)
 	flen = get_le16(h + 202);
 	kf_ptr_get(h + 208, &s->dedup_root);
 	kf_ptr_get(h + 224, &s->crypto_hdr);
+	if (s->autoclear & KF_AUTOCLEAR_RECV) {
+		kf_ptr_get(h + 240, &s->staging_root);
+		kf_ptr_get(h + 256, &s->token_ptr);
+	}
 	if (plen > KF_HDR_PARENT_MAX || flen > KF_HDR_PFMT_MAX)
 		return kl_err(-EUCLEAN, "%s: parent name length out of range", d->filename);
 	if (plen) {
@@ -172,7 +176,7 @@ static void hdr_build(const struct kf_state *s, uint64_t gen, uint8_t *h)
 	h[82] = (uint8_t)s->comp;
 	h[83] = (uint8_t)(int8_t)s->comp_level;
 	put_le32(h + 84, s->parent_gen_alt == UINT64_MAX ? KF_HF_COMMITTING : 0);
-	kf_ptr_put(h + 88, &s->root);
+	kf_ptr_put(h + 88, s->staging ? &s->shown_root : &s->root);
 	kf_ptr_put(h + 104, &s->rc_root);
 	put_le64(h + 120, s->nblocks);
 	kf_ptr_put(h + 128, &s->snap_table);
@@ -186,6 +190,13 @@ static void hdr_build(const struct kf_state *s, uint64_t gen, uint8_t *h)
 	put_le16(h + 202, (uint16_t)(s->parent_fmt ? strlen(s->parent_fmt) : 0));
 	kf_ptr_put(h + 208, &s->dedup_root);
 	kf_ptr_put(h + 224, &s->crypto_hdr);
+	if (s->staging) {
+		kf_ptr_put(h + 240, &s->root);
+		kf_ptr_put(h + 256, &s->token_ptr);
+		put_le64(h + 32, s->autoclear | KF_AUTOCLEAR_RECV);
+	} else {
+		put_le64(h + 32, s->autoclear & ~KF_AUTOCLEAR_RECV);
+	}
 	memset(h + KF_HDR_PARENT_OFF, 0, KF_HDR_PARENT_MAX + KF_HDR_PFMT_MAX);
 	if (s->parent)
 		memcpy(h + KF_HDR_PARENT_OFF, s->parent, strlen(s->parent));
@@ -207,7 +218,8 @@ static bool slot_valid(const uint8_t *h)
 
 static bool kf_dirty(const struct kf_state *s)
 {
-	return s->dirty_nodes || s->snaps_dirty || s->rc_dirty || s->crypto_dirty;
+	return s->dirty_nodes || s->snaps_dirty || s->rc_dirty || s->crypto_dirty ||
+	       s->token_dirty;
 }
 
 int kf_commit(struct blk_dev *d)
@@ -240,6 +252,8 @@ int kf_commit(struct blk_dev *d)
 		rc = kf_crypto_commit(d);
 	if (rc == 0)
 		rc = kf_dedup_commit(d);
+	if (rc == 0)
+		rc = kf_token_commit(d);
 	if (rc == 0)
 		rc = kf_rc_commit(d); /* last: the steps above allocate */
 	if (rc == 0)
@@ -784,6 +798,7 @@ static void kf_close(struct blk_dev *d)
 	kl_free(s->ebuf);
 	kf_crypto_free(s);
 	kf_dedup_free(s);
+	kf_recv_free(s);
 	ZSTD_freeCCtx(s->zstd_c);
 	ZSTD_freeDCtx(s->zstd_d);
 }
@@ -901,6 +916,9 @@ static int kf_open(struct blk_dev *d, const struct blk_open_opts *o)
 			if (rc < 0)
 				goto err;
 		}
+		rc = kf_recv_open(d);
+		if (rc < 0)
+			goto err;
 		/* a writer clears the autoclear features it does not maintain */
 		s->autoclear &= (s->compat & KF_COMPAT_DEDUP) ? KF_AUTOCLEAR_DEDUP_INDEX : 0;
 	}
@@ -1330,5 +1348,11 @@ const struct blk_driver blk_keel_driver = {
 	.write_hashed = kf_write_hashed,
 	.stats = kf_stats,
 	.dedup = kf_dedup_offline,
+	.snapshot_create_guid = kf_snapshot_create_guid,
+	.recv_begin = kf_recv_begin,
+	.recv_status = kf_recv_status,
+	.recv_checkpoint = kf_recv_checkpoint,
+	.recv_finish = kf_recv_finish,
+	.recv_abort = kf_recv_abort,
 	.scrub = kf_scrub,
 };

@@ -19,7 +19,7 @@
 #define KF_VERSION 1
 #define KF_BLOCK_BITS 12
 #define KF_BLOCK 4096u
-#define KF_HDR_FIXED 256      /* bytes of fixed header fields in use */
+#define KF_HDR_FIXED 512      /* bytes of fixed header fields in use */
 #define KF_HDR_PARENT_OFF 512 /* parent path */
 #define KF_HDR_PARENT_MAX 1024
 #define KF_HDR_PFMT_OFF 1536 /* parent format name */
@@ -43,6 +43,7 @@
 #define KF_INCOMPAT_KNOWN KF_INCOMPAT_ENCRYPTION
 #define KF_COMPAT_DEDUP (1ULL << 0)
 #define KF_AUTOCLEAR_DEDUP_INDEX (1ULL << 0)
+#define KF_AUTOCLEAR_RECV (1ULL << 1) /* staging_root and recv_token are valid */
 
 /* leaf entry info word (§4.1) */
 #define KF_LEN_MASK 0x00ffffffu
@@ -213,6 +214,17 @@ struct kf_state {
 	struct kf_dedup *dedup;	  /* content index, when dedup is on and writable */
 	bool dedup_incomplete;	  /* index was missing or stale: `keel dedup` rebuilds it */
 	struct blk_stats stats;
+
+	/* staged receive (keel-recv.c) */
+	bool staging;		  /* writable: s->root is the working state */
+	struct kf_ptr shown_root; /* staging: what the header shows as current */
+	struct kf_ptr staging_root; /* as read from the header (read-only opens, check) */
+	struct kf_ptr token_ptr;  /* committed token blob */
+	uint8_t *token;
+	size_t token_len;
+	bool token_dirty;
+	uint8_t pending_guid[16];
+	bool pending_guid_set;
 };
 
 /* ------------------------------------------------------------------ keel.c */
@@ -273,6 +285,7 @@ void kf_snap_free(struct kf_state *s);
 const struct kf_snap *kf_snap_find(struct kf_state *s, const char *name);
 int kf_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *n);
 int kf_snapshot_create(struct blk_dev *d, const char *name);
+int kf_snapshot_create_guid(struct blk_dev *d, const char *name, const uint8_t guid[16]);
 int kf_snapshot_delete(struct blk_dev *d, const char *name);
 int kf_snapshot_revert(struct blk_dev *d, const char *name);
 int kf_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
@@ -308,6 +321,16 @@ size_t kf_dedup_count(const struct kf_state *s);
 int kf_dedup_each(const struct kf_state *s,
 		  int (*fn)(void *o, const uint8_t h[32], const struct kf_ptr *e), void *o);
 void kf_dedup_clear(struct kf_state *s);
+
+/* ------------------------------------------------------------------ keel-recv.c */
+int kf_recv_open(struct blk_dev *d);
+int kf_token_commit(struct blk_dev *d);
+void kf_recv_free(struct kf_state *s);
+int kf_recv_begin(struct blk_dev *d, const char *base);
+int kf_recv_status(struct blk_dev *d, bool *active, void *token, size_t *len);
+int kf_recv_checkpoint(struct blk_dev *d, const void *token, size_t len);
+int kf_recv_finish(struct blk_dev *d, const char *name, const uint8_t guid[16]);
+int kf_recv_abort(struct blk_dev *d);
 
 /* ------------------------------------------------------------------ keel-check.c */
 /* One reference to a data blob: from tree (-1 current, else snapshot index) at cluster. */

@@ -136,6 +136,16 @@ static int raw_flush(struct blk_dev *d)
 	return kl_io_sync(d->file);
 }
 
+/* A raw file is as large as the disk, whatever it holds (holes are the filesystem's business). */
+static int raw_measure(const struct blk_create_opts *o, struct blk_dev *in, struct blk_measure *m)
+{
+	m->required = o->size;
+	m->fully_allocated = o->size;
+	if (in)
+		KL_TRY(blk_measure_allocated(in, 4096, &m->data));
+	return 0;
+}
+
 const struct blk_driver blk_raw_driver = {
 	.name = "raw",
 	.ext = "raw",
@@ -150,4 +160,5 @@ const struct blk_driver blk_raw_driver = {
 	.pwrite_zeroes = raw_pwrite_zeroes,
 	.block_status = raw_block_status,
 	.flush = raw_flush,
+	.measure = raw_measure,
 };

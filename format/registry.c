@@ -12,12 +12,16 @@ extern const struct blk_driver blk_keel_driver;
 extern const struct blk_driver blk_raw_driver;
 extern const struct blk_driver blk_vhd_driver;
 extern const struct blk_driver blk_vdi_driver;
+extern const struct blk_driver blk_vmdk_driver;
+extern const struct blk_driver blk_ova_driver;
 extern const struct blk_driver blk_vhdx_driver;
 
 const struct blk_driver *const blk_drivers[] = {
 	&blk_keel_driver,
 	&blk_vhd_driver,
 	&blk_vdi_driver,
+	&blk_vmdk_driver,
+	&blk_ova_driver,
 	&blk_vhdx_driver,
 	&blk_raw_driver,
 	NULL,

@@ -24,6 +24,9 @@ struct kl_file {
 	int fd;
 	unsigned flags;
 	char *name;
+	struct kl_io_seg *segs; /* a window (kl_io_open_window), or NULL */
+	size_t nsegs;
+	uint64_t wsize;		/* bytes of the window */
 };
 
 /* ------------------------------------------------------------ fault state */
@@ -419,13 +422,89 @@ int kl_io_fdopen(int fd, const char *name, unsigned flags, struct kl_file **out)
 	return 0;
 }
 
+int kl_io_open_window(struct kl_file *base, const struct kl_io_seg *segs, size_t nsegs,
+		      const char *name, struct kl_file **out)
+{
+	struct kl_file *f;
+	uint64_t total = 0, bsize;
+
+	*out = NULL;
+	KL_TRY(kl_io_size(base, &bsize));
+	for (size_t i = 0; i < nsegs; i++) {
+		if (!kl_range_ok(segs[i].off, segs[i].len, bsize) ||
+		    kl_add_overflow(total, segs[i].len, &total))
+			return kl_err(-EUCLEAN, "%s: window segment %zu (%llu bytes at %llu) lies "
+						"outside the file (%llu bytes)",
+				      name, i, (unsigned long long)segs[i].len,
+				      (unsigned long long)segs[i].off, (unsigned long long)bsize);
+	}
+	f = kl_calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f->fd = fcntl(base->fd, F_DUPFD_CLOEXEC, 0);
+	f->name = kl_strdup(name);
+	f->segs = kl_calloc(nsegs ? nsegs : 1, sizeof(*segs));
+	if (f->fd < 0 || !f->name || !f->segs) {
+		int rc = f->fd < 0 ? kl_err(-errno, "%s: dup: %s", name, strerror(errno)) : -ENOMEM;
+
+		if (f->fd >= 0)
+			close(f->fd);
+		kl_free(f->name);
+		kl_free(f->segs);
+		kl_free(f);
+		return rc;
+	}
+	if (nsegs)
+		memcpy(f->segs, segs, nsegs * sizeof(*segs));
+	f->nsegs = nsegs;
+	f->wsize = total;
+	f->flags = KL_O_RDONLY;
+	*out = f;
+	return 0;
+}
+
 void kl_io_close(struct kl_file *f)
 {
 	if (!f)
 		return;
 	close(f->fd);
 	kl_free(f->name);
+	kl_free(f->segs);
 	kl_free(f);
+}
+
+static ssize_t window_pread(struct kl_file *f, uint64_t off, void *buf, size_t len)
+{
+	uint64_t base = 0;
+	size_t done = 0;
+
+	for (size_t i = 0; i < f->nsegs && done < len; i++) {
+		const struct kl_io_seg *s = &f->segs[i];
+		uint64_t pos = off + done;
+
+		if (pos < base + s->len) {
+			size_t n = (size_t)KL_MIN((uint64_t)(len - done), base + s->len - pos);
+			ssize_t r = pread(f->fd, (uint8_t *)buf + done, n,
+					  (off_t)(s->off + (pos - base)));
+
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r < 0)
+				return kl_err(-errno, "%s: read at %llu: %s", f->name,
+					      (unsigned long long)pos, strerror(errno));
+			if (r == 0)
+				break; /* the file shrank under us */
+			done += (size_t)r;
+			if ((size_t)r < n) {
+				i--; /* short read inside the segment: go on in it */
+				continue;
+			}
+		}
+		base += s->len;
+	}
+	if (done < len)
+		memset((uint8_t *)buf + done, 0, len - done);
+	return (ssize_t)done;
 }
 
 ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len)
@@ -437,6 +516,8 @@ ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len)
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return kl_err(-EINVAL, "%s: read offset %llu out of range", f->name,
 			      (unsigned long long)off);
+	if (f->segs)
+		return window_pread(f, off, buf, len);
 	while (done < len) {
 		ssize_t n = pread(f->fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
 
@@ -472,6 +553,8 @@ int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len)
 	size_t done = 0;
 	int rc;
 
+	if (f->segs)
+		return kl_err(-EROFS, "%s: a file window is read-only", f->name);
 	if ((rc = fault_point()) < 0)
 		return kl_err(rc, "%s: write at %llu: %s (injected)", f->name,
 			      (unsigned long long)off, strerror(-rc));
@@ -542,10 +625,18 @@ int kl_io_sync(struct kl_file *f)
 	return 0;
 }
 
+void kl_io_writeback(struct kl_file *f)
+{
+	if (!f->segs && (f->flags & KL_O_RDWR) && !fault_crashed())
+		(void)sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
 int kl_io_truncate(struct kl_file *f, uint64_t size)
 {
 	int rc;
 
+	if (f->segs)
+		return kl_err(-EROFS, "%s: a file window is read-only", f->name);
 	if ((rc = fault_point()) < 0)
 		return kl_err(rc, "%s: truncate: %s (injected)", f->name, strerror(-rc));
 	if (ftruncate(f->fd, (off_t)size) < 0)
@@ -558,6 +649,8 @@ int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len)
 {
 	int rc;
 
+	if (f->segs)
+		return kl_err(-EROFS, "%s: a file window is read-only", f->name);
 	if ((rc = fault_point()) < 0)
 		return kl_err(rc, "%s: punch: %s (injected)", f->name, strerror(-rc));
 	journal_write(f, off, (size_t)len);
@@ -566,10 +659,22 @@ int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len)
 	return 0;
 }
 
+void kl_io_discard_hint(struct kl_file *f, uint64_t off, uint64_t len)
+{
+	if (fault_crashed())
+		return;
+	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
+		return; /* only space goes unreclaimed */
+}
+
 int kl_io_size(struct kl_file *f, uint64_t *size)
 {
 	struct stat st;
 
+	if (f->segs) {
+		*size = f->wsize;
+		return 0;
+	}
 	if (fstat(f->fd, &st) < 0)
 		return kl_err(-errno, "%s: stat: %s", f->name, strerror(errno));
 	if (S_ISBLK(st.st_mode)) {
@@ -586,7 +691,16 @@ int kl_io_size(struct kl_file *f, uint64_t *size)
 
 static int seek_common(struct kl_file *f, uint64_t off, int whence, uint64_t *out)
 {
-	off_t r = lseek(f->fd, (off_t)off, whence);
+	off_t r;
+
+	if (f->segs) {
+		/* a window is all data: its holes, if any, are the base file's business */
+		if (off >= f->wsize)
+			return -ENXIO;
+		*out = whence == SEEK_DATA ? off : f->wsize;
+		return 0;
+	}
+	r = lseek(f->fd, (off_t)off, whence);
 
 	if (r < 0) {
 		if (errno == ENXIO)
@@ -675,4 +789,19 @@ int kl_io_sync_dir(const char *path)
 	}
 	close(fd);
 	return 0;
+}
+
+int kl_io_lock(struct kl_file *f, bool wait)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
+	int rc;
+
+	do {
+		rc = fcntl(f->fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl);
+	} while (rc < 0 && errno == EINTR && wait);
+	if (rc == 0)
+		return 0;
+	if (errno == EAGAIN || errno == EACCES)
+		return kl_err(-EBUSY, "%s is in use by another keel writer", f->name);
+	return kl_err(-errno, "%s: lock: %s", f->name, strerror(errno));
 }

@@ -122,6 +122,21 @@ int kl_io_open(const char *path, unsigned flags, struct kl_file **out);
 /* Wrap an already open descriptor (stdin/stdout/socket); takes ownership. */
 int kl_io_fdopen(int fd, const char *name, unsigned flags, struct kl_file **out);
 void kl_io_close(struct kl_file *f);
+/*
+ * A read-only view of part of an open file: the concatenation of segs
+ * (byte ranges of base, each inside it) reads as a file of its own, with
+ * offsets from 0. Used to open an image stored inside another file (a disk
+ * member of an uncompressed OVA/tar, possibly split into chunks) without
+ * extracting it. The view has its own descriptor (a dup of base's), so
+ * base may be closed first. Writes fail with -EROFS; SEEK_DATA/SEEK_HOLE
+ * report the whole view as data. name is for messages.
+ */
+struct kl_io_seg {
+	uint64_t off;
+	uint64_t len;
+};
+int kl_io_open_window(struct kl_file *base, const struct kl_io_seg *segs, size_t nsegs,
+		      const char *name, struct kl_file **out);
 /* Returns bytes read (< len only at EOF, rest zero-filled) or -errno. */
 ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len);
 /* Reads exactly len bytes; a short read is -EUCLEAN naming what was read. */
@@ -131,9 +146,20 @@ int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len);
 ssize_t kl_io_read(struct kl_file *f, void *buf, size_t len);
 int kl_io_write(struct kl_file *f, const void *buf, size_t len);
 int kl_io_sync(struct kl_file *f);
+/*
+ * Hint: start writing f's dirty pages to the device now, without waiting
+ * (sync_file_range WRITE). Promises nothing about durability; a later
+ * kl_io_sync is still needed, but then has less to do. Never fails.
+ */
+void kl_io_writeback(struct kl_file *f);
 int kl_io_truncate(struct kl_file *f, uint64_t size);
 /* Deallocate a byte range (punch a hole); -ENOTSUP where impossible. */
 int kl_io_punch(struct kl_file *f, uint64_t off, uint64_t len);
+/*
+ * Give a range that holds nothing anyone reads back to the filesystem. A
+ * hint: no I/O point for fault injection, failures are ignored.
+ */
+void kl_io_discard_hint(struct kl_file *f, uint64_t off, uint64_t len);
 int kl_io_size(struct kl_file *f, uint64_t *size);
 /* SEEK_DATA/SEEK_HOLE: next data/hole at or after off; -ENXIO past EOF/no data. */
 int kl_io_seek_data(struct kl_file *f, uint64_t off, uint64_t *out);
@@ -141,6 +167,13 @@ int kl_io_seek_hole(struct kl_file *f, uint64_t off, uint64_t *out);
 int kl_io_fd(const struct kl_file *f);
 const char *kl_io_name(const struct kl_file *f);
 bool kl_io_writable(const struct kl_file *f);
+/*
+ * Exclusive writer lock on the file (an OFD lock, so it belongs to this
+ * open, not the process, and the kernel drops it when the holder dies: a
+ * killed writer never leaves a stale lock). wait: block until free;
+ * otherwise -EBUSY at once.
+ */
+int kl_io_lock(struct kl_file *f, bool wait);
 /* Same file as (dev, ino); for loop detection in parent chains. */
 int kl_io_identity(struct kl_file *f, uint64_t *dev, uint64_t *ino);
 
@@ -294,7 +327,22 @@ bool kl_is_zero(const void *buf, size_t n);
 /* CRC-32C (Castagnoli), as VHDX and the .keel format use; hardware when present. */
 uint32_t kl_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/* ------------------------------------------------------------------ compression
+ *
+ * One-shot and thread-safe (per-thread contexts, freed at thread exit), for
+ * encoders that run on many threads. Each returns the compressed length,
+ * 0 when the result does not fit in cap, or -errno.
+ */
+/* zlib-wrapped deflate (RFC 1950) via libdeflate; level -1 = 6, up to 12. */
+ssize_t kl_zlib_compress(int level, const void *in, size_t len, void *out, size_t cap);
+/* A zstd frame at level. */
+ssize_t kl_zstd_compress(int level, const void *in, size_t len, void *out, size_t cap);
+/* Raw deflate (RFC 1951) via zlib with a 2^window_bits window (qcow2: 12). */
+ssize_t kl_deflate_raw_compress(int level, int window_bits, const void *in, size_t len, void *out,
+				size_t cap);
+
 /* ------------------------------------------------------------------ UUIDs */
+/* Random (version 4); KEEL_FAKE_UUID=SEED makes the sequence repeatable for tests. */
 void kl_uuid_generate(uint8_t out[16]);
 /* Canonical text form, 36 characters + NUL. */
 void kl_uuid_format(const uint8_t u[16], char out[37]);

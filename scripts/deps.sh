@@ -25,6 +25,7 @@ need_pkg uuid uuid-dev
 need_pkg check check
 need_pkg libxml-2.0 libxml2-dev
 need_pkg libcurl libcurl4-openssl-dev
+need_pkg libdeflate libdeflate-dev
 need_cmd qemu-img qemu-utils
 need_cmd xmllint libxml2-utils
 need_cmd zstd zstd

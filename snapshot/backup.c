@@ -88,7 +88,8 @@ static void default_name(char *out, size_t len)
 static int open_or_create_vault(const struct snap_backup_opts *o, uint64_t size,
 				struct snap_backup_stats *st, struct blk_dev **out)
 {
-	struct blk_open_opts vo = { .format = "keel", .flags = BLK_OPEN_RDWR | BLK_OPEN_BATCH,
+	struct blk_open_opts vo = { .format = "keel",
+				    .flags = BLK_OPEN_RDWR | BLK_OPEN_BATCH | o->vault_flags,
 				    .key = o->key, .key_len = o->key_len };
 	struct stat sb;
 

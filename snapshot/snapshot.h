@@ -43,6 +43,7 @@ struct snap_backup_opts {
 	const uint8_t *key;	 /* vault passphrase when encrypted */
 	size_t key_len;
 	const char *name;	 /* snapshot name; NULL: UTC time of the run */
+	unsigned vault_flags;	 /* extra BLK_OPEN_* for the vault (BLK_OPEN_WAIT) */
 	bool progress;
 	int threads;		 /* hashing threads, 0: one per CPU */
 };
@@ -66,5 +67,103 @@ struct snap_backup_stats {
  * backup leaves the vault exactly as it was (and removes a vault it made).
  */
 int snap_backup(const struct snap_backup_opts *o, struct snap_backup_stats *st);
+
+/* ------------------------------------------------------------------ retention */
+
+enum snap_keep_rule {
+	SNAP_KEEP_LAST,
+	SNAP_KEEP_HOURLY,
+	SNAP_KEEP_DAILY,
+	SNAP_KEEP_WEEKLY,
+	SNAP_KEEP_MONTHLY,
+	SNAP_KEEP_YEARLY,
+	SNAP_KEEP_RULES,
+};
+const char *snap_keep_rule_name(enum snap_keep_rule r);
+
+/* Per rule: 0 off, N > 0 periods to keep, -1 every period. */
+struct snap_retention {
+	int64_t keep[SNAP_KEEP_RULES];
+};
+
+struct snap_prune_item {
+	const char *name;
+	uint64_t time_ns;
+	int kept_by;	/* enum snap_keep_rule that keeps it, -1: to prune */
+	bool oldest;	/* kept as the oldest because the rule's count was not reached */
+};
+
+/*
+ * borg's retention semantics (borg prune): snapshots newest first; each rule
+ * in the order last, hourly, daily, weekly, monthly, yearly keeps the newest
+ * snapshot of each of its periods (UTC; ISO weeks), counting only periods
+ * whose newest snapshot no earlier rule kept, until it has kept N; when a
+ * rule runs out of snapshots before N, it keeps the oldest one. Pure: fills
+ * kept_by/oldest. At least one rule must be on.
+ */
+int snap_prune_select(struct snap_prune_item *v, size_t n, const struct snap_retention *r);
+
+struct snap_prune_result {
+	struct snap_prune_item *items; /* every snapshot, newest first */
+	size_t n;
+	size_t pruned;
+	uint64_t freed_bytes; /* file bytes given back */
+};
+
+/*
+ * Deletes the snapshots the retention does not keep, in one commit (or only
+ * reports with dry_run). The current state is never touched.
+ */
+int snap_prune(const char *vault, const struct blk_open_opts *o, const struct snap_retention *r,
+	       bool dry_run, struct snap_prune_result *res);
+void snap_prune_result_release(struct snap_prune_result *res);
+
+/* ------------------------------------------------------------------ drill */
+
+struct snap_drill_opts {
+	const char *vault;	/* local vault (or the image a replica fetch made) */
+	const char *snapshot;	/* NULL: the newest */
+	const uint8_t *key;
+	size_t key_len;
+	const char *engine;	/* verify-boot engine: auto, kvm, qemu */
+	unsigned timeout_s;	/* boot watchdog, 0: default */
+	const char *expect_os;	/* os-release ID that must be found, or NULL */
+	const char *workdir;	/* where the restored image goes; NULL: $TMPDIR or /tmp */
+	bool progress;
+	bool skip_boot;		/* restore and scrub only (tests, machines without any engine) */
+	/*
+	 * Drill from an S3 repository instead of a local vault: the URL
+	 * (s3://BUCKET/PREFIX[@SNAP]), with the store reached through the
+	 * environment (AWS_*, KEEL_S3_ENDPOINT) and key the repository passphrase.
+	 */
+	const char *from;
+};
+
+struct snap_drill_report {
+	char vault[1024];
+	char snapshot[256];
+	uint64_t snapshot_time_ns;
+	double age_s;		/* recovery point: how old the restored state is */
+	double t_restore;	/* restore with verification */
+	double t_scrub;
+	double t_boot;
+	double rto_s;		/* restore + boot: time to a verified boot */
+	bool restore_ok, scrub_ok, boot_ok, passed;
+	uint64_t restored_bytes;
+	uint64_t scrub_damaged;
+	char engine[16];
+	char os_id[64];
+	char reason[512];	/* first failure */
+};
+
+/*
+ * Restores the snapshot into a temporary raw image (verified), scrubs the
+ * vault, boot-verifies the restored image, removes it, and reports. Returns
+ * 0 when the drill ran (see passed), < 0 when it could not run.
+ */
+int snap_drill(const struct snap_drill_opts *o, struct snap_drill_report *r);
+
+/* Name of the newest snapshot (by creation time, then generation). */
+int snap_latest(struct blk_dev *d, char *name, size_t len);
 
 #endif

@@ -106,3 +106,15 @@ int tu_run_suite(Suite *s)
 	tu_cleanup();
 	return failed ? 1 : 0;
 }
+
+bool tu_quick(void)
+{
+	const char *q = getenv("KEEL_TEST_QUICK");
+
+	return q && *q && strcmp(q, "0") != 0;
+}
+
+int tu_scale_down(void)
+{
+	return tu_quick() ? 4 : 1;
+}

@@ -21,6 +21,13 @@ int tu_sh(const char *fmt, ...) KL_PRINTF(1, 2);
 bool tu_have(const char *prog);
 /* Copy a file byte for byte. */
 int tu_copy(const char *from, const char *to);
+/*
+ * Sanitizer builds run the long randomized tests shorter: KEEL_TEST_QUICK=1
+ * (set by `make SANITIZE=1 check`) divides iteration counts by 4 and skips
+ * the per-iteration data verification; every fault point is still visited.
+ */
+bool tu_quick(void);
+int tu_scale_down(void);
 /* Run a suite; returns the process exit status (0 when all passed). */
 int tu_run_suite(Suite *s);
 

@@ -6,6 +6,7 @@
 #   finish                           -> prints "N passed, N failed", exit status
 set -u
 : "${KEEL:?KEEL must point at the keel binary}"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd) # the source tree
 T_PASS=0
 T_FAIL=0
 TMP=$(mktemp -d "${KEEL_TEST_TMP:-/tmp}/t.XXXXXX")

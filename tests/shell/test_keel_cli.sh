@@ -34,7 +34,7 @@ keel -q io -c 'write -P 5 0 64M' other.keel
 t "rebase keeps content" sh -c "'$KEEL' -q convert -O raw o.keel before.raw && '$KEEL' -q rebase -b other.keel o.keel && '$KEEL' compare before.raw o.keel"
 t "rebased parent recorded" sh -c "'$KEEL' info o.keel | grep -q 'parent: other.keel'"
 t "rebase -u" keel -q rebase -u -b v.keel o.keel
-expect_err "modified parent refused" "changed since" sh -c "'$KEEL' -q io -c 'write 0 4k' v.keel && '$KEEL' info o.keel"
+expect_err "modified parent refused" "changed since" sh -c "'$KEEL' -q io -c 'write 0 4k' v.keel && '$KEEL' io -c 'read 0 4k' o.keel"
 mkdir -p sub
 expect_err "parent outside the directory refused" "outside" keel create -b ../v.keel sub/x.keel
 

@@ -1,0 +1,88 @@
+/*
+ * convert/conv_int.h - private pieces shared by the files of convert/.
+ */
+#ifndef KEEL_CONV_INT_H
+#define KEEL_CONV_INT_H
+
+#include "convert/convert.h"
+
+/* Digest granularity: the canonical content digest hashes 64 KiB blocks. */
+#define CONV_BLOCK (64u << 10)
+/* Unit of work of the pipeline (a job), unless the target cluster is larger. */
+#define CONV_CHUNK (2u << 20)
+/* The writer asks the kernel to start writeback every this many bytes. */
+#define CONV_WRITEBACK (64u << 20)
+/* Buffers of the pipeline stay under this, whatever the image size. */
+#define CONV_MEM_BUDGET (192u << 20)
+
+/*
+ * One run of the copy pipeline: a walker (the calling thread) follows the
+ * source's extent map and hands chunks that hold data to a pool of
+ * workers; each worker reads its chunk through its own handle on the
+ * source, finds the zero blocks, compares with the backing image, hashes
+ * blocks for the digest and encodes (compresses) clusters; the calling
+ * thread commits finished chunks strictly in offset order, so the output
+ * is the same whatever the number of workers.
+ */
+struct conv_pipe_cfg {
+	const char *src;	  /* spec, reopened once per worker */
+	struct blk_open_opts so;  /* how to open it */
+	struct blk_dev *src_dev;  /* the walker's handle (borrowed) */
+	struct blk_dev *dst;	  /* NULL: digest only, nothing written */
+	bool backing;		  /* write only what differs from dst's parent */
+	const char *backing_fmt;
+	unsigned backing_flags;	  /* BLK_OPEN_* for the per-worker backing handles */
+	bool digest;		  /* compute the canonical digest into st->digest */
+	uint64_t digest_size;	  /* digest as an image of this size (0: the source's); past it
+				   * the source must read as zeros (a target rounded up) */
+	bool count_only;	  /* encode but do not write; st->bytes_stored gets the sizes */
+	int threads;		  /* workers; 0 = number of CPUs */
+	bool progress;
+	const char *label;
+};
+
+int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st);
+
+/* Number of CPUs online (at least 1). */
+int conv_ncpus(void);
+
+/* Temp names beside dst: ".NAME.keel-tmp.PID" or ".NAME.keel-tmp.PID.TAG". */
+char *conv_temp_name(const char *dst, const char *tag);
+/* Remove temporaries of earlier runs for dst whose process is gone. */
+void conv_remove_stale_temps(const char *dst);
+
+/* Target "formats" that are packages around an image (ova, gce). */
+struct conv_package {
+	const char *name;
+	const char *desc;
+	int (*run)(const struct conv_opts *o, const char *tmp, struct conv_stats *st);
+};
+const struct conv_package *conv_package_find(const char *name);
+
+/* Convert o->src into a new image at path (format o->dst_fmt); removes path on failure. */
+int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st);
+
+/*
+ * Expand target profiles (-o azure, -o esxi) found in *opts into driver
+ * options; sets *fmt when it is NULL, refuses a conflicting -O.
+ */
+int conv_apply_profiles(struct kl_opts **opts, const char **fmt);
+
+/* Re-read path (format fmt) and compare its digest with st->digest; sets st->verified. */
+int conv_verify_file(const struct conv_opts *o, const char *path, const char *fmt,
+		     struct conv_stats *st);
+
+/* A growing text buffer (OVF descriptors, manifests). */
+struct conv_buf {
+	char *s;
+	size_t len, cap;
+	int rc;	/* first error; appends after one are ignored */
+};
+void conv_buf_add(struct conv_buf *b, const char *fmt, ...) KL_PRINTF(2, 3);
+/* Appends s with XML's five special characters escaped. */
+void conv_buf_xml(struct conv_buf *b, const char *s);
+
+int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st);
+int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st);
+
+#endif

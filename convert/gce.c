@@ -1,0 +1,384 @@
+/*
+ * convert/gce.c - keel convert -O gce: the Google Compute Engine import
+ * format, a file named disk.raw inside a gzip-compressed tar (Google's
+ * "import a raw disk image": `tar --format=oldgnu -Sczf image.tar.gz
+ * disk.raw`), written through libarchive in one streaming pass: no raw
+ * temporary file, holes never read and never compressed.
+ *
+ * disk.raw is stored sparse (pax format with a GNU 1.0 sparse map, which
+ * GNU tar, bsdtar and Go's archive/tar extract as a sparse file) unless
+ * -o sparse=off asks for a plain member (GNU format). Its size is rounded
+ * up to a whole GiB, as Compute Engine requires; the padding is a hole.
+ * Holes come from the source's extent map (block_status), coarsened to
+ * 1 MiB so that the sparse map stays small.
+ */
+#define _GNU_SOURCE
+#include "convert/conv_int.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <openssl/evp.h>
+#include <string.h>
+
+#define GCE_GRAIN (1u << 20)
+#define GCE_GIB (1ULL << 30)
+#define GCE_MAX_EXTENTS 200000
+
+struct gce_ext {
+	uint64_t off, len;
+};
+
+struct gce_out {
+	struct kl_file *f;
+	uint64_t pos;
+	int rc;
+};
+
+static la_ssize_t gce_write_cb(struct archive *a, void *opaque, const void *buf, size_t len)
+{
+	struct gce_out *t = opaque;
+	int rc = kl_io_pwrite(t->f, t->pos, buf, len);
+
+	if (rc < 0) {
+		t->rc = rc;
+		archive_set_error(a, -rc, "%s", kl_errmsg());
+		return -1;
+	}
+	t->pos += len;
+	return (la_ssize_t)len;
+}
+
+static int gce_err(struct archive *a, struct gce_out *t, const char *what)
+{
+	if (t->rc < 0)
+		return t->rc;
+	return kl_err(-EIO, "gce: %s: %s", what,
+		      archive_error_string(a) ? archive_error_string(a) : "libarchive error");
+}
+
+/* Data extents of src, merged when less than GCE_GRAIN apart, grain-aligned. */
+static int gce_map(struct blk_dev *src, struct gce_ext **out, size_t *n)
+{
+	uint64_t size = blk_size(src), off = 0;
+	struct gce_ext *v = NULL;
+	size_t cnt = 0, cap = 0;
+
+	*out = NULL;
+	*n = 0;
+	while (off < size) {
+		struct blk_extent e;
+		uint64_t s, end;
+
+		KL_TRY(blk_block_status_chain(src, off, size - off, &e));
+		if (e.type == BLK_ZERO) {
+			off += e.len;
+			continue;
+		}
+		s = off / GCE_GRAIN * GCE_GRAIN;
+		end = KL_MIN(size, KL_ALIGN_UP(off + e.len, GCE_GRAIN));
+		if (cnt && s <= v[cnt - 1].off + v[cnt - 1].len) {
+			v[cnt - 1].len = KL_MAX(v[cnt - 1].off + v[cnt - 1].len, end) - v[cnt - 1].off;
+		} else {
+			if (cnt == cap) {
+				struct gce_ext *nv;
+
+				cap = cap ? cap * 2 : 64;
+				nv = kl_realloc(v, cap * sizeof(*nv));
+				if (!nv) {
+					kl_free(v);
+					return -ENOMEM;
+				}
+				v = nv;
+			}
+			v[cnt].off = s;
+			v[cnt].len = end - s;
+			cnt++;
+			if (cnt > GCE_MAX_EXTENTS) {
+				kl_free(v);
+				return kl_err(-E2BIG, "gce: %s has more than %d separate data "
+						      "regions; use -o sparse=off",
+					      blk_filename(src), GCE_MAX_EXTENTS);
+			}
+		}
+		off = end;
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+}
+
+/* Feed [off, off+len) of the member: data from src, or zeros over holes. */
+static int gce_feed(struct archive *a, struct gce_out *t, struct blk_dev *src, uint64_t off,
+		    uint64_t len, bool hole, uint8_t *buf, size_t bufsz, const uint8_t *zeros,
+		    struct conv_stats *st, struct kl_progress *prog)
+{
+	uint64_t size = blk_size(src);
+
+	while (len) {
+		size_t n = (size_t)KL_MIN(len, (uint64_t)bufsz);
+		const uint8_t *p = zeros;
+		la_ssize_t w;
+
+		if (conv_interrupted())
+			return kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
+		if (!hole && off < size) {
+			KL_TRY(blk_pread_padded(src, off, buf, n));
+			st->bytes_read += KL_MIN((uint64_t)n, size - off);
+			st->bytes_written += n;
+			p = buf;
+		}
+		for (size_t done = 0; done < n; done += (size_t)w) {
+			w = archive_write_data(a, p + done, n - done);
+			if (w <= 0)
+				return gce_err(a, t, "writing disk.raw");
+		}
+		kl_progress_add(prog, n);
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/*
+ * The canonical digest of disk.raw as a tar.gz reader sees it: data
+ * blocks arrive with their offsets (holes skipped), gathered into 64 KiB
+ * blocks for the same digest convert computes over its source.
+ */
+static int gce_digest(const char *path, uint64_t vsize, uint8_t out[32])
+{
+	struct archive *a = archive_read_new();
+	struct archive_entry *e;
+	EVP_MD_CTX *outer = EVP_MD_CTX_new();
+	uint8_t *blk = kl_calloc(1, CONV_BLOCK);
+	uint64_t cur = UINT64_MAX;
+	bool found = false;
+	int rc = 0;
+
+	if (!a || !outer || !blk || !EVP_DigestInit_ex(outer, EVP_sha256(), NULL)) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	archive_read_support_filter_gzip(a);
+	archive_read_support_format_tar(a);
+	if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
+		rc = kl_err(-EIO, "%s: %s", path, archive_error_string(a));
+		goto out;
+	}
+	while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
+		const void *p;
+		size_t len;
+		la_int64_t off;
+		int ar;
+
+		if (strcmp(archive_entry_pathname(e), "disk.raw") != 0)
+			continue;
+		found = true;
+		while ((ar = archive_read_data_block(a, &p, &len, &off)) == ARCHIVE_OK) {
+			const uint8_t *d = p;
+
+			while (len) {
+				uint64_t b = (uint64_t)off / CONV_BLOCK;
+				size_t in = (size_t)((uint64_t)off % CONV_BLOCK);
+				size_t n = KL_MIN(len, (size_t)CONV_BLOCK - in);
+
+				if (b != cur) {
+					if (cur != UINT64_MAX && cur * CONV_BLOCK < vsize &&
+					    !kl_is_zero(blk, CONV_BLOCK)) {
+						uint8_t rec[40];
+
+						put_le64(rec, cur);
+						EVP_Digest(blk, (size_t)KL_MIN((uint64_t)CONV_BLOCK,
+									vsize - cur * CONV_BLOCK),
+							   rec + 8, NULL, EVP_sha256(), NULL);
+						EVP_DigestUpdate(outer, rec, sizeof(rec));
+					}
+					memset(blk, 0, CONV_BLOCK);
+					cur = b;
+				}
+				memcpy(blk + in, d, n);
+				d += n;
+				off += (la_int64_t)n;
+				len -= n;
+			}
+		}
+		if (ar != ARCHIVE_EOF) {
+			rc = kl_err(-EIO, "%s: %s", path, archive_error_string(a));
+			goto out;
+		}
+		break;
+	}
+	if (!found) {
+		rc = kl_err(-EUCLEAN, "%s: no disk.raw inside", path);
+		goto out;
+	}
+	if (cur != UINT64_MAX && cur * CONV_BLOCK < vsize && !kl_is_zero(blk, CONV_BLOCK)) {
+		uint8_t rec[40];
+
+		put_le64(rec, cur);
+		EVP_Digest(blk, (size_t)KL_MIN((uint64_t)CONV_BLOCK, vsize - cur * CONV_BLOCK),
+			   rec + 8, NULL, EVP_sha256(), NULL);
+		EVP_DigestUpdate(outer, rec, sizeof(rec));
+	}
+	{
+		uint8_t sz[8];
+		unsigned int dn;
+
+		put_le64(sz, vsize);
+		EVP_DigestUpdate(outer, sz, sizeof(sz));
+		EVP_DigestFinal_ex(outer, out, &dn);
+	}
+out:
+	archive_read_free(a);
+	EVP_MD_CTX_free(outer);
+	kl_free(blk);
+	return rc;
+}
+
+int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st)
+{
+	struct blk_open_opts so = { .format = o->src_fmt,
+				    .flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR,
+				    .key = o->key,
+				    .key_len = o->key_len,
+				    .snapshot = o->src_select };
+	struct gce_out t = { 0 };
+	struct blk_dev *src = NULL;
+	struct archive *a = NULL;
+	struct archive_entry *e = NULL;
+	struct gce_ext *map = NULL;
+	struct kl_progress *prog = NULL;
+	uint8_t *buf = NULL, *zeros = NULL;
+	const size_t bufsz = 1u << 20;
+	size_t nmap = 0;
+	bool sparse = true, found;
+	uint64_t level = 6, vsize, msize, pos = 0;
+	char lv[4];
+	int rc;
+
+	rc = kl_opts_get_bool(o->dst_opts, "sparse", &sparse, &found);
+	if (rc == 0 && kl_opts_peek(o->dst_opts, "level") &&
+	    (kl_parse_u64(kl_opts_get(o->dst_opts, "level"), &level) < 0 || level < 1 ||
+	     level > 9))
+		rc = kl_err(-EINVAL, "gce: level must be 1 to 9");
+	if (rc == 0)
+		rc = kl_opts_check_unused(o->dst_opts, "gce");
+	if (rc < 0)
+		return rc;
+	KL_TRY(blk_open(o->src, &so, &src));
+	vsize = blk_size(src);
+	msize = KL_ALIGN_UP(vsize, GCE_GIB);
+	st->virtual_size = vsize;
+	buf = kl_aligned_alloc(bufsz);
+	zeros = kl_calloc(1, bufsz);
+	a = archive_write_new();
+	e = archive_entry_new();
+	if (!buf || !zeros || !a || !e) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (sparse) {
+		rc = gce_map(src, &map, &nmap);
+		if (rc < 0)
+			goto out;
+	} else {
+		map = kl_calloc(1, sizeof(*map));
+		if (!map) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		map[0].off = 0;
+		map[0].len = vsize;
+		nmap = vsize ? 1 : 0;
+	}
+	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &t.f);
+	if (rc < 0)
+		goto out;
+	snprintf(lv, sizeof(lv), "%u", (unsigned)level);
+	if ((sparse ? archive_write_set_format_pax(a) : archive_write_set_format_gnutar(a)) !=
+		    ARCHIVE_OK ||
+	    archive_write_add_filter_gzip(a) != ARCHIVE_OK ||
+	    archive_write_set_filter_option(a, "gzip", "compression-level", lv) != ARCHIVE_OK ||
+	    archive_write_set_filter_option(a, "gzip", "timestamp", NULL) != ARCHIVE_OK ||
+	    archive_write_open(a, &t, NULL, gce_write_cb, NULL) != ARCHIVE_OK) {
+		rc = gce_err(a, &t, "setting up the archive");
+		goto out;
+	}
+	archive_entry_set_pathname(e, "disk.raw");
+	archive_entry_set_size(e, (la_int64_t)msize);
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_perm(e, 0644);
+	archive_entry_set_mtime(e, (time_t)(kl_wallclock_ns() / 1000000000ULL), 0);
+	for (size_t i = 0; sparse && i < nmap; i++)
+		archive_entry_sparse_add_entry(e, (la_int64_t)map[i].off, (la_int64_t)map[i].len);
+	if (sparse && nmap == 0)
+		archive_entry_sparse_add_entry(e, (la_int64_t)msize, 0);
+	if (archive_write_header(a, e) != ARCHIVE_OK) {
+		rc = gce_err(a, &t, "writing the header of disk.raw");
+		goto out;
+	}
+	prog = kl_progress_start("converting", msize, o->progress);
+	for (size_t i = 0; i <= nmap && rc == 0; i++) {
+		uint64_t doff = i < nmap ? map[i].off : msize;
+
+		if (doff > pos) {
+			/* a hole: the pax writer skips it, GNU format gets real zeros */
+			st->zero_skipped += doff - pos;
+			rc = gce_feed(a, &t, src, pos, doff - pos, true, buf, bufsz, zeros, st, prog);
+			pos = doff;
+		}
+		if (rc == 0 && i < nmap) {
+			rc = gce_feed(a, &t, src, map[i].off, map[i].len, false, buf, bufsz, zeros,
+				      st, prog);
+			pos = map[i].off + map[i].len;
+		}
+	}
+	if (rc < 0)
+		goto out;
+	if (archive_write_close(a) != ARCHIVE_OK) {
+		rc = gce_err(a, &t, "finishing the archive");
+		goto out;
+	}
+	rc = kl_io_sync(t.f);
+	if (rc < 0)
+		goto out;
+	st->bytes_stored = t.pos;
+	if (o->verify) {
+		uint8_t want[32], got[32];
+		struct conv_pipe_cfg pc = { 0 };
+		struct conv_stats vs = { 0 };
+
+		pc.src = o->src;
+		pc.so = so;
+		pc.src_dev = src;
+		pc.digest = true;
+		pc.threads = o->threads;
+		pc.label = "digest";
+		rc = conv_pipe_run(&pc, &vs);
+		if (rc == 0)
+			memcpy(want, vs.digest, 32);
+		if (rc == 0)
+			rc = gce_digest(tmp, vsize, got);
+		if (rc < 0)
+			goto out;
+		if (memcmp(want, got, 32) != 0) {
+			st->verify_failed = true;
+			rc = kl_err(-EBADMSG, "verification failed: disk.raw in %s does not read "
+					      "back as %s",
+				    o->dst, o->src);
+			goto out;
+		}
+		st->verified = true;
+	}
+out:
+	if (prog)
+		kl_progress_finish(prog);
+	if (a)
+		archive_write_free(a);
+	archive_entry_free(e);
+	kl_io_close(t.f);
+	blk_close(src);
+	kl_free(map);
+	kl_free(buf);
+	kl_free(zeros);
+	return rc;
+}

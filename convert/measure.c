@@ -1,0 +1,202 @@
+/*
+ * convert/measure.c - keel measure: how big will the converted image be?
+ *
+ * Like qemu-img measure: "required" is what converting SRC would take,
+ * "fully allocated" what the image takes with every cluster allocated.
+ * The driver predicts from SRC's metadata (blk_measure); a driver without
+ * a prediction gets a generic estimate: an empty image made with the same
+ * options in a scratch directory gives the fixed overhead and the unit the
+ * format allocates in (its cluster or block size); SRC's data counted in
+ * those units is added, plus 1/256 of it for mapping tables.
+ * With -c the data is read and encoded by the copy pipeline without
+ * writing anything, so the compressed size is measured, not guessed.
+ */
+#define _GNU_SOURCE
+#include "convert/conv_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Create an empty image with o in a scratch directory; its path in *out. */
+static int scratch_image(const char *fmt, const struct blk_create_opts *o, char **dir,
+			 char **out)
+{
+	const char *t = getenv("TMPDIR");
+	char *d = kl_asprintf("%s/keel-measure.XXXXXX", t && *t ? t : "/tmp");
+	int rc;
+
+	*dir = *out = NULL;
+	if (!d)
+		return -ENOMEM;
+	if (!mkdtemp(d)) {
+		rc = kl_err(-errno, "measure: scratch directory %s: %s", d, strerror(errno));
+		kl_free(d);
+		return rc;
+	}
+	*out = kl_asprintf("%s/probe", d);
+	if (!*out) {
+		rmdir(d);
+		kl_free(d);
+		return -ENOMEM;
+	}
+	rc = blk_create(*out, fmt, o);
+	if (rc < 0) {
+		rmdir(d);
+		kl_free(d);
+		kl_free(*out);
+		*out = NULL;
+		return rc;
+	}
+	*dir = d;
+	return 0;
+}
+
+static void scratch_remove(char *dir, char *path)
+{
+	if (path)
+		kl_io_unlink(path);
+	if (dir)
+		rmdir(dir);
+	kl_free(path);
+	kl_free(dir);
+}
+
+static int generic_estimate(const char *fmt, const struct blk_create_opts *co, struct blk_dev *in,
+			    struct blk_measure *m)
+{
+	struct blk_open_opts oo = { .format = fmt };
+	struct blk_dev *probe = NULL;
+	char *dir, *path;
+	struct stat st;
+	uint64_t data = 0, gran = CONV_BLOCK;
+	int rc;
+
+	KL_TRY(scratch_image(fmt, co, &dir, &path));
+	rc = stat(path, &st) == 0 ? 0 : kl_err(-errno, "measure: %s: %s", path, strerror(errno));
+	/* the format allocates in units of its cluster (a VHD block, a VHDX block...) */
+	if (rc == 0 && blk_open(path, &oo, &probe) == 0) {
+		gran = KL_MAX((uint64_t)4096, (uint64_t)blk_cluster_size(probe));
+		if (!KL_IS_POW2(gran))
+			gran = CONV_BLOCK;
+		blk_close(probe);
+	}
+	kl_err_clear();
+	scratch_remove(dir, path);
+	KL_TRY(rc);
+	if (in)
+		KL_TRY(blk_measure_allocated(in, gran, &data));
+	if ((uint64_t)st.st_size >= co->size) {
+		/* a preallocated layout: the file already has room for every byte */
+		m->required = m->fully_allocated = (uint64_t)st.st_size;
+		m->data = data;
+		return 0;
+	}
+	m->data = data;
+	m->required = (uint64_t)st.st_size + data + data / 256;
+	m->fully_allocated = (uint64_t)st.st_size + KL_ALIGN_UP(co->size, gran) + co->size / 256;
+	m->fully_allocated = KL_MAX(m->fully_allocated, m->required);
+	return 0;
+}
+
+/* -c: encode SRC's data with the pipeline into an image that is never written. */
+static int measure_encoded(const struct conv_opts *o, const struct blk_create_opts *co,
+			   struct blk_dev *in, uint64_t *stored)
+{
+	struct blk_open_opts so = { .format = o->src_fmt,
+				    .flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR,
+				    .key = o->key,
+				    .key_len = o->key_len,
+				    .snapshot = o->src_select };
+	struct blk_open_opts dop = { .format = o->dst_fmt, .flags = BLK_OPEN_RDWR };
+	struct conv_pipe_cfg pc = { 0 };
+	struct conv_stats st = { 0 };
+	struct blk_dev *dst = NULL;
+	char *dir, *path;
+	int rc;
+
+	KL_TRY(scratch_image(o->dst_fmt, co, &dir, &path));
+	dop.opts = co->opts;
+	rc = blk_open(path, &dop, &dst);
+	if (rc == 0) {
+		pc.src = o->src;
+		pc.so = so;
+		pc.src_dev = in;
+		pc.dst = dst;
+		pc.count_only = true;
+		pc.threads = o->threads;
+		pc.progress = o->progress;
+		pc.label = "measuring";
+		rc = conv_pipe_run(&pc, &st);
+		*stored = st.bytes_stored;
+	}
+	blk_close(dst);
+	scratch_remove(dir, path);
+	return rc;
+}
+
+int conv_measure(const struct conv_opts *uo, uint64_t size, struct conv_measure *m)
+{
+	struct conv_opts lo = *uo, *o = &lo;
+	struct blk_open_opts so = { .format = o->src_fmt,
+				    .flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR,
+				    .key = o->key,
+				    .key_len = o->key_len,
+				    .snapshot = o->src_select };
+	struct blk_create_opts co = { 0 };
+	struct blk_measure bm;
+	struct blk_dev *in = NULL;
+	struct kl_opts *own = NULL;
+	int rc;
+
+	memset(m, 0, sizeof(*m));
+	if (lo.dst_opts)
+		KL_TRY(conv_apply_profiles(&lo.dst_opts, &lo.dst_fmt));
+	if (!o->dst_fmt)
+		return kl_err(-EINVAL, "an output format is needed (-O)");
+	if (conv_package_find(o->dst_fmt))
+		return kl_err(-ENOTSUP, "measure: -O %s is a package; measure its disk format "
+					"instead (vmdk -o subformat=streamOptimized for ova, raw for gce)",
+			      o->dst_fmt);
+	if (o->src) {
+		KL_TRY(blk_open(o->src, &so, &in));
+		size = blk_size(in);
+	}
+	co.size = size;
+	co.opts = o->dst_opts;
+	if (o->compress) {
+		if (!co.opts) {
+			rc = kl_opts_set(&own, "compress", "on");
+			co.opts = own;
+		} else {
+			rc = kl_opts_set(&co.opts, "compress", "on");
+		}
+		if (rc < 0)
+			goto out;
+	}
+	rc = blk_measure(o->dst_fmt, &co, in, &bm);
+	if (rc == -ENOTSUP) {
+		kl_err_clear();
+		rc = generic_estimate(o->dst_fmt, &co, in, &bm);
+	}
+	if (rc < 0)
+		goto out;
+	m->required = bm.required;
+	m->fully_allocated = bm.fully_allocated;
+	m->data = bm.data;
+	if (o->compress && in) {
+		uint64_t stored = 0;
+
+		rc = measure_encoded(o, &co, in, &stored);
+		if (rc < 0)
+			goto out;
+		m->required = m->required - KL_MIN(m->required, bm.data) + stored;
+		m->data = stored;
+		m->exact_data = true;
+	}
+out:
+	blk_close(in);
+	kl_opts_free(own);
+	return rc;
+}

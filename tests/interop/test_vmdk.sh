@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# VMDK interop: images qemu-img makes read back through keel byte-identical
+# to qemu-img's own `convert -O raw`; images keel writes pass `qemu-img
+# check`, compare identical in qemu-img, and open in libvmdk's vmdkinfo
+# (and read back identical through vmdkmount when FUSE works); parent
+# chains with the CID check, both directions.
+. "$(dirname "$0")/../shell/lib.sh"
+
+command -v qemu-img >/dev/null || skip "qemu-img not installed"
+command -v qemu-io >/dev/null || skip "qemu-io not installed"
+DATA=$(cd "$(dirname "$0")" && pwd)/data
+
+# sparse_cmp A B: byte equality of two (sparse) files, reading only the
+# ranges where either has data; holes both share read as zeros in both.
+sparse_cmp() {
+	python3 - "$1" "$2" <<'PY'
+import os, sys
+def segs(fd, size):
+    out, off = [], 0
+    while off < size:
+        try:
+            d = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:
+            break
+        h = os.lseek(fd, d, os.SEEK_HOLE)
+        out.append((d, h)); off = h
+    return out
+a, b = (os.open(p, os.O_RDONLY) for p in sys.argv[1:3])
+sa, sb = os.fstat(a).st_size, os.fstat(b).st_size
+if sa != sb:
+    sys.exit("size %d != %d" % (sa, sb))
+for s, e in sorted(segs(a, sa) + segs(b, sb)):
+    off = s
+    while off < e:
+        n = min(e - off, 1 << 20)
+        if os.pread(a, n, off) != os.pread(b, n, off):
+            sys.exit("differ in [%d, %d)" % (off, off + n))
+        off += n
+PY
+}
+
+# same_as_qemu IMG: keel reads IMG exactly as qemu-img does
+same_as_qemu() {
+	local img=$1 q="$TMP/q.raw" k="$TMP/k.raw"
+	rm -f "$q" "$k"
+	qemu-img convert -f vmdk -O raw "$img" "$q" || return 1
+	keel compare "$q" "$img" || return 1
+	keel convert -O raw "$img" "$k" >/dev/null || return 1
+	sparse_cmp "$q" "$k"
+}
+
+# Sources: data, zero runs, holes and a tail that is not sector aligned; and
+# a 5 GiB sparse disk with data below and beyond 4 GiB.
+pattern_file "$TMP/src.raw" $((40 * 1024 * 1024 + 300001))
+truncate -s 5G "$TMP/big.raw"
+python3 - "$TMP/big.raw" <<'PY'
+import random, sys
+r = random.Random(7)
+with open(sys.argv[1], 'r+b') as f:
+    for off in (0, 1 << 20, (2 << 30) - 4096, 3 << 30, (4 << 30) + 12345 * 512, (5 << 30) - 70000):
+        f.seek(off); f.write(r.randbytes(70000))
+PY
+
+# ---------------------------------------------------------------- read matrix
+for src in src big; do
+	for sf in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat streamOptimized; do
+		mkdir -p "$TMP/r-$src-$sf"
+		img="$TMP/r-$src-$sf/d.vmdk"
+		qemu-img convert -f raw -O vmdk -o subformat=$sf "$TMP/$src.raw" "$img"
+		t "read qemu $sf ($src)" same_as_qemu "$img"
+	done
+	qemu-img convert -f raw -O vmdk -o zeroed_grain=on "$TMP/$src.raw" "$TMP/z-$src.vmdk"
+	qemu-io -f vmdk -c 'write -z 0 1M' -c 'write -z 3M 128k' "$TMP/z-$src.vmdk" >/dev/null
+	t "read qemu zeroed_grain=on (version 2, $src)" same_as_qemu "$TMP/z-$src.vmdk"
+	qemu-img convert -f raw -O vmdk -o compat6=on "$TMP/$src.raw" "$TMP/c6-$src.vmdk"
+	t "read qemu compat6=on ($src)" same_as_qemu "$TMP/c6-$src.vmdk"
+done
+t "zeroed grains are ZERO in keel map" sh -c "'$KEEL' map --output json '$TMP/z-src.vmdk' | python3 -c 'import json,sys; m=json.load(sys.stdin); assert m[0][\"type\"]==\"zero\" and m[0][\"length\"]>=1<<20, m[0]'"
+t "info shows subformat, version and extents" sh -c "'$KEEL' info '$TMP/r-src-twoGbMaxExtentSparse/d.vmdk' | grep -q 'twoGbMaxExtentSparse' && '$KEEL' info '$TMP/z-src.vmdk' | grep -q 'sparse version: 2' && '$KEEL' info --output json '$TMP/r-big-twoGbMaxExtentFlat/d.vmdk' | grep -q 'd-f003.vmdk'"
+t "stream block status says compressed" sh -c "'$KEEL' map --output json '$TMP/r-src-streamOptimized/d.vmdk' | grep -q compressed"
+
+# a qemu child over a qemu base
+qemu-img convert -f raw -O vmdk "$TMP/src.raw" "$TMP/base.vmdk"
+qemu-img create -q -f vmdk -b base.vmdk -F vmdk "$TMP/child.vmdk"
+qemu-io -f vmdk -c 'write -P 0x77 1M 200k' -c 'write -z 4M 128k' -c 'write -P 0x33 40M 4k' \
+	"$TMP/child.vmdk" >/dev/null
+t "read qemu child with a VMDK parent" same_as_qemu "$TMP/child.vmdk"
+t "child map shows unallocated ranges from the parent" sh -c "'$KEEL' map '$TMP/child.vmdk' | grep -q ' 1 '"
+qemu-io -f vmdk -c 'write -P 0x01 0 4k' "$TMP/base.vmdk" >/dev/null
+expect_err "parent whose CID changed is refused" "child.vmdk: parent 'base.vmdk' has CID .* made against CID" \
+	keel convert -O raw "$TMP/child.vmdk" "$TMP/x.raw"
+t "--no-parent still shows the child" sh -c "'$KEEL' info --no-parent '$TMP/child.vmdk' | grep -q 'parent: base.vmdk'"
+
+# a file from VMware-style tooling (tests/interop/data/README.md)
+gzip -dc "$DATA/ext2.vmdk.gz" > "$TMP/ext2.vmdk"
+t "read interop sample ext2.vmdk" same_as_qemu "$TMP/ext2.vmdk"
+t "ext2.vmdk content digest" sh -c "'$KEEL' convert -O raw '$TMP/ext2.vmdk' '$TMP/e.raw' >/dev/null && sha256sum '$TMP/e.raw' | grep -q '^a6c2f0e39afe6c6a'"
+
+# ---------------------------------------------------------------- write matrix
+have_mount=0
+if command -v vmdkmount >/dev/null && command -v fusermount >/dev/null && [ -c /dev/fuse ]; then
+	mkdir -p "$TMP/mnt"
+	keel convert -O vmdk "$TMP/src.raw" "$TMP/probe.vmdk" >/dev/null
+	if vmdkmount "$TMP/probe.vmdk" "$TMP/mnt" >/dev/null 2>&1; then
+		have_mount=1
+		fusermount -u "$TMP/mnt"
+	fi
+fi
+[ $have_mount = 1 ] || echo "# vmdkmount unusable here (no FUSE): libvmdk checks use vmdkinfo only"
+
+# libvmdk_reads IMG RAW: vmdkmount exposes the same bytes as RAW
+libvmdk_reads() {
+	vmdkmount "$1" "$TMP/mnt" >/dev/null || return 1
+	local rc=0
+	sparse_cmp_mnt "$TMP/mnt/vmdk1" "$2" || rc=1
+	fusermount -u "$TMP/mnt"
+	return $rc
+}
+# a FUSE file has no holes to skip: compare only where RAW has data, and
+# that the rest of the FUSE file reads as zeros in sampled places
+sparse_cmp_mnt() {
+	python3 - "$1" "$2" <<'PY'
+import os, sys
+m, r = (os.open(p, os.O_RDONLY) for p in sys.argv[1:3])
+size = os.fstat(r).st_size
+off = 0
+while off < size:
+    try:
+        d = os.lseek(r, off, os.SEEK_DATA)
+    except OSError:
+        break
+    h = os.lseek(r, d, os.SEEK_HOLE)
+    p = d
+    while p < h:
+        n = min(h - p, 1 << 20)
+        if os.pread(m, n, p) != os.pread(r, n, p):
+            sys.exit("differ in [%d, %d)" % (p, p + n))
+        p += n
+    off = h
+for p in range(0, size, 97 << 20):
+    n = min(65536, size - p)
+    if os.pread(m, n, p) != os.pread(r, n, p):
+        sys.exit("differ near %d" % p)
+PY
+}
+
+for src in src big; do
+	for opt in subformat=monolithicSparse subformat=streamOptimized esxi zeroed_grain=on; do
+		img="$TMP/w-$src-${opt#*=}.vmdk"
+		t "keel convert -O vmdk -o $opt ($src)" keel convert -O vmdk -o "$opt" "$TMP/$src.raw" "$img"
+		t "qemu-img check passes ($opt, $src)" qemu-img check -f vmdk "$img"
+		t "qemu-img compare identical ($opt, $src)" qemu-img compare -f raw -F vmdk "$TMP/$src.raw" "$img"
+		if command -v vmdkinfo >/dev/null; then
+			t "vmdkinfo opens it ($opt, $src)" sh -c "vmdkinfo '$img' | grep -q 'Media size'"
+		fi
+		if [ $have_mount = 1 ]; then
+			qemu-img convert -f vmdk -O raw "$img" "$TMP/w.raw"
+			t "vmdkmount reads the same bytes ($opt, $src)" libvmdk_reads "$img" "$TMP/w.raw"
+		fi
+	done
+done
+t "streamOptimized output is version 3 with a footer" python3 - "$TMP/w-src-streamOptimized.vmdk" <<'PY'
+import struct, sys
+b = open(sys.argv[1], 'rb').read()
+magic, ver, flags = struct.unpack_from('<4sII', b, 0)
+assert magic == b'KDMV' and ver == 3 and flags & 0x30000 == 0x30000, (magic, ver, hex(flags))
+assert struct.unpack_from('<Q', b, 56)[0] == 2**64 - 1          # GD_AT_END
+assert b[-1024:-1020] == b'KDMV'                                 # footer
+assert struct.unpack_from('<I', b, len(b) - 1536 + 12)[0] == 3  # footer marker
+assert b[-512:] == bytes(512)                                    # end of stream
+assert b'createType="streamOptimized"' in b[512:11 * 1024]
+PY
+t "esxi profile: lsilogic adapter" sh -c "'$KEEL' info '$TMP/w-src-esxi.vmdk' | grep -q 'adapter type: lsilogic'"
+t "extent line names the final file, not a temporary" sh -c "'$KEEL' info '$TMP/w-src-monolithicSparse.vmdk' | grep -q 'SPARSE \"w-src-monolithicSparse.vmdk\"'"
+t "keel convert -c -O vmdk writes a stream qemu reads" sh -c "'$KEEL' convert -c -O vmdk '$TMP/src.raw' '$TMP/w-c.vmdk' >/dev/null && '$KEEL' info '$TMP/w-c.vmdk' | grep -q streamOptimized && qemu-img compare -f raw -F vmdk '$TMP/src.raw' '$TMP/w-c.vmdk'"
+t "keel reads what keel wrote (stream)" sh -c "'$KEEL' compare '$TMP/src.raw' '$TMP/w-src-streamOptimized.vmdk'"
+
+# ---------------------------------------------------------------- chains written by keel
+t "create a monolithicSparse base" keel create -f vmdk "$TMP/kb.vmdk" 64M
+t "write the base" keel io -f vmdk -c "write -P 0x11 0 1M" -c "write -P 0x22 8M 300k" "$TMP/kb.vmdk"
+t "create a child with -b" keel create -f vmdk -b kb.vmdk "$TMP/kc.vmdk"
+t "write the child" keel io -f vmdk -c "write -P 0x33 65536 100" -c "write -P 0x44 9M 64k" "$TMP/kc.vmdk"
+t "qemu-img check of the child" qemu-img check -f vmdk "$TMP/kc.vmdk"
+t "qemu-img sees the parent" sh -c "qemu-img info '$TMP/kc.vmdk' | grep -q 'backing file: kb.vmdk'"
+t "qemu reads the chain as keel does" same_as_qemu "$TMP/kc.vmdk"
+t "qemu-io reads child data over parent data" qemu-io -f vmdk -c "read -P 0x11 0 65536" -c "read -P 0x33 65536 100" -c "read -P 0x11 65636 1000" "$TMP/kc.vmdk"
+if command -v vmdkinfo >/dev/null; then
+	t "vmdkinfo sees the parent" sh -c "vmdkinfo '$TMP/kc.vmdk' | grep -q 'Parent filename:.*kb.vmdk'"
+fi
+qemu-io -f vmdk -c 'write -P 0x55 0 512' "$TMP/kb.vmdk" >/dev/null
+expect_err "keel refuses the child once the parent changed" "kc.vmdk: parent 'kb.vmdk' has CID" keel map "$TMP/kc.vmdk"
+expect_err "a VMDK parent must be VMDK" "must be a VMDK" keel create -f vmdk -b src.raw -F raw "$TMP/kx.vmdk"
+finish

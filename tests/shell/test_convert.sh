@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# tests/shell/test_convert.sh - keel convert: pipeline properties that do not
+# depend on a particular format (raw in, raw out, plus whatever is built):
+# sparseness, --verify, -j determinism, -B overlays, --keep-chain, signals,
+# stale temporaries, JSON summary, usage errors.
+. "$(dirname "$0")/lib.sh"
+
+cd "$TMP"
+pattern_file src.raw $((24 * 1024 * 1024 + 12345))
+cp --sparse=always src.raw src.copy
+srcsum=$(sha256sum src.raw | cut -d' ' -f1)
+touch -d '2020-01-02 03:04:05' src.raw
+srcmtime=$(stat -c %Y src.raw)
+
+formats=$(keel help formats | awk 'NR > 1 && $2 == "yes" { print $1 }')
+
+t "raw -> raw converts" keel convert -f raw -O raw src.raw out.raw
+t "raw -> raw content identical" cmp src.raw out.raw
+t "output stays sparse" test "$(stat -c %b out.raw)" -lt "$(stat -c %b src.raw)"
+t "--verify passes" keel convert --verify -f raw -O raw src.raw v.raw
+expect_rc 1 "a missing DST directory fails" \
+	keel convert -f raw -O raw src.raw nodir/x.raw
+
+# --verify catches a difference (KEEL_CONV_TEST_FLIP corrupts one written byte)
+KEEL_CONV_TEST_FLIP=1 "$KEEL" convert --verify -f raw -O raw src.raw flip.raw >/dev/null 2>&1
+t "--verify mismatch exits 3" test $? -eq 3
+t "--verify mismatch leaves no output" test ! -e flip.raw
+
+# determinism: -j 1 and -j 4 give the same bytes, for every creatable format
+# (identities and timestamps pinned: they differ between any two runs)
+export KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=42
+mkdir -p j1 j3 j4
+for f in $formats; do
+	# same file name in each directory: some formats record their own name
+	keel convert -j 1 -f raw -O "$f" src.raw "j1/d.$f" >/dev/null 2>&1
+	keel convert -j 4 -f raw -O "$f" src.raw "j4/d.$f" >/dev/null 2>&1
+	t "determinism -j1 = -j4 ($f)" cmp "j1/d.$f" "j4/d.$f"
+	KEEL_CONV_SLOW_MS=3 "$KEEL" convert -j 3 -f raw -O "$f" src.raw "j3/d.$f" >/dev/null 2>&1
+	t "determinism -j1 = -j3 with a slowed pipeline ($f)" cmp "j1/d.$f" "j3/d.$f"
+done
+unset KEEL_FAKE_TIME KEEL_FAKE_UUID
+
+# JSON summary
+keel convert --output json -f raw -O raw src.raw j.raw >j.json
+t "json summary has the counters" python3 -c "
+import json; d = json.load(open('j.json'))
+assert d['virtual_size'] == $((24 * 1024 * 1024 + 12345)), d
+assert d['bytes_read'] > 0 and d['bytes_written'] > 0 and d['zero_bytes_skipped'] > 0, d
+assert 0 < d['memory_bound'] <= 256 << 20, d
+"
+
+# -B: an overlay holding only the differences
+cp --sparse=always src.raw base.raw
+cp --sparse=always src.raw new.raw
+printf 'changed block' | dd of=new.raw bs=1 seek=$((5 * 1048576)) conv=notrunc status=none
+dd if=/dev/zero of=new.raw bs=65536 seek=3 count=2 conv=notrunc status=none
+for f in $formats; do
+	keel create -f "$f" -b base.raw -F raw probe.$f >/dev/null 2>&1 || continue
+	rm -f probe.$f
+	t "-B overlay ($f)" keel convert -f raw -O "$f" -B base.raw -F raw new.raw "ov.$f"
+	t "-B overlay reads as new ($f)" keel compare new.raw "ov.$f"
+	t "-B overlay is small ($f)" test "$(stat -c %s "ov.$f")" -lt $((4 * 1048576))
+done
+
+# --keep-chain
+for f in $formats; do
+	keel create -f "$f" -b base.raw -F raw probe.$f >/dev/null 2>&1 || continue
+	rm -f probe.$f
+	mkdir -p "chain.$f" "out.$f"
+	keel convert -f raw -O "$f" src.raw "chain.$f/base.$f" >/dev/null
+	keel convert -f raw -O "$f" -B "base.$f" -F "$f" new.raw "chain.$f/top.$f" >/dev/null
+	t "--keep-chain ($f)" keel convert --keep-chain -O "$f" "chain.$f/top.$f" "out.$f/top.$f"
+	t "--keep-chain writes the parent ($f)" test -f "out.$f/base.$f"
+	t "--keep-chain top reads as new ($f)" keel compare new.raw "out.$f/top.$f"
+	t "--keep-chain base reads as old ($f)" keel compare src.raw "out.$f/base.$f"
+done
+
+# signals: a slowed conversion interrupted with SIGINT/SIGTERM leaves nothing
+for sig in INT TERM; do
+	KEEL_CONV_SLOW_MS=200 "$KEEL" convert -j 2 -f raw -O raw src.raw "sig$sig.raw" 2>/dev/null &
+	pid=$!
+	sleep 0.6
+	kill -s "$sig" "$pid"
+	wait "$pid"
+	rc=$?
+	t "SIG$sig: conversion fails" test "$rc" -ne 0
+	t "SIG$sig: no output" test ! -e "sig$sig.raw"
+	t "SIG$sig: no temporary left" sh -c "! ls -a | grep -q 'sig$sig.raw.keel-tmp'"
+done
+# SIGKILL leaves a temp file; the next run removes it
+KEEL_CONV_SLOW_MS=200 "$KEEL" convert -j 2 -f raw -O raw src.raw kill.raw 2>/dev/null &
+pid=$!
+sleep 0.6
+{ kill -KILL "$pid"; wait "$pid"; } 2>/dev/null
+t "SIGKILL: no output" test ! -e kill.raw
+t "SIGKILL: a temporary remains" sh -c "ls -a | grep -q '^\.kill\.raw\.keel-tmp\.$pid'"
+t "next run succeeds" keel convert -f raw -O raw src.raw kill.raw
+t "next run removed the stale temporary" sh -c "! ls -a | grep -q 'kill.raw.keel-tmp'"
+t "source bytes unchanged" test "$(sha256sum src.raw | cut -d' ' -f1)" = "$srcsum"
+t "source mtime unchanged" test "$(stat -c %Y src.raw)" = "$srcmtime"
+
+# errors leave nothing
+expect_rc 1 "unknown output format" keel convert -f raw -O nosuch src.raw e1.raw
+t "no output after an error" test ! -e e1.raw
+expect_rc 2 "missing DST is a usage error" keel convert -O raw src.raw
+expect_rc 2 "bad -j is a usage error" keel convert -j 0 -O raw src.raw x.raw
+t "help states the memory bound" sh -c "'$KEEL' help convert | grep -q 'stay under 192 MiB'"
+keel convert --output json -j 2 -f raw -O raw src.raw m.raw >m.json
+t "memory bound at -j 2 under 64 MiB" python3 -c "
+import json; d = json.load(open('m.json')); assert d['memory_bound'] <= 64 << 20, d
+"
+finish

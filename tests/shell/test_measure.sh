@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# tests/shell/test_measure.sh - keel measure predicts what keel convert writes,
+# for every creatable format, and agrees with qemu-img measure on raw.
+. "$(dirname "$0")/lib.sh"
+cd "$TMP"
+pattern_file src.raw $((16 * 1048576 + 4096 * 3))
+size=$(stat -c %s src.raw)
+formats=$(keel help formats | awk 'NR > 1 && $2 == "yes" { print $1 }')
+
+t "raw: required = virtual size" test "$(keel measure -O raw src.raw | awk '/required/ { print $3 }')" = "$size"
+t "--size with no source" test "$(keel measure -O raw --size 10G | awk '/fully/ { print $4 }')" = $((10 << 30))
+keel measure --output json -O raw src.raw >m.json
+t "json keys like qemu-img" python3 -c "
+import json; d = json.load(open('m.json')); assert d['required'] == $size and d['fully-allocated'] == $size, d
+"
+expect_rc 2 "usage error without -O" keel measure src.raw
+expect_err "packages are refused with a hint" "package" keel measure -O ova src.raw
+for f in $formats; do
+	[ "$f" = raw ] && continue
+	keel convert -f raw -O "$f" src.raw "out.$f" >/dev/null || { bad "convert to $f"; continue; }
+	actual=$(stat -c %s "out.$f")
+	req=$(keel measure -f raw -O "$f" src.raw | awk '/required/ { print $3 }')
+	full=$(keel measure -f raw -O "$f" src.raw | awk '/fully/ { print $4 }')
+	echo "# $f: actual $actual, required $req, fully allocated $full"
+	t "$f: required covers the converted file" test "$actual" -le $((req + req / 50 + 65536))
+	t "$f: required is not wildly above it" test "$req" -le $((actual * 2 + 4 * 1048576))
+	t "$f: fully allocated >= required" test "$full" -ge "$req"
+done
+if keel help formats | awk '$1 == "qcow2" && $2 == "yes"' | grep -q .; then
+	keel convert -f raw -O qcow2 -c src.raw c.qcow2 >/dev/null
+	creq=$(keel measure -f raw -O qcow2 -c src.raw | awk '/required/ { print $3 }')
+	echo "# qcow2 -c: actual $(stat -c %s c.qcow2), measured $creq"
+	t "qcow2 -c: measured compressed size covers the file" test "$(stat -c %s c.qcow2)" -le $((creq + creq / 50 + 65536))
+	t "qcow2 -c: and is below the uncompressed prediction" test "$creq" -lt "$(keel measure -f raw -O qcow2 src.raw | awk '/required/ { print $3 }')"
+fi
+finish
