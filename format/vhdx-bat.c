@@ -75,8 +75,8 @@ int vhdx_bat_load(struct blk_dev *d)
 	/* the region lies inside the file, so this caps the table by the file size */
 	if (need > s->bat_len)
 		return kl_err(-EUCLEAN,
-			      "%s: BAT region at %llu holds %u bytes, but %llu entries (%llu bytes) "
-			      "are needed for %llu bytes in %u-byte blocks",
+			      "%s: BAT region at %llu holds %u bytes, but %llu entries "
+			      "(%llu bytes) are needed for %llu bytes in %u-byte blocks",
 			      d->filename, (unsigned long long)s->bat_off, s->bat_len,
 			      (unsigned long long)s->nbat, (unsigned long long)need,
 			      (unsigned long long)s->vsize, s->block_size);
@@ -96,7 +96,8 @@ int vhdx_bat_load(struct blk_dev *d)
 	mark_used(s, s->bat_off, s->bat_len);
 	mark_used(s, s->meta_off, s->meta_len);
 	if (s->log_len && s->log_off >= VHDX_MiB && s->log_off % VHDX_MiB == 0 &&
-	    kl_range_ok(s->log_off, s->log_len, s->file_size) && range_free(s, s->log_off, s->log_len))
+	    kl_range_ok(s->log_off, s->log_len, s->file_size) &&
+	    range_free(s, s->log_off, s->log_len))
 		mark_used(s, s->log_off, s->log_len);
 
 	for (uint64_t i = 0; i < s->nbat; i++) {
@@ -116,14 +117,15 @@ int vhdx_bat_load(struct blk_dev *d)
 					      d->filename, (unsigned long long)i, st);
 			if (fo < VHDX_MiB || !kl_range_ok(fo, VHDX_SB_SIZE, s->file_size))
 				return kl_err(-EUCLEAN,
-					      "%s: BAT entry %llu: sector bitmap block at %llu lies "
-					      "past the end of the file (%llu bytes)",
+					      "%s: BAT entry %llu: sector bitmap block at %llu "
+					      "lies past the end of the file (%llu bytes)",
 					      d->filename, (unsigned long long)i,
 					      (unsigned long long)fo,
 					      (unsigned long long)s->file_size);
 			if (!mark_used(s, fo, VHDX_SB_SIZE))
-				return kl_err(-EUCLEAN, "%s: BAT entry %llu: sector bitmap block at "
-							"%llu overlaps another structure",
+				return kl_err(-EUCLEAN,
+					      "%s: BAT entry %llu: sector bitmap block at %llu "
+					      "overlaps another structure",
 					      d->filename, (unsigned long long)i,
 					      (unsigned long long)fo);
 			continue;
@@ -140,15 +142,16 @@ int vhdx_bat_load(struct blk_dev *d)
 			continue;
 		case VHDX_PAYLOAD_PARTIALLY_PRESENT:
 			if (!s->has_parent)
-				return kl_err(-EUCLEAN, "%s: BAT entry %llu: block %llu is "
-							"PARTIALLY_PRESENT in a disk without a parent",
+				return kl_err(-EUCLEAN,
+					      "%s: BAT entry %llu: block %llu is PARTIALLY_PRESENT "
+					      "in a disk without a parent",
 					      d->filename, (unsigned long long)i,
 					      (unsigned long long)blk);
 			if (VHDX_BAT_STATE(s->bat[sb_index(s, blk / s->chunk_ratio)]) !=
 			    VHDX_SB_PRESENT)
-				return kl_err(-EUCLEAN, "%s: BAT entry %llu: block %llu is "
-							"PARTIALLY_PRESENT but its chunk has no sector "
-							"bitmap",
+				return kl_err(-EUCLEAN,
+					      "%s: BAT entry %llu: block %llu is PARTIALLY_PRESENT "
+					      "but its chunk has no sector bitmap",
 					      d->filename, (unsigned long long)i,
 					      (unsigned long long)blk);
 			/* fall through */

@@ -249,7 +249,8 @@ int vhdx_log_load(struct blk_dev *d)
 			rc = entry_at(&ls, pos, &ei);
 			if (rc < 0)
 				goto out;
-			if (!ei || (count && ei->seq != last_seq + 1) || total + ei->len > s->log_len)
+			if (!ei || (count && ei->seq != last_seq + 1) ||
+			    total + ei->len > s->log_len)
 				break;
 			run[count++] = pos;
 			last_seq = ei->seq;

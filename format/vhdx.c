@@ -412,7 +412,8 @@ static int read_regions(struct blk_dev *d)
 			which = &meta;
 		else if (required) {
 			rc = kl_err(-ENOTSUP,
-				    "%s: region table at %llu: entry %u has unknown required region %s",
+				    "%s: region table at %llu: entry %u has unknown required "
+				    "region %s",
 				    d->filename, (unsigned long long)at, i, g);
 			goto out;
 		}
@@ -422,8 +423,8 @@ static int read_regions(struct blk_dev *d)
 				    "%s: region table at %llu: region %s at %llu, %u bytes, is not "
 				    "1 MiB-aligned after the header section and inside the file "
 				    "(%llu bytes)",
-				    d->filename, (unsigned long long)at, g, (unsigned long long)off, len,
-				    (unsigned long long)s->file_size);
+				    d->filename, (unsigned long long)at, g,
+				    (unsigned long long)off, len, (unsigned long long)s->file_size);
 			goto out;
 		}
 		s->regions_end = KL_MAX(s->regions_end, off + len);
@@ -522,9 +523,10 @@ static int parse_locator(struct blk_dev *d, const uint8_t *p, uint32_t len, uint
 		if (kn == 0 || kn % 2 || vn % 2 || !kl_range_ok(ko, kn, len) ||
 		    !kl_range_ok(vo, vn, len))
 			return kl_err(-EUCLEAN,
-				      "%s: parent locator at %llu: entry %u (key %u+%u, value %u+%u) "
-				      "is malformed or outside the %u-byte item",
-				      d->filename, (unsigned long long)where, i, ko, kn, vo, vn, len);
+				      "%s: parent locator at %llu: entry %u (key %u+%u, value "
+				      "%u+%u) is malformed or outside the %u-byte item",
+				      d->filename, (unsigned long long)where, i, ko, kn, vo, vn,
+				      len);
 		s->loc[i].key = utf16_to_utf8(p + ko, kn);
 		s->loc[i].val = utf16_to_utf8(p + vo, vn);
 		s->nloc = i + 1u;
@@ -597,8 +599,8 @@ static int read_metadata(struct blk_dev *d)
 		if (len > VHDX_MiB || (len == 0 && off != 0) ||
 		    (len && (off < VHDX_META_TABLE_SIZE || !kl_range_ok(off, len, s->meta_len)))) {
 			rc = kl_err(-EUCLEAN,
-				    "%s: metadata entry %u (%s) at offset %u, %u bytes, lies outside "
-				    "the %u-byte metadata region at %llu",
+				    "%s: metadata entry %u (%s) at offset %u, %u bytes, lies "
+				    "outside the %u-byte metadata region at %llu",
 				    d->filename, i, g, off, len, s->meta_len,
 				    (unsigned long long)s->meta_off);
 			goto out;
@@ -608,7 +610,8 @@ static int read_metadata(struct blk_dev *d)
 				k = j;
 		if (k < 0) {
 			if (required && !is_user) {
-				rc = kl_err(-ENOTSUP, "%s: metadata item %s is required but unknown",
+				rc = kl_err(-ENOTSUP,
+					    "%s: metadata item %s is required but unknown",
 					    d->filename, g);
 				goto out;
 			}
@@ -665,7 +668,8 @@ static int read_metadata(struct blk_dev *d)
 	}
 	if (!KL_IS_POW2(s->block_size) || s->block_size < VHDX_MIN_BLOCK ||
 	    s->block_size > VHDX_MAX_BLOCK) {
-		rc = kl_err(-EUCLEAN, "%s: block size %u is not a power of two from 1 MiB to 256 MiB",
+		rc = kl_err(-EUCLEAN,
+			    "%s: block size %u is not a power of two from 1 MiB to 256 MiB",
 			    d->filename, s->block_size);
 		goto out;
 	}
@@ -829,8 +833,8 @@ static int open_parent(struct blk_dev *d)
 		const struct vhdx_state *ps = d->parent->priv;
 
 		if (ps->lss != s->lss) {
-			rc = kl_err(-EUCLEAN, "%s: logical sector size %u differs from the parent's "
-					      "%u (%s)",
+			rc = kl_err(-EUCLEAN,
+				    "%s: logical sector size %u differs from the parent's %u (%s)",
 				    d->filename, s->lss, ps->lss, blk_filename(d->parent));
 			goto out;
 		}
@@ -1072,9 +1076,10 @@ static int put_bat(struct kl_file *f, const struct vhdx_layout *L)
 			uint64_t i = first + k, v = 0;
 
 			if (i % (L->cr + 1) == L->cr) {
-				/* differencing: a zeroed sector bitmap per chunk (see vhdx_create) */
+				/* differencing: a zeroed bitmap per chunk (vhdx_create) */
 				if (L->parent_rel)
-					v = (L->sb_off + i / (L->cr + 1) * VHDX_MiB) | VHDX_SB_PRESENT;
+					v = (L->sb_off + i / (L->cr + 1) * VHDX_MiB) |
+					    VHDX_SB_PRESENT;
 			} else if (!L->parent_rel) {
 				uint64_t blk = i - i / (L->cr + 1);
 

@@ -901,8 +901,9 @@ START_TEST(create_options)
 	const char *p = tu_path("o.vhdx");
 	struct kl_opts *o = NULL;
 	struct blk_create_opts co = { .size = MiB };
-	const char *bad[] = { "subformat=sparse", "block_size=3M", "block_size=512M",
-			      "logical_sector_size=1024", "log_size=1536K", "physical_sector_size=2" };
+	const char *bad[] = { "subformat=sparse",	  "block_size=3M",
+			      "block_size=512M",	  "logical_sector_size=1024",
+			      "log_size=1536K",		  "physical_sector_size=2" };
 
 	for (size_t i = 0; i < KL_ARRAY_SIZE(bad); i++) {
 		o = NULL;
@@ -937,7 +938,8 @@ START_TEST(crash_during_allocation)
 {
 	static const enum kl_fault_mode modes[] = { KL_FAULT_ERROR, KL_FAULT_CRASH,
 						    KL_FAULT_CRASH_TORN };
-	const char *p = tu_path("cr.vhdx"), *c = tu_path("crc.vhdx"), *pristine = tu_path("pr.vhdx");
+	const char *p = tu_path("cr.vhdx"), *c = tu_path("crc.vhdx");
+	const char *pristine = tu_path("pr.vhdx");
 	const uint64_t off = 512 * 1024, len = 3 * MiB;
 	uint8_t *old = kl_malloc(len), *neu = kl_malloc(len), *got = kl_malloc(len);
 	struct kl_fault_rule count = { .mode = KL_FAULT_NONE };
@@ -997,11 +999,12 @@ START_TEST(crash_during_allocation)
 				d = open_img(img, false);
 				ck_assert_ok(blk_pread(d, off, got, len));
 				blk_close(d);
-				/* [512K, 1M): block 0, written in place (bitmap bits in the child) */
+				/* [512K, 1M): block 0, in place (bitmap bits in the child) */
 				for (uint64_t o = 0; o < MiB - off; o += 512)
 					ck_assert_msg(memcmp(got + o, old + o, 512) == 0 ||
 						      memcmp(got + o, neu + o, 512) == 0,
-						      "diff=%d mode %zu point %llu: sector at %llu torn",
+						      "diff=%d mode %zu point %llu: sector at "
+						      "%llu torn",
 						      diff, m, (unsigned long long)at,
 						      (unsigned long long)(off + o));
 				/* blocks 1, 2 and the first half of 3: newly allocated */
@@ -1073,8 +1076,11 @@ START_TEST(commit_crash_loop)
 
 	for (uint64_t at = 1; at <= points; at++) {
 		for (int torn = 0; torn < 2; torn++) {
-			struct kl_fault_rule r = { .mode = torn ? KL_FAULT_CRASH_TORN : KL_FAULT_CRASH,
-						   .at = at, .seed = at * 3 + (uint64_t)torn };
+			struct kl_fault_rule r = {
+				.mode = torn ? KL_FAULT_CRASH_TORN : KL_FAULT_CRASH,
+				.at = at,
+				.seed = at * 3 + (uint64_t)torn,
+			};
 
 			ck_assert_ok(tu_copy(p0, p));
 			ck_assert_ok(tu_copy(c0, c));
