@@ -131,6 +131,8 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 		return rc;
 	st->virtual_size = blk_size(src);
 	co.size = blk_size(src);
+	/* formats that name their own file inside (VMDK extents) see the final name */
+	co.final_path = o->dst;
 	co.opts = o->dst_opts;
 	co.key = o->dst_key;
 	co.key_len = o->dst_key_len;

@@ -457,6 +457,44 @@ static uint64_t sealed_blocks(const struct kf_state *s, size_t len)
 }
 
 /*
+ * Place the stored form of cluster c (old: its current entry) and point the
+ * map at it; with a content hash, record it in the dedup index.
+ */
+static int store_cluster(struct blk_dev *d, uint64_t c, const struct kf_ptr *cur,
+			 const uint8_t *stored, size_t len, unsigned comp, const uint8_t *hash)
+{
+	struct kf_state *s = d->priv;
+	struct kf_ptr ne = { 0 }, old = *cur;
+	uint64_t nb = sealed_blocks(s, len), addr;
+
+	s->stats.clusters_written++;
+	s->stats.bytes_stored += nb * KF_BLOCK;
+	/*
+	 * A cluster first written in this transaction is referenced by
+	 * nothing on disk: overwrite it in place when the new form fits.
+	 */
+	if (kf_type(old.aux) == KF_T_DATA && kf_is_txn_new(s, old.addr) &&
+	    kf_rc_get(s, old.addr / KF_BLOCK) == 1 &&
+	    kf_blocks_of(old.aux & KF_LEN_MASK) >= nb) {
+		uint64_t oldnb = kf_blocks_of(old.aux & KF_LEN_MASK);
+
+		kf_dedup_forget(s, old.addr);
+		KL_TRY(place_blob(d, old.addr, stored, len, comp, &ne));
+		if (oldnb > nb)
+			KL_TRY(kf_rc_dec(d, old.addr + nb * KF_BLOCK, oldnb - nb));
+		KL_TRY(kf_set_entry(d, c, &ne, &old));
+	} else {
+		KL_TRY(kf_alloc(d, nb, &addr));
+		KL_TRY(place_blob(d, addr, stored, len, comp, &ne));
+		KL_TRY(kf_set_entry(d, c, &ne, &old));
+		KL_TRY(kf_entry_decref(d, &old));
+	}
+	if (hash)
+		KL_TRY(kf_dedup_insert(s, hash, &ne));
+	return 0;
+}
+
+/*
  * Store one full cluster of guest data at virtual cluster c. With dedup,
  * hash is its content hash (computed here when NULL).
  */
@@ -467,7 +505,7 @@ static int cluster_put_hashed(struct blk_dev *d, uint64_t c, const uint8_t *data
 	struct kf_ptr ne = { 0 }, old;
 	const uint8_t *stored = data;
 	uint8_t hash[32];
-	uint64_t run, nb, addr;
+	uint64_t run;
 	size_t len;
 	unsigned comp;
 
@@ -504,33 +542,7 @@ static int cluster_put_hashed(struct blk_dev *d, uint64_t c, const uint8_t *data
 		stored = s->sbuf;
 	else
 		len = s->cluster_size;
-	nb = sealed_blocks(s, len);
-	s->stats.clusters_written++;
-	s->stats.bytes_stored += nb * KF_BLOCK;
-
-	/*
-	 * A cluster first written in this transaction is referenced by
-	 * nothing on disk: overwrite it in place when the new form fits.
-	 */
-	if (kf_type(old.aux) == KF_T_DATA && kf_is_txn_new(s, old.addr) &&
-	    kf_rc_get(s, old.addr / KF_BLOCK) == 1 &&
-	    kf_blocks_of(old.aux & KF_LEN_MASK) >= nb) {
-		uint64_t oldnb = kf_blocks_of(old.aux & KF_LEN_MASK);
-
-		kf_dedup_forget(s, old.addr);
-		KL_TRY(place_blob(d, old.addr, stored, len, comp, &ne));
-		if (oldnb > nb)
-			KL_TRY(kf_rc_dec(d, old.addr + nb * KF_BLOCK, oldnb - nb));
-		KL_TRY(kf_set_entry(d, c, &ne, &old));
-	} else {
-		KL_TRY(kf_alloc(d, nb, &addr));
-		KL_TRY(place_blob(d, addr, stored, len, comp, &ne));
-		KL_TRY(kf_set_entry(d, c, &ne, &old));
-		KL_TRY(kf_entry_decref(d, &old));
-	}
-	if (s->dedup)
-		KL_TRY(kf_dedup_insert(s, hash, &ne));
-	return 0;
+	return store_cluster(d, c, &old, stored, len, comp, s->dedup ? hash : NULL);
 }
 
 static int cluster_put(struct blk_dev *d, uint64_t c, const uint8_t *data)
@@ -887,6 +899,9 @@ static int kf_open(struct blk_dev *d, const struct blk_open_opts *o)
 		}
 	}
 	s->batch = d->flags & BLK_OPEN_BATCH;
+	/* parallel compression in convert; dedup hashes plain data, so it writes plainly */
+	d->encoded_writes = !d->read_only && s->comp != KF_COMP_NONE &&
+			    !(s->compat & KF_COMPAT_DEDUP);
 	rc = kf_snap_load(d);
 	if (rc < 0)
 		goto err;
@@ -1302,6 +1317,56 @@ static int kf_stats(struct blk_dev *d, struct blk_stats *st)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ encoded writes */
+
+/*
+ * convert compresses on many threads: encode is compression alone (pure,
+ * per-thread contexts); placing, sealing (encryption binds the blob's file
+ * offset) and the map update stay serial in write_encoded.
+ */
+static ssize_t kf_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf,
+				 size_t len, void *out, size_t cap)
+{
+	const struct kf_state *s = d->priv;
+	ssize_t n;
+
+	(void)off;
+	if (len != s->cluster_size)
+		return 0; /* the short last cluster goes the plain way */
+	if (s->comp == KF_COMP_ZSTD)
+		n = kl_zstd_compress(s->comp_level ? s->comp_level : 3, buf, len, out, cap);
+	else if (s->comp == KF_COMP_ZLIB)
+		n = kl_zlib_compress(s->comp_level ? s->comp_level : -1, buf, len, out, cap);
+	else
+		return 0;
+	if (n <= 0 || kf_blocks_of((uint64_t)n) >= kf_blocks_of(s->cluster_size))
+		return n < 0 ? n : 0;
+	return n;
+}
+
+static int kf_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+			    const void *raw, size_t raw_len)
+{
+	struct kf_state *s = d->priv;
+	uint64_t c = off >> s->cluster_bits, run;
+	struct kf_ptr old;
+	int rc;
+
+	(void)raw;
+	(void)raw_len;
+	KL_TRY(kf_writable_check(d));
+	if (s->cached_cluster == c)
+		s->cached_cluster = UINT64_MAX;
+	rc = kf_lookup(d, c, &old, &run);
+	if (rc == 0)
+		rc = store_cluster(d, c, &old, enc, enc_len, s->comp, NULL);
+	if (rc == 0)
+		rc = kf_maybe_commit(d);
+	if (rc < 0)
+		s->broken = true;
+	return rc;
+}
+
 /* ------------------------------------------------------------------ probe & table */
 
 static int kf_probe(const struct blk_probe_buf *pb)
@@ -1348,6 +1413,8 @@ const struct blk_driver blk_keel_driver = {
 	.write_hashed = kf_write_hashed,
 	.stats = kf_stats,
 	.dedup = kf_dedup_offline,
+	.encode_cluster = kf_encode_cluster,
+	.write_encoded = kf_write_encoded,
 	.snapshot_create_guid = kf_snapshot_create_guid,
 	.recv_begin = kf_recv_begin,
 	.recv_status = kf_recv_status,

@@ -289,3 +289,64 @@ int vmdk_stream_flush(struct vmdk_extent *x)
 	x->file_size = end;
 	return 0;
 }
+
+/* ------------------------------------------------------------------ encoded writes */
+
+ssize_t vmdk_stream_encode(const struct vmdk_extent *x, uint64_t rel, const void *buf, size_t len,
+			   void *out, size_t cap)
+{
+	const struct vmdk_sparse *s = x->sp;
+	uint8_t *o = out, *pad = NULL;
+	const void *in = buf;
+	size_t total;
+	ssize_t n;
+
+	if (cap < 12 + VMDK_SECTOR)
+		return kl_err(-EINVAL, "%s: encode buffer too small", x->name);
+	if (len < s->grain_bytes) {
+		/* the last, short grain is compressed whole, zero-padded, as emit_grain does */
+		pad = kl_calloc(1, s->grain_bytes);
+		if (!pad)
+			return -ENOMEM;
+		memcpy(pad, buf, len);
+		in = pad;
+	}
+	n = kl_zlib_compress(6, in, s->grain_bytes, o + 12, cap - 12 - VMDK_SECTOR);
+	kl_free(pad);
+	if (n <= 0)
+		return n; /* 0: let the plain path compress it */
+	put_le64(o, (x->start + rel) / VMDK_SECTOR);
+	put_le32(o + 8, (uint32_t)n);
+	total = (size_t)KL_ALIGN_UP(12 + (uint64_t)n, VMDK_SECTOR);
+	memset(o + 12 + n, 0, total - 12 - (size_t)n);
+	return (ssize_t)total;
+}
+
+int vmdk_stream_put(struct vmdk_extent *x, uint64_t rel, const uint8_t *enc, size_t len,
+		    const uint8_t *raw, size_t raw_len)
+{
+	struct vmdk_sparse *s = x->sp;
+	struct vmdk_streamw *w = s->w;
+	uint64_t g = rel >> s->grain_shift, glen;
+	uint32_t span = (uint32_t)(g / s->h.gtes), sec = 0;
+	int rc;
+
+	KL_TRY(order_check(x, rel));
+	if (g == w->cur) /* part of this grain came as plain writes: finish it that way */
+		return vmdk_stream_write(x, rel, raw, raw_len);
+	if (w->cur != UINT64_MAX && (rc = emit_grain(x)) < 0)
+		return w->failed = rc;
+	if (span != w->cur_gt) {
+		if ((rc = put_gt(x, w->pos, &glen)) < 0)
+			return w->failed = rc;
+		w->pos += glen;
+		w->cur_gt = span;
+		memset(w->gt, 0, (size_t)s->h.gtes * 4);
+	}
+	if ((rc = sector_of(x, w->pos, &sec)) < 0 || (rc = kl_io_pwrite(x->file, w->pos, enc, len)) < 0)
+		return w->failed = rc;
+	w->gt[g % s->h.gtes] = sec;
+	w->pos += len;
+	w->low = g + 1;
+	return 0;
+}

@@ -317,6 +317,7 @@ static int open_hosted(struct blk_dev *d, uint64_t file_size)
 		if (rc < 0)
 			return rc;
 		s->stream_w = true;
+		d->encoded_writes = true;
 	}
 	return 0;
 }
@@ -925,6 +926,24 @@ static int vmdk_create(const char *path, const struct blk_create_opts *o)
 	return rc;
 }
 
+/* ------------------------------------------------------------------ encoded writes */
+
+static ssize_t vmdk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf,
+				   size_t len, void *out, size_t cap)
+{
+	const struct vmdk_state *s = d->priv;
+
+	return vmdk_stream_encode(&s->ext[0], off - s->ext[0].start, buf, len, out, cap);
+}
+
+static int vmdk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
+			      const void *raw, size_t raw_len)
+{
+	struct vmdk_state *s = d->priv;
+
+	return vmdk_stream_put(&s->ext[0], off - s->ext[0].start, enc, enc_len, raw, raw_len);
+}
+
 const struct blk_driver blk_vmdk_driver = {
 	.name = "vmdk",
 	.ext = "vmdk",
@@ -943,4 +962,6 @@ const struct blk_driver blk_vmdk_driver = {
 	.info = vmdk_info,
 	.check = vmdk_check,
 	.identity = vmdk_identity,
+	.encode_cluster = vmdk_encode_cluster,
+	.write_encoded = vmdk_write_encoded,
 };

@@ -262,6 +262,15 @@ int vmdk_sparse_create(struct kl_file *f, const char *name, const struct vmdk_la
 int vmdk_stream_begin(struct vmdk_extent *x, int level);
 /* Buffer/emit [rel, rel+len) of the extent; earlier grains are refused. */
 int vmdk_stream_write(struct vmdk_extent *x, uint64_t rel, const uint8_t *buf, size_t len);
+/*
+ * Encoded writes (convert): vmdk_stream_encode returns the bytes the
+ * stream would append for the grain at rel (marker, zlib data, padding),
+ * pure and thread-safe; vmdk_stream_put appends them in order.
+ */
+ssize_t vmdk_stream_encode(const struct vmdk_extent *x, uint64_t rel, const void *buf, size_t len,
+			   void *out, size_t cap);
+int vmdk_stream_put(struct vmdk_extent *x, uint64_t rel, const uint8_t *enc, size_t len,
+		    const uint8_t *raw, size_t raw_len);
 /* Zeros need no data in a stream; only the ordering rule is enforced. */
 int vmdk_stream_zero(struct vmdk_extent *x, uint64_t rel, uint64_t len);
 /*
