@@ -20,6 +20,10 @@ CMD(snapshot)
 CMD(commit)
 CMD(rebase)
 CMD(diff)
+CMD(replicate)
+CMD(send)
+CMD(recv)
+CMD(serve)
 CMD(scrub)
 CMD(key)
 CMD(dedup)
@@ -47,6 +51,14 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES },
 	{ "rebase", cmd_rebase, "change an image's parent, keeping its content",
 	  cmd_rebase_usage, CLI_WRITES },
+	{ "send", cmd_send, "write a snapshot (or the changes since another) as a stream",
+	  cmd_send_usage, 0 },
+	{ "recv", cmd_recv, "apply a stream from keel send to an image or a raw store",
+	  cmd_recv_usage, CLI_WRITES },
+	{ "serve", cmd_serve, "receive replicas over TLS (keel:// targets under one directory)",
+	  cmd_serve_usage, CLI_WRITES },
+	{ "replicate", cmd_replicate, "bring a keel:// (or s3://) replica up to date",
+	  cmd_replicate_usage, 0 },
 	{ "scrub", cmd_scrub, "verify every stored cluster of every snapshot", cmd_scrub_usage,
 	  0 },
 	{ "key", cmd_key, "add, remove, change key slots of an encrypted image", cmd_key_usage,
