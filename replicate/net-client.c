@@ -114,9 +114,16 @@ static int read_welcome(struct client *cl)
 {
 	uint8_t *p;
 	size_t len;
+	int rc;
 
 	repl_msg_welcome_release(&cl->w);
-	KL_TRY(expect(cl, REPL_MSG_WELCOME, &p, &len));
+	rc = expect(cl, REPL_MSG_WELCOME, &p, &len);
+	if (rc == -ECONNRESET || rc == -EPIPE || rc == -EPROTO)
+		/* TLS 1.3: the server checks our certificate after the handshake */
+		return kl_err_prefix(rc, "the server ended the session (is this client's "
+				     "certificate signed by the CA the server trusts?)");
+	if (rc < 0)
+		return rc;
 	return repl_msg_welcome_decode(p, len, &cl->w);
 }
 
@@ -309,7 +316,8 @@ int repl_replicate(const struct repl_replicate_opts *o, struct repl_replicate_st
 		goto out;
 	repl_conn_set_rate(cl.c, o->limit_rate);
 	rc = hello(&cl, REPL_OP_PUSH, o->raw ? REPL_HELLO_RAW : 0, NULL, NULL, 0);
-	if (rc == 0)
+	/* a refused certificate can break the first write already: the reason is in the read */
+	if (rc == 0 || rc == -ECONNRESET || rc == -EPIPE)
 		rc = read_welcome(&cl);
 	for (int round = 0; rc == 0 && round < 8; round++) {
 		const struct blk_snapshot_info *base = NULL;
@@ -434,7 +442,7 @@ int repl_fetch(const struct repl_fetch_opts *o, struct repl_recv_stats *st)
 		rc = cl_connect(&cl, o->url, &o->tls, &ctx);
 	if (rc == 0)
 		rc = hello(&cl, REPL_OP_FETCH, 0, cl.u.snapshot, have, nhave);
-	if (rc == 0)
+	if (rc == 0 || rc == -ECONNRESET || rc == -EPIPE)
 		rc = read_welcome(&cl);
 	if (rc == 0 && cl.w.kind == REPL_TARGET_NONE)
 		rc = kl_err(-ENOENT, "%s: no such target on the server", o->url);

@@ -94,13 +94,24 @@ static int target_kind(struct session *s)
 	return kl_err(-EACCES, "target '%s' is not a regular file or directory", s->hello.name);
 }
 
+/*
+ * One session per target. A client reconnecting after a cut may find its
+ * previous session still finishing (checkpointing what it verified), so
+ * wait a little before calling the target busy.
+ */
 static int lock_target(struct session *s)
 {
+	double until = kl_now() + 30;
+
 	s->lockfd = open(s->lockp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (s->lockfd < 0)
 		return kl_err(-errno, "%s: %s", s->lockp, strerror(errno));
-	if (flock(s->lockfd, LOCK_EX | LOCK_NB) != 0)
-		return kl_err(-EBUSY, "target '%s' is busy with another client", s->hello.name);
+	while (flock(s->lockfd, LOCK_EX | LOCK_NB) != 0) {
+		if (errno != EWOULDBLOCK || kl_now() > until || conv_interrupted())
+			return kl_err(-EBUSY, "target '%s' is busy with another client",
+				      s->hello.name);
+		usleep(100000);
+	}
 	return 0;
 }
 
@@ -512,15 +523,20 @@ static int session_run(struct session *s)
 	     s->hello.op == REPL_OP_PUSH ? "push to" : "fetch from", s->hello.name,
 	     s->hello.flags & REPL_HELLO_RAW ? " (raw)" : "");
 	KL_TRY(lock_target(s));
+	rc = target_kind(s);
+	if (rc < 0)
+		return rc;
+	if (s->hello.op == REPL_OP_PUSH && rc == REPL_TARGET_IMAGE &&
+	    (s->hello.flags & REPL_HELLO_RAW))
+		return kl_err(-EEXIST, "target '%s' is an image; a raw replica needs another name",
+			      s->hello.name);
+	if (s->hello.op == REPL_OP_PUSH && rc == REPL_TARGET_RAW &&
+	    !(s->hello.flags & REPL_HELLO_RAW))
+		return kl_err(-EEXIST, "target '%s' is a raw store: replicate with --raw",
+			      s->hello.name);
 	KL_TRY(welcome(s, &map));
-	if (s->hello.op == REPL_OP_PUSH) {
-		if (s->kind == REPL_TARGET_IMAGE && (s->hello.flags & REPL_HELLO_RAW))
-			rc = kl_err(-EEXIST, "target '%s' is an image; a raw replica needs another "
-				    "name", s->hello.name);
-		if (s->kind == REPL_TARGET_RAW && !(s->hello.flags & REPL_HELLO_RAW))
-			rc = kl_err(-EEXIST, "target '%s' is a raw store: replicate with --raw",
-				    s->hello.name);
-	} else {
+	rc = 0;
+	if (s->hello.op != REPL_OP_PUSH) {
 		struct srv_writer w = { .c = s->c, .buf = kl_malloc(SRV_CHUNK) };
 
 		if (!w.buf)
@@ -666,12 +682,26 @@ static int write_port(const char *path, int fd)
 	}
 }
 
+/* Collect finished sessions (all of them when wait). */
+static void reap(pid_t *kids, int max, int *nchild, bool wait)
+{
+	pid_t pid;
+
+	while (*nchild > 0 && (pid = waitpid(-1, NULL, wait ? 0 : WNOHANG)) > 0) {
+		for (int i = 0; i < max; i++)
+			if (kids[i] == pid)
+				kids[i] = 0;
+		(*nchild)--;
+	}
+}
+
 int repl_serve(const struct repl_serve_opts *o)
 {
 	struct sigaction sa = { .sa_handler = on_stop };
 	struct session s = { .o = o, .lockfd = -1 };
 	int max = o->max_clients > 0 ? o->max_clients : 16;
 	int lfd = -1, nchild = 0, sessions = 0, rc;
+	pid_t *kids;
 	char keeldir[PATH_MAX + 8];
 	struct stat sb;
 
@@ -681,7 +711,14 @@ int repl_serve(const struct repl_serve_opts *o)
 	snprintf(keeldir, sizeof(keeldir), "%s/.keel", s.root);
 	if (mkdir(keeldir, 0700) != 0 && errno != EEXIST)
 		return kl_err(-errno, "%s: %s", keeldir, strerror(errno));
-	KL_TRY(repl_tls_ctx(&o->tls, true, &s.ctx));
+	kids = kl_calloc((size_t)max, sizeof(*kids));
+	if (!kids)
+		return -ENOMEM;
+	rc = repl_tls_ctx(&o->tls, true, &s.ctx);
+	if (rc < 0) {
+		kl_free(kids);
+		return rc;
+	}
 	rc = listen_on(o->listen, &lfd);
 	if (rc == 0 && o->port_file)
 		rc = write_port(o->port_file, lfd);
@@ -698,8 +735,7 @@ int repl_serve(const struct repl_serve_opts *o)
 		pid_t pid;
 		int cfd;
 
-		while (waitpid(-1, NULL, WNOHANG) > 0)
-			nchild--;
+		reap(kids, max, &nchild, false);
 		if (poll(&pf, 1, 500) != 1)
 			continue;
 		cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -717,6 +753,11 @@ int repl_serve(const struct repl_serve_opts *o)
 		}
 		close(cfd);
 		if (pid > 0) {
+			for (int i = 0; i < max; i++)
+				if (!kids[i]) {
+					kids[i] = pid;
+					break;
+				}
 			nchild++;
 			sessions++;
 		} else {
@@ -725,16 +766,17 @@ int repl_serve(const struct repl_serve_opts *o)
 	}
 	if (srv_stop) {
 		/* sessions stop at a record boundary and keep what they verified */
-		signal(SIGTERM, SIG_IGN);
-		kill(0, SIGTERM);
+		for (int i = 0; i < max; i++)
+			if (kids[i])
+				kill(kids[i], SIGTERM);
 	}
-	while (nchild > 0 && waitpid(-1, NULL, 0) > 0)
-		nchild--;
+	reap(kids, max, &nchild, true);
 	slog(o, "stopped");
 	rc = 0;
 out:
 	if (lfd >= 0)
 		close(lfd);
 	repl_tls_ctx_free(s.ctx);
+	kl_free(kids);
 	return rc;
 }
