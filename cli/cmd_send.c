@@ -118,6 +118,10 @@ int cmd_send(int argc, char **argv)
 	env = getenv("KEEL_SEND_FAIL_AFTER");
 	if (env && kl_parse_u64(env, &n) == 0)
 		o.fail_after = n;
+	/* tests and fuzz seeds: a cheap scrypt for keyed streams */
+	env = getenv("KEEL_STREAM_KDF_N");
+	if (env && kl_parse_u64(env, &n) == 0)
+		o.kdf_n = n;
 	rc = cli_load_key(&co, false, false);
 	if (rc < 0)
 		goto fail;
