@@ -26,7 +26,7 @@ const char cmd_recv_usage[] =
 	"  -i IN          the stream file; a raw store directory (rebuilds its newest\n"
 	"                 snapshot, or -s SNAP, into TARGET with the key); or\n"
 	"                 keel://HOST:PORT/NAME[@SNAP] to fetch from keel serve (with\n"
-	"                 --cert, --tls-key, --ca)\n"
+	"                 --cert C --key K --ca CA, as for keel replicate)\n"
 	"  --raw          TARGET is a raw store directory: keep the encrypted records as\n"
 	"                 they come, without the key (streams sent with --raw)\n"
 	"  --force        discard changes made to TARGET since the base snapshot\n"
@@ -78,6 +78,7 @@ int cmd_recv(int argc, char **argv)
 		{ "abort", no_argument, NULL, O_ABORT },
 		{ "snapshot", required_argument, NULL, 's' },
 		{ "cert", required_argument, NULL, O_CERT },
+		{ "key", required_argument, NULL, O_TLSKEY },
 		{ "tls-key", required_argument, NULL, O_TLSKEY },
 		{ "ca", required_argument, NULL, O_CA },
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
