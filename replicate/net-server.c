@@ -190,6 +190,8 @@ static int welcome(struct session *s, struct repl_have_map **map)
 		rc = repl_raw_list(s->path, &re, &n);
 		if (rc == 0)
 			rc = repl_raw_status(s->path, &active, &t);
+		if (rc == 0)
+			rc = repl_raw_uuid(s->path, w.target_uuid);
 		if (rc < 0)
 			goto out;
 		if (active) {

@@ -272,7 +272,8 @@ int repl_tls_accept(SSL_CTX *ctx, int fd, int timeout, struct repl_conn **out)
 		close(fd);
 		return -ENOMEM;
 	}
-	set_timeouts(fd, c->timeout);
+	/* a client that connects and says nothing holds a process: not for long */
+	set_timeouts(fd, KL_MIN(c->timeout, 30));
 	c->ssl = SSL_new(ctx);
 	if (!c->ssl) {
 		repl_conn_close(c);
@@ -293,6 +294,7 @@ int repl_tls_accept(SSL_CTX *ctx, int fd, int timeout, struct repl_conn **out)
 		return rc;
 	}
 	peer_name(c);
+	set_timeouts(fd, c->timeout);
 	*out = c;
 	return 0;
 }

@@ -246,8 +246,9 @@ struct repl_rx;
 struct repl_sink_ops {
 	/* A header arrived (fresh or resumed): prepare the target. */
 	int (*begin)(struct repl_rx *rx);
+	/* frame: the zstd frame buf came from (NULL when it travelled uncompressed) */
 	int (*data)(struct repl_rx *rx, uint64_t off, const uint8_t *buf, size_t len,
-		    const uint8_t *hash);
+		    const uint8_t *hash, const uint8_t *frame, size_t flen);
 	int (*zero)(struct repl_rx *rx, uint64_t off, uint64_t len);
 	int (*ref)(struct repl_rx *rx, uint64_t off, size_t len, const uint8_t hash[32]);
 	/* Raw stores keep each verified record as it came. */
@@ -291,6 +292,8 @@ int repl_raw_sink_init(struct repl_rx *rx, const char *dir);
 void repl_raw_sink_free(struct repl_rx *rx);
 /* The token of a raw store's partial receive; *active false when none. */
 int repl_raw_status(const char *dir, bool *active, struct repl_token *t);
+/* The store's identity (what its tokens name as their target). */
+int repl_raw_uuid(const char *dir, uint8_t uuid[16]);
 int repl_raw_abort(const char *dir);
 
 /* stream-have.c */

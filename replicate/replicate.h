@@ -197,7 +197,7 @@ struct repl_serve_opts {
 	/* passphrase for keyed streams into images and encrypted targets; borrowed */
 	const uint8_t *key;
 	size_t key_len;
-	size_t have_max;       /* entries of each target's hash map, 0: 1 Mi */
+	size_t have_max;       /* entries of each target's content map, 0: 256 Ki (16 MiB) */
 	int max_sessions;      /* exit after this many sessions (tests), 0: never */
 	const char *port_file; /* write the bound port here (tests with port 0) */
 	/* one line per event (connections, refusals, receives); called from any process */

@@ -173,7 +173,7 @@ int repl_have_open(const char *path, const char *target, struct blk_dev *d, size
 	*out = NULL;
 	if (!m)
 		return -ENOMEM;
-	m->max = max_entries ? max_entries : (1u << 20);
+	m->max = max_entries ? max_entries : (1u << 18);
 	m->path = kl_strdup(path);
 	m->target = kl_strdup(target);
 	rc = !m->path || !m->target ? -ENOMEM : 0;
@@ -360,11 +360,10 @@ int repl_have_commit(struct repl_have_map *m, const uint8_t guid[16], const char
 		put_le32(p + 56, m->v[i].len);
 	}
 	put_le32(buf + len - 4, kl_crc32c(0, buf, len - 4));
+	/* no fsync: after a crash a torn map fails its CRC and is started over */
 	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f);
 	if (rc == 0) {
 		rc = kl_io_pwrite(f, 0, buf, len);
-		if (rc == 0)
-			rc = kl_io_sync(f);
 		kl_io_close(f);
 	}
 	if (rc == 0)

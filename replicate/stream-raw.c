@@ -17,6 +17,7 @@
 #include "format/format.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,6 +33,7 @@ struct raw_sink {
 	char *partial, *state, *index;
 	struct kl_file *f;
 	uint64_t len;	/* bytes of partial.kst */
+	uint8_t *rec;	/* one record, header and body */
 	struct repl_raw_entry *ents;
 	size_t nents;
 	bool created;
@@ -44,12 +46,13 @@ static char *raw_path(const char *dir, const char *name)
 
 bool repl_raw_is_store(const char *path)
 {
+	char p[PATH_MAX + 16];
 	struct stat sb;
-	char *p = raw_path(path, "RAWSTORE");
-	bool yes = p && lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode) && stat(p, &sb) == 0;
 
-	kl_free(p);
-	return yes;
+	/* no allocation: a yes/no question must not fail */
+	if ((size_t)snprintf(p, sizeof(p), "%s/RAWSTORE", path) >= sizeof(p))
+		return false;
+	return lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode) && stat(p, &sb) == 0;
 }
 
 /* Whole small file into memory (at most max bytes). */
@@ -136,6 +139,11 @@ static int store_uuid(const char *dir, uint8_t uuid[16])
 	kl_free(buf);
 	kl_free(p);
 	return rc;
+}
+
+int repl_raw_uuid(const char *dir, uint8_t uuid[16])
+{
+	return store_uuid(dir, uuid);
 }
 
 static int store_create(const char *dir)
@@ -300,6 +308,15 @@ static int write_state(const char *path, const struct repl_token *t, uint64_t le
 	return put_file(path, buf, sizeof(buf));
 }
 
+/* A state left by a finish that committed but could not remove it. */
+static bool state_stale(const struct repl_raw_entry *v, size_t n, const struct repl_token *t)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!memcmp(v[i].guid, t->snap_guid, 16))
+			return true;
+	return false;
+}
+
 int repl_raw_status(const char *dir, bool *active, struct repl_token *t)
 {
 	char *p = raw_path(dir, "partial.state");
@@ -311,8 +328,14 @@ int repl_raw_status(const char *dir, bool *active, struct repl_token *t)
 	if (!p)
 		return -ENOMEM;
 	if (stat(p, &sb) == 0) {
+		struct repl_raw_entry *v = NULL;
+		size_t n = 0;
+
 		rc = read_state(p, t, &len);
-		*active = rc == 0;
+		if (rc == 0)
+			rc = repl_raw_list(dir, &v, &n);
+		*active = rc == 0 && !state_stale(v, n, t);
+		kl_free(v);
 	}
 	kl_free(p);
 	return rc;
@@ -388,6 +411,19 @@ static int raw_begin(struct repl_rx *rx)
 		rx->stored = t;
 		rx->have_stored = true;
 		rx->checkpointed = true;
+		if (stat(k->partial, &sb) != 0) {
+			/* a finish that failed after renaming the stream: take it back */
+			char g[33], file[64], *final;
+
+			repl_hex(h->snap_guid, 16, g);
+			snprintf(file, sizeof(file), "s-%s.kst", g);
+			final = raw_path(k->dir, file);
+			if (!final)
+				return -ENOMEM;
+			if (stat(final, &sb) == 0)
+				kl_io_rename(final, k->partial);
+			kl_free(final);
+		}
 		KL_TRY(kl_io_open(k->partial, KL_O_RDWR, &k->f));
 		KL_TRY(kl_io_truncate(k->f, len));
 		k->len = len;
@@ -400,10 +436,15 @@ static int raw_begin(struct repl_rx *rx)
 		char text[REPL_TOKEN_TEXT];
 
 		KL_TRY(read_state(k->state, &t, &len));
+		if (state_stale(k->ents, k->nents, &t)) {
+			kl_io_unlink(k->state);
+			goto fresh;
+		}
 		repl_token_to_text(&t, text);
 		return kl_err(-EBUSY, "%s: an interrupted receive is waiting: continue it with keel "
 			      "send --resume %s, or drop it with keel recv --abort", k->dir, text);
 	}
+fresh:
 	for (size_t i = 0; i < k->nents; i++) {
 		if (!memcmp(k->ents[i].guid, h->snap_guid, 16))
 			return kl_err(-EEXIST, "%s already holds snapshot '%s'", k->dir,
@@ -426,8 +467,12 @@ static int raw_record(struct repl_rx *rx, const uint8_t *hdr, const uint8_t *bod
 {
 	struct raw_sink *k = rx->sink;
 
-	KL_TRY(kl_io_pwrite(k->f, k->len, hdr, REPL_REC_HDR));
-	KL_TRY(kl_io_pwrite(k->f, k->len + REPL_REC_HDR, body, body_len));
+	/* one write per record */
+	if (!k->rec && !(k->rec = kl_malloc(REPL_REC_HDR + REPL_REC_MAX_BODY)))
+		return -ENOMEM;
+	memcpy(k->rec, hdr, REPL_REC_HDR);
+	memcpy(k->rec + REPL_REC_HDR, body, body_len);
+	KL_TRY(kl_io_pwrite(k->f, k->len, k->rec, REPL_REC_HDR + body_len));
 	k->len += REPL_REC_HDR + body_len;
 	return 0;
 }
@@ -441,6 +486,25 @@ static int raw_checkpoint(struct repl_rx *rx, const struct repl_token *t)
 	rx->stored = *t;
 	rx->have_stored = true;
 	return 0;
+}
+
+static bool index_names(const char *dir, const uint8_t guid[16])
+{
+	struct repl_raw_entry *v = NULL;
+	size_t n = 0;
+	bool yes;
+	char *keep = kl_strdup(kl_errmsg());
+
+	if (repl_raw_list(dir, &v, &n) < 0)
+		n = 0;
+	yes = false;
+	for (size_t i = 0; i < n; i++)
+		yes |= !memcmp(v[i].guid, guid, 16);
+	kl_free(v);
+	if (keep)
+		kl_err(-EIO, "%s", keep); /* the finish's own error is the one to report */
+	kl_free(keep);
+	return yes;
 }
 
 static int raw_finish(struct repl_rx *rx)
@@ -473,17 +537,29 @@ static int raw_finish(struct repl_rx *rx)
 	snprintf(e->file, sizeof(e->file), "%s", file);
 	/* the stream under its final name, then the index names it: the index is the commit */
 	rc = kl_io_rename(k->partial, final);
-	if (rc == 0)
+	if (rc == 0) {
 		rc = kl_io_sync_dir(final);
-	idx = rc == 0 ? raw_path(k->dir, "index") : NULL;
-	if (rc == 0 && !idx)
-		rc = -ENOMEM;
-	if (rc == 0)
-		rc = write_index(idx, v, k->nents + 1);
+		idx = rc == 0 ? raw_path(k->dir, "index") : NULL;
+		if (rc == 0 && !idx)
+			rc = -ENOMEM;
+		if (rc == 0)
+			rc = write_index(idx, v, k->nents + 1);
+		/*
+		 * Not committed (the index does not name it): the stream goes back
+		 * to being the receive in progress. An index renamed into place
+		 * whose directory sync failed already names it: leave it.
+		 */
+		if (rc < 0 && !index_names(k->dir, rx->h.snap_guid) &&
+		    kl_io_rename(final, k->partial) < 0)
+			kl_err_clear();
+	} else {
+		idx = NULL;
+	}
 	if (rc == 0) {
 		k->nents++;
+		/* a state left behind is recognized as stale: its snapshot is in the index */
 		kl_io_unlink(k->state);
-		kl_io_sync_dir(k->state);
+		rc = kl_io_sync_dir(k->state);
 	}
 	kl_free(idx);
 	kl_free(final);
@@ -498,9 +574,11 @@ static void raw_fail(struct repl_rx *rx, bool keep)
 		kl_io_close(k->f);
 		k->f = NULL;
 	}
-	if (!keep && rx->began_here)
+	if (!keep && rx->began_here) {
+		/* nothing durable to resume from, not even a half-written state */
+		kl_io_unlink(k->state);
 		kl_io_unlink(k->partial);
-	else if (rx->have_stored)
+	} else if (rx->have_stored)
 		repl_token_to_text(&rx->stored, rx->st->token);
 }
 
@@ -522,6 +600,7 @@ static void raw_sink_free(struct raw_sink *k)
 	kl_free(k->state);
 	kl_free(k->index);
 	kl_free(k->ents);
+	kl_free(k->rec);
 	kl_free(k);
 }
 

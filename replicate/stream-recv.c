@@ -37,7 +37,7 @@ static int rx_data(struct repl_rx *rx, struct repl_rd *rd, struct rx_bufs *b)
 	size_t n = rd->payload_len, pre;
 	uint64_t off;
 	uint32_t len, df;
-	const uint8_t *hash = NULL, *src;
+	const uint8_t *hash = NULL, *src, *frame = NULL;
 
 	if (n < REPL_DATA_PREFIX)
 		return kl_err(-EUCLEAN, "%s: data record %llu too short", rd->what,
@@ -68,6 +68,7 @@ static int rx_data(struct repl_rx *rx, struct repl_rd *rd, struct rx_bufs *b)
 			return kl_err(-EUCLEAN, "%s: data record %llu: compressed data does not "
 				      "decode to %u bytes", rd->what, (unsigned long long)rd->rh.seq,
 				      len);
+		frame = src;
 		src = b->data;
 	} else if (n - pre != len) {
 		return kl_err(-EUCLEAN, "%s: data record %llu: %zu bytes of data for a %u-byte "
@@ -77,7 +78,7 @@ static int rx_data(struct repl_rx *rx, struct repl_rd *rd, struct rx_bufs *b)
 	rx->data_bytes += len;
 	rx->st->data_bytes += len;
 	kl_progress_add(rx->prog, len);
-	return rx->ops->data ? rx->ops->data(rx, off, src, len, hash) : 0;
+	return rx->ops->data ? rx->ops->data(rx, off, src, len, hash, frame, n - pre) : 0;
 }
 
 static int rx_zero(struct repl_rx *rx, struct repl_rd *rd)
@@ -179,12 +180,13 @@ static int rx_header(struct repl_rx *rx, struct repl_rd *rd)
 	if ((rx->h.flags & o->require_flags) != o->require_flags)
 		return kl_err(-EPERM, "%s: the stream lacks required options (flags 0x%x of 0x%x)",
 			      rd->what, rx->h.flags, o->require_flags);
-	rx->decrypt = true;
+	/* a raw store keeps the records as they came: it never opens them, key or not */
+	rx->decrypt = !o->raw;
 	if ((rx->h.flags & REPL_HF_KEYED) && !(o->key && o->key_len)) {
 		if (!o->raw && !o->verify_only)
 			return kl_err(-ENOKEY, "%s: the stream is encrypted: give its passphrase "
 				      "(--key-file or --key-env)", rd->what);
-		rx->decrypt = false; /* a raw store keeps what it cannot read */
+		rx->decrypt = false;
 	}
 	if (rx->decrypt) {
 		rc = repl_keys_derive(&rx->keys, &rx->h, o->key, o->key_len);
@@ -526,7 +528,7 @@ static int img_begin(struct repl_rx *rx)
 }
 
 static int img_data(struct repl_rx *rx, uint64_t off, const uint8_t *buf, size_t len,
-		    const uint8_t *hash)
+		    const uint8_t *hash, const uint8_t *frame, size_t flen)
 {
 	struct img_sink *k = rx->sink;
 
@@ -534,6 +536,9 @@ static int img_data(struct repl_rx *rx, uint64_t off, const uint8_t *buf, size_t
 		return 0;
 	if (hash && rx->have)
 		KL_TRY(repl_have_note(rx->have, hash, off, (uint32_t)len));
+	/* the frame decoded to buf just now: the image may keep it rather than compress again */
+	if (frame)
+		return blk_write_compressed(k->d, off, buf, len, BLK_CODEC_ZSTD, frame, flen);
 	return blk_pwrite(k->d, off, buf, len);
 }
 

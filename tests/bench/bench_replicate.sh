@@ -68,10 +68,10 @@ ktput=$(echo "$changed / $tinck / 1000000" | bc -l)
 have_borg=0
 if command -v borg >/dev/null; then
 	export BORG_PASSPHRASE=bench-passphrase BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
-	borg init -q --encryption=repokey-blake2 borg && have_borg=1
-	(cd "$NIGHTS_DIR" && borg create -q --compression zstd,3 "$d/borg::n0" night0.raw)
+	borg init --encryption=repokey-blake2 borg && have_borg=1
+	(cd "$NIGHTS_DIR" && borg create --compression zstd,3 "$d/borg::n0" night0.raw)
 	sync
-	timeit tborg bash -c "cd '$NIGHTS_DIR' && borg create -q --compression zstd,3 '$d/borg::n1' night1.raw"
+	timeit tborg bash -c "cd '$NIGHTS_DIR' && borg create --compression zstd,3 '$d/borg::n1' night1.raw"
 fi
 
 printf '%-58s %s\n' "one nightly change (night0 -> night1, 2 GiB disk)" ""

@@ -199,4 +199,25 @@ t "replica clean" keel check srv/big
 t "nothing left in progress" sh -c "'$KEEL' recv --status srv/big | grep -q 'no receive'"
 kill $PXPID 2>/dev/null
 PXPID=
+# the same through cuts into a raw store (tokens bound to the store's identity)
+keel -q convert -O keel -o encrypt=on,cluster_size=16K --key-file pass big.raw encbig.keel
+keel -q snapshot create --key-file pass encbig.keel night
+rbytes=$("$KEEL" -q send --raw --key-file pass encbig.keel@night | wc -c)
+lo=$((rbytes / 12)); [ $lo -lt 2097152 ] && lo=2097152
+rm -f pport cuts
+python3 "$HERE/cutproxy.py" pport "$PORT" 5 99 $lo $((lo + rbytes / 20)) cuts &
+PXPID=$!
+for _ in $(seq 100); do [ -s pport ] && break; sleep 0.1; done
+PURL=keel://127.0.0.1:$(cat pport)
+attempts=0 done=0
+while [ $attempts -lt 30 ]; do
+	attempts=$((attempts + 1))
+	if "$KEEL" -q replicate $C --raw --key-file pass --checkpoint 1M encbig.keel "$PURL/rawbig" \
+		>>fault.log 2>&1; then done=1; break; fi
+done
+t "raw replication through 5 cuts ($attempts runs)" sh -c "[ $done = 1 ] && [ \$(cat cuts) -eq 5 ]"
+t "raw receives resumed" grep -q 'rawbig@night received.*resumed' serve.log
+t "restored from the raw store: equal" sh -c "'$KEEL' -q recv --key-file pass -i srv/rawbig rb.keel && '$KEEL' compare --key-file pass encbig.keel@night rb.keel"
+kill $PXPID 2>/dev/null
+PXPID=
 finish

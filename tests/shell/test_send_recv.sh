@@ -150,7 +150,7 @@ expect_err "raw needs a key" "needs the image's passphrase" keel send --raw src.
 expect_err "a raw store refuses streams without a key" "encrypted streams only" sh -c "'$KEEL' send src.keel@s1 | '$KEEL' recv --raw rawstore"
 keel -q io --key-file pass -c 'write -P 0x42 2M 512K' enc.keel
 keel -q snapshot create --key-file pass enc.keel e2
-t "raw full into a store" sh -c "'$KEEL' send --raw --key-file pass enc.keel@e1 | '$KEEL' -q recv --raw rawstore"
+t "raw full into a store (a key given to it is not used)" sh -c "'$KEEL' send --raw --key-file pass enc.keel@e1 | '$KEEL' -q recv --raw --key-file pass rawstore"
 t "raw incremental" sh -c "'$KEEL' send --raw --key-file pass -i e1 enc.keel@e2 | '$KEEL' -q recv --raw rawstore"
 t "store index lists both" sh -c "[ \$(grep -c . rawstore/index) -eq 3 ]"
 t "no 64-byte plaintext run in the store" python3 - src.raw rawstore <<'PY'

@@ -682,6 +682,161 @@ START_TEST(raw_store)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ crash loops */
+
+/*
+ * STYLE.md §6 for receives: every I/O point of a receive fails once, or the
+ * power is cut there (with and without torn writes), and every allocation
+ * fails once. Afterwards the target shows the old state (nothing, or no
+ * snapshot) or the new one (snapshot c with c's content), opens without
+ * repair, checks clean, and a retry (resuming when a token was kept)
+ * completes it.
+ */
+static void crash_outcome(const char *src, const char *target, bool raw, struct membuf *m,
+			  const char *what, uint64_t n)
+{
+	char spec[512], tok[REPL_TOKEN_TEXT + 8];
+	struct repl_recv_stats st;
+	bool active = false;
+	size_t ns = 0;
+	int rc;
+
+	snprintf(spec, sizeof(spec), "%s@c", src);
+	tok[0] = '\0';
+	if (raw) {
+		struct repl_raw_entry *v;
+
+		if (!repl_raw_is_store(target))
+			return;
+		rc = repl_raw_list(target, &v, &ns);
+		ck_assert_msg(rc == 0 && ns <= 1, "%s at %llu: raw store index: %s", what,
+			      (unsigned long long)n, kl_errmsg());
+		kl_free(v);
+	} else {
+		if (access(target, F_OK) != 0)
+			return;
+		assert_clean(target, false);
+		ns = nsnaps(target, false);
+		ck_assert_msg(ns <= 1, "%s at %llu: %zu snapshots", what, (unsigned long long)n, ns);
+	}
+	if (ns == 1) {
+		const char *out = tu_path("crash-out.keel");
+
+		if (raw) {
+			unlink(out);
+			ck_assert_ok(repl_raw_restore(target, NULL, out, (const uint8_t *)KEY,
+						      strlen(KEY), NULL, false, &st));
+			assert_same(spec, out, false);
+		} else {
+			assert_same(spec, target, false);
+		}
+		return;
+	}
+	/* the old state: finish the receive, resuming when the target kept a token */
+	ck_assert_ok(repl_recv_status(target, NULL, 0, &active, tok, sizeof(tok)));
+	if (active && tok[0]) {
+		struct membuf r = { 0 };
+
+		ck_assert_ok(do_send(src, "c", NULL, true, raw, tok, 0, &r));
+		rc = do_recv(target, &r, !raw, raw, &st);
+		mem_free(&r);
+	} else {
+		if (active)
+			ck_assert_ok(repl_recv_abort(target, NULL, 0));
+		rc = do_recv(target, m, !raw, raw, &st);
+	}
+	ck_assert_msg(rc == 0, "%s at %llu: the retry failed: %s", what, (unsigned long long)n,
+		      kl_errmsg());
+	if (raw) {
+		const char *out = tu_path("crash-out.keel");
+
+		unlink(out);
+		ck_assert_ok(repl_raw_restore(target, NULL, out, (const uint8_t *)KEY, strlen(KEY),
+					      NULL, false, &st));
+		assert_same(spec, out, false);
+	} else {
+		assert_same(spec, target, false);
+	}
+}
+
+static void crash_reset_target(const char *target, bool raw)
+{
+	char cmd[600];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", target);
+	ck_assert_int_eq(tu_sh("%s", cmd), 0);
+	(void)raw;
+}
+
+START_TEST(crash_receive)
+{
+	static const enum kl_fault_mode modes[] = { KL_FAULT_ERROR, KL_FAULT_CRASH,
+						    KL_FAULT_CRASH_TORN };
+	static const char *names[] = { "error", "crash", "torn" };
+	char src[512];
+
+	snprintf(src, sizeof(src), "%s", make_src("c-src.keel", false));
+	for (int raw = 0; raw < 2; raw++) {
+		char target[512]; /* tu_path's buffers rotate: keep our own copy */
+		struct kl_fault_rule count = { .mode = KL_FAULT_NONE };
+		struct membuf m = { 0 };
+		uint64_t points, mallocs;
+
+		snprintf(target, sizeof(target), "%s", tu_path(raw ? "c-store" : "c-dst.keel"));
+		/* a full stream with resume marks along the way */
+		ck_assert_ok(do_send(src, "c", NULL, true, raw, NULL, 0, &m));
+		crash_reset_target(target, raw);
+		kl_fault_reset();
+		kl_fault_arm(&count);
+		ck_assert_ok(do_recv(target, &m, !raw, raw, NULL));
+		points = kl_fault_points();
+		mallocs = kl_fault_mallocs();
+		kl_fault_reset();
+		printf("crash loop receive (%s): %llu I/O points x 3 modes, %llu allocations\n",
+		       raw ? "raw store" : "image", (unsigned long long)points,
+		       (unsigned long long)mallocs);
+		ck_assert_uint_gt(points, 5);
+		for (size_t k = 0; k < KL_ARRAY_SIZE(modes); k++) {
+			for (uint64_t n = 1; n <= points; n++) {
+				struct kl_fault_rule r = { .mode = modes[k], .at = n,
+							   .seed = n * 3 + k };
+				const char *only = getenv("KEEL_CRASH_AT"); /* debugging one point */
+				int rc;
+
+				if (only && strtoull(only, NULL, 10) != n)
+					continue;
+				crash_reset_target(target, raw);
+				kl_fault_arm(&r);
+				rc = do_recv(target, &m, !raw, raw, NULL);
+				if (kl_fault_fired())
+					ck_assert_msg(rc < 0, "%s at %llu fired, the receive succeeded",
+						      names[k], (unsigned long long)n);
+				kl_fault_settle();
+				kl_fault_reset();
+				crash_outcome(src, target, raw, &m, names[k], n);
+			}
+		}
+		for (uint64_t n = 1; n <= mallocs; n += mallocs > 300 ? mallocs / 300 : 1) {
+			struct kl_fault_rule r = { .mode = KL_FAULT_NONE, .malloc_at = n };
+			const char *only = getenv("KEEL_MALLOC_AT");
+			int rc;
+
+			if (only && strtoull(only, NULL, 10) != n)
+				continue;
+			crash_reset_target(target, raw);
+			kl_fault_arm(&r);
+			rc = do_recv(target, &m, !raw, raw, NULL);
+			if (kl_fault_fired())
+				ck_assert_msg(rc < 0, "%s: malloc %llu failed, the receive succeeded",
+					      raw ? "raw" : "image", (unsigned long long)n);
+			kl_fault_reset();
+			crash_outcome(src, target, raw, &m, "malloc", n);
+		}
+		mem_free(&m);
+	}
+}
+END_TEST
+
 /* ------------------------------------------------------------------ content map */
 
 START_TEST(have_map)
@@ -823,6 +978,7 @@ static Suite *stream_suite(void)
 		{ "resume", resume_everywhere },
 		{ "token_refusals", resume_token_refusals },
 		{ "raw_store", raw_store },
+		{ "crash", crash_receive },
 		{ "have_map", have_map },
 		{ "proto", proto_messages },
 	};
