@@ -2,6 +2,7 @@
  * cli/cmd_info.c - keel info [--output json] [-f FMT] FILE[@SNAP]
  */
 #include "cli/cli.h"
+#include "replicate/replicate.h"
 
 #include <string.h>
 #include <time.h>
@@ -78,6 +79,30 @@ static void print_human(const struct blk_info *in, int depth)
 			printf("  %-6s %-24s %-20s %12s\n", in->snaps[i].id, in->snaps[i].name, date,
 			       cli_size(in->snaps[i].vsize));
 		}
+	}
+}
+
+/* A staged receive in progress (keel recv): its resume token, text or JSON. */
+static void print_recv(struct blk_dev *d, struct kl_json *j)
+{
+	uint8_t blob[BLK_RECV_TOKEN_MAX];
+	size_t len = sizeof(blob);
+	char text[1024];
+	bool active = false;
+
+	if (blk_recv_status(d, &active, blob, &len) < 0 || !active) {
+		kl_err_clear();
+		return;
+	}
+	if (!len || repl_token_text(blob, len, text, sizeof(text)) < 0)
+		snprintf(text, sizeof(text), "none yet");
+	kl_err_clear();
+	if (j) {
+		kl_json_bool(j, "receive_in_progress", true);
+		kl_json_str(j, "resume_token", text);
+	} else {
+		printf("receive in progress: yes (readers see the state before it)\n");
+		printf("resume token: %s\n", text);
 	}
 }
 
@@ -199,6 +224,7 @@ int cmd_info(int argc, char **argv)
 		if (json) {
 			if (depth == 0) {
 				print_json(&j, &in);
+				print_recv(cur, &j);
 				kl_json_arr_open(&j, "parent_chain");
 			} else {
 				kl_json_obj_open(&j, NULL);
@@ -207,6 +233,8 @@ int cmd_info(int argc, char **argv)
 			}
 		} else {
 			print_human(&in, depth);
+			if (depth == 0)
+				print_recv(cur, NULL);
 		}
 		blk_info_release(&in);
 	}

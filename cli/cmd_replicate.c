@@ -1,78 +1,118 @@
 /*
- * cli/cmd_replicate.c - keel replicate FILE s3://BUCKET/PREFIX
- *
- * The target decides the transport: today s3:// repositories; local vaults
- * and keel:// peers plug in here by dispatching on the target.
+ * cli/cmd_replicate.c - keel replicate FILE TARGET, dispatched on TARGET's
+ * scheme: keel://HOST:PORT/NAME here (replicate/net-client.c), s3:// by
+ * cmd_s3_replicate (cli/cmd_s3_replicate.c).
  */
-#include "cli/s3-cli.h"
+#include "cli/cli.h"
+#include "convert/convert.h"
+#include "replicate/replicate.h"
 
 #include <string.h>
 
-const char cmd_replicate_usage[] =
-	"usage: keel replicate [options] FILE s3://BUCKET[/PREFIX]\n"
-	"\n"
-	"Copies every snapshot of FILE that the repository does not have yet, oldest\n"
-	"first, to an S3-compatible object store (AWS S3, Ceph RGW, MinIO). An image\n"
-	"without snapshots is replicated as its current content under --name (default\n"
-	"FILE's name and the UTC time). Chunks already in the repository (from any\n"
-	"snapshot or image sharing the repository) are never uploaded again. A\n"
-	"snapshot becomes visible only once everything it needs is stored: an\n"
-	"interrupted run leaves no half snapshot, and the next run uploads only what\n"
-	"is missing. The first run creates the repository (config object, key\n"
-	"derived from the passphrase with scrypt).\n"
-	"\n"
-	"  --name NAME         snapshot name for the current content\n"
-	"  --current           replicate the current content even when FILE has snapshots\n"
-	"  --no-init           fail instead of creating a missing repository\n"
-	"  -f FMT              format of FILE (probed when absent)\n"
-	"  --image-key-file F  secret of an encrypted FILE\n"
-	"\n" CLI_S3_USAGE
-	"\n"
-	"example: AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \\\n"
-	"         keel replicate --endpoint http://127.0.0.1:7480 --key-file pass \\\n"
-	"         vm.raw s3://backups/vm\n";
+int cmd_s3_replicate(int argc, char **argv);
 
-int cmd_replicate(int argc, char **argv)
+const char cmd_replicate_usage[] =
+	"usage: keel replicate [options] FILE keel://HOST[:PORT]/NAME\n"
+	"       keel replicate [options] FILE s3://BUCKET[/PREFIX]   (see below)\n"
+	"\n"
+	"Brings the replica NAME on a keel serve up to date with the newest\n"
+	"snapshot of the .keel image FILE, over TLS 1.3 with certificates on both\n"
+	"sides. It asks the server which snapshots NAME holds; continues an\n"
+	"interrupted receive there from its resume token (when FILE still has\n"
+	"that snapshot); then sends the newest snapshot incrementally from the\n"
+	"newest one both hold, or in full to a new NAME. Clusters the server\n"
+	"already holds (by keyed content hash) are not sent. The new snapshot\n"
+	"appears on the server only once its stream verified; run it again after\n"
+	"an interruption and it continues where the server stopped.\n"
+	"\n"
+	"  --cert C, --key K, --ca CA  this client's certificate and key, and the CA\n"
+	"                      that signed the server's certificate\n"
+	"  --key-file F, --key-env V   passphrase: opens an encrypted FILE and\n"
+	"                      encrypts the stream (the server needs it too, unless --raw)\n"
+	"  --raw               the server stores the encrypted stream without the key\n"
+	"                      (a raw store; restore with keel recv -i ... --key-file)\n"
+	"  --limit-rate RATE   at most RATE bytes per second on the wire (e.g. 20M)\n"
+	"  --no-dedup          do not ask the server what it already holds\n"
+	"  --checkpoint SIZE   a resume point every SIZE stream bytes (default 64M)\n"
+	"  --timeout SECONDS   give up when the server is silent this long (120)\n"
+	"  -j N                compression threads; -p progress; --output json summary\n"
+	"\n"
+	"example: keel replicate --cert c.crt --key c.key --ca ca.crt vm.keel \\\n"
+	"             keel://backup.example:7457/vm\n";
+
+static int replicate_keel(int argc, char **argv)
 {
-	enum { O_NAME = 0x3001, O_CURRENT, O_NO_INIT, O_IMAGE_KEY };
+	enum { O_CERT = 0x2301, O_TLSKEY, O_CA, O_RAW, O_RATE, O_NODEDUP, O_CHECKPOINT,
+	       O_TIMEOUT };
 	static const struct option lo[] = {
-		CLI_S3_LONGOPTS,
-		{ "name", required_argument, NULL, O_NAME },
-		{ "current", no_argument, NULL, O_CURRENT },
-		{ "no-init", no_argument, NULL, O_NO_INIT },
-		{ "image-key-file", required_argument, NULL, O_IMAGE_KEY },
+		{ "cert", required_argument, NULL, O_CERT },
+		{ "key", required_argument, NULL, O_TLSKEY },
+		{ "ca", required_argument, NULL, O_CA },
+		{ "raw", no_argument, NULL, O_RAW },
+		{ "limit-rate", required_argument, NULL, O_RATE },
+		{ "no-dedup", no_argument, NULL, O_NODEDUP },
+		{ "checkpoint", required_argument, NULL, O_CHECKPOINT },
+		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
+		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
+		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
+		{ "allow-external-backing", no_argument, NULL, CLI_OPT_ALLOW_EXTERNAL },
+		{ "progress", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct cli_s3 s = { 0 };
-	struct cli_open ik = { 0 };
-	struct repl_s3_replicate_opts ro = { .init = true };
-	struct repl_s3_stats st = { 0 };
-	const char *image, *target;
+	struct repl_replicate_opts o = { 0 };
+	struct repl_replicate_stats st;
+	struct cli_open co = { 0 };
+	bool json = false;
+	uint64_t n;
 	int opt, rc;
 
-	while ((opt = getopt_long(argc, argv, "f:ph", lo, NULL)) != -1) {
-		int h = cli_s3_option(&s, "replicate", opt, optarg);
-
-		if (h < 0)
-			return CLI_EXIT_USAGE;
-		if (h)
+	o.progress = cli_force_progress;
+	while ((opt = getopt_long(argc, argv, "j:ph", lo, NULL)) != -1) {
+		if (cli_open_option(&co, opt, optarg))
 			continue;
 		switch (opt) {
-		case O_NAME:
-			ro.name = optarg;
+		case O_CERT:
+			o.tls.cert = optarg;
 			break;
-		case O_CURRENT:
-			ro.current = true;
+		case O_TLSKEY:
+			o.tls.key = optarg;
 			break;
-		case O_NO_INIT:
-			ro.init = false;
+		case O_CA:
+			o.tls.ca = optarg;
 			break;
-		case O_IMAGE_KEY:
-			ik.key_file = optarg;
+		case O_RAW:
+			o.raw = true;
 			break;
-		case 'f':
-			ro.format = optarg;
+		case O_NODEDUP:
+			o.no_dedup = true;
+			break;
+		case O_RATE:
+			if (kl_parse_size(optarg, &o.limit_rate) < 0 || o.limit_rate < 1024)
+				return cli_usage("replicate", "bad --limit-rate '%s' (at least 1K)",
+						 optarg);
+			break;
+		case O_CHECKPOINT:
+			if (kl_parse_size(optarg, &o.mark_bytes) < 0 || o.mark_bytes < 65536)
+				return cli_usage("replicate", "bad --checkpoint '%s'", optarg);
+			break;
+		case O_TIMEOUT:
+			if (kl_parse_u64(optarg, &n) < 0 || n < 1 || n > 86400)
+				return cli_usage("replicate", "bad --timeout '%s'", optarg);
+			o.tls.timeout = (int)n;
+			break;
+		case 'j':
+			if (kl_parse_u64(optarg, &n) < 0 || n < 1 || n > 256)
+				return cli_usage("replicate", "-j takes 1 to 256");
+			o.threads = (int)n;
+			break;
+		case 'p':
+			o.progress = true;
+			break;
+		case CLI_OPT_OUTPUT:
+			if (cli_parse_output(optarg, &json) < 0)
+				return cli_usage("replicate", "bad --output '%s'", optarg);
 			break;
 		case 'h':
 			printf("%s", cmd_replicate_usage);
@@ -82,39 +122,70 @@ int cmd_replicate(int argc, char **argv)
 		}
 	}
 	if (optind != argc - 2)
-		return cli_usage("replicate", "expected FILE and a target");
-	image = argv[optind];
-	target = argv[optind + 1];
-	if (!repl_s3_is_url(target))
-		return cli_usage("replicate", "target '%s': only s3://BUCKET/PREFIX targets are "
-				 "supported", target);
-	rc = cli_s3_finish(&s, target);
-	if (rc == 0 && ik.key_file)
-		rc = cli_load_key(&ik, false, false);
+		return cli_usage("replicate", "expected FILE and keel://HOST:PORT/NAME");
+	if (!o.tls.cert || !o.tls.key || !o.tls.ca)
+		return cli_usage("replicate", "--cert, --key and --ca are needed for keel://");
+	o.image = argv[optind];
+	o.url = argv[optind + 1];
+	o.open_flags = co.flags;
+	rc = cli_load_key(&co, false, false);
 	if (rc < 0) {
-		cli_s3_release(&s);
-		cli_open_release(&ik);
+		cli_open_release(&co);
 		return cli_fail(rc);
 	}
-	ro.image_key = ik.key;
-	ro.image_key_len = ik.key_len;
-	rc = repl_s3_replicate(image, &s.o, &ro, &st);
-	if (s.json)
-		cli_s3_json("replicate", target, &st, rc);
-	if (rc < 0) {
-		cli_fail(rc);
-	} else if (!s.json && !cli_quiet) {
-		for (size_t i = 0; i < st.nnames; i++)
-			printf("replicated %s@%s\n", target, st.names[i]);
-		printf("%llu snapshots replicated, %llu already there; %llu chunks new, %llu "
-		       "deduplicated, %llu zero; %s uploaded in %llu requests, %.2fs\n",
-		       (unsigned long long)st.snapshots_done,
-		       (unsigned long long)st.snapshots_skipped, (unsigned long long)st.chunks_new,
-		       (unsigned long long)st.chunks_skipped, (unsigned long long)st.chunks_zero,
-		       cli_size(st.bytes_uploaded), (unsigned long long)st.requests, st.seconds);
+	o.key = co.key;
+	o.key_len = co.key_len;
+	conv_install_signal_handlers();
+	rc = repl_replicate(&o, &st);
+	cli_open_release(&co);
+	if (json) {
+		struct kl_json j;
+
+		kl_json_begin(&j, stdout);
+		kl_json_obj_open(&j, NULL);
+		kl_json_str(&j, "image", o.image);
+		kl_json_str(&j, "target", o.url);
+		kl_json_bool(&j, "ok", rc == 0);
+		if (rc < 0)
+			kl_json_str(&j, "error", kl_errmsg());
+		kl_json_str(&j, "snapshot", st.snapshot);
+		kl_json_str(&j, "base", st.base);
+		kl_json_bool(&j, "up_to_date", st.up_to_date);
+		kl_json_bool(&j, "resumed", st.resumed);
+		kl_json_u64(&j, "streams", (uint64_t)st.streams);
+		kl_json_u64(&j, "wire_bytes_sent", st.wire_out);
+		kl_json_u64(&j, "wire_bytes_received", st.wire_in);
+		kl_json_u64(&j, "stream_bytes", st.stream_bytes);
+		kl_json_u64(&j, "changed_bytes", st.changed_bytes);
+		kl_json_u64(&j, "compressed_bytes", st.payload_bytes);
+		kl_json_u64(&j, "clusters_sent", st.clusters_sent);
+		kl_json_u64(&j, "clusters_skipped", st.clusters_skipped);
+		kl_json_u64(&j, "clusters_zero", st.clusters_zero);
+		kl_json_double(&j, "seconds", st.seconds);
+		kl_json_obj_close(&j);
+		kl_json_end(&j);
 	}
-	repl_s3_stats_release(&st);
-	cli_s3_release(&s);
-	cli_open_release(&ik);
-	return rc < 0 ? CLI_EXIT_FAIL : 0;
+	if (rc < 0)
+		return cli_fail(rc);
+	if (!json && !cli_quiet) {
+		if (st.up_to_date)
+			printf("%s is up to date (%s)\n", o.url, st.snapshot);
+		else
+			printf("replicated %s@%s to %s%s%s%s: %s on the wire, %llu clusters sent, "
+			       "%llu skipped (held), %.2fs\n", o.image, st.snapshot, o.url,
+			       st.base[0] ? " from " : " (full)", st.base,
+			       st.resumed ? ", resumed" : "", cli_size(st.wire_out),
+			       (unsigned long long)st.clusters_sent,
+			       (unsigned long long)st.clusters_skipped, st.seconds);
+	}
+	return 0;
+}
+
+int cmd_replicate(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strncmp(argv[i], "s3://", 5))
+			return cmd_s3_replicate(argc, argv);
+	}
+	return replicate_keel(argc, argv);
 }

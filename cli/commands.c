@@ -21,6 +21,9 @@ CMD(snapshot)
 CMD(commit)
 CMD(rebase)
 CMD(diff)
+CMD(send)
+CMD(recv)
+CMD(serve)
 CMD(scrub)
 CMD(key)
 CMD(dedup)
@@ -30,6 +33,7 @@ CMD(restore)
 CMD(drill)
 CMD(verify_boot)
 CMD(replicate)
+CMD(s3_replicate)
 CMD(s3_restore)
 CMD(s3_prune)
 CMD(s3_scrub)
@@ -57,6 +61,12 @@ const struct cli_cmd cli_commands[] = {
 	  CLI_WRITES, NULL },
 	{ "rebase", cmd_rebase, "change an image's parent, keeping its content",
 	  cmd_rebase_usage, CLI_WRITES, NULL },
+	{ "send", cmd_send, "write a snapshot (or the changes since another) as a stream",
+	  cmd_send_usage, 0, NULL },
+	{ "recv", cmd_recv, "apply a stream from keel send to an image or a raw store",
+	  cmd_recv_usage, CLI_WRITES, NULL },
+	{ "serve", cmd_serve, "receive replicas over TLS (keel:// targets under one directory)",
+	  cmd_serve_usage, CLI_WRITES, NULL },
 	{ "scrub", cmd_scrub, "verify every stored cluster of every snapshot (vault, s3://)",
 	  cmd_scrub_usage, 0, cmd_s3_scrub_usage },
 	{ "key", cmd_key, "add, remove, change key slots of an encrypted image", cmd_key_usage,
@@ -73,8 +83,8 @@ const struct cli_cmd cli_commands[] = {
 	  cmd_restore_usage, CLI_WRITES, cmd_s3_restore_usage },
 	{ "drill", cmd_drill, "restore, scrub and boot-verify a snapshot; report RPO/RTO",
 	  cmd_drill_usage, CLI_NEEDS_KVM, NULL },
-	{ "replicate", cmd_replicate, "replicate a vault's snapshots off-site (s3://, keel://)",
-	  cmd_replicate_usage, 0, NULL },
+	{ "replicate", cmd_replicate, "replicate a vault's snapshots off-site (keel://, s3://)",
+	  cmd_replicate_usage, 0, cmd_s3_replicate_usage },
 	{ "help", cmd_help, "describe a command or list formats", cmd_help_usage, 0, NULL },
 	{ NULL, NULL, NULL, NULL, 0, NULL },
 };

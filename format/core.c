@@ -1210,6 +1210,17 @@ int blk_write_hashed(struct blk_dev *d, uint64_t off, const void *buf, size_t le
 	return d->drv->write_hashed(d, off, buf, len, hash);
 }
 
+int blk_write_compressed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			 unsigned codec, const void *frame, size_t flen)
+{
+	KL_TRY(check_writable(d));
+	KL_TRY(check_range(d, off, len, "write"));
+	if (!d->drv->write_compressed || off % blk_cluster_size(d) ||
+	    len != blk_cluster_size(d) || !frame || !flen)
+		return blk_pwrite(d, off, buf, len);
+	return d->drv->write_compressed(d, off, buf, len, codec, frame, flen);
+}
+
 int blk_get_stats(struct blk_dev *d, struct blk_stats *st)
 {
 	memset(st, 0, sizeof(*st));

@@ -311,6 +311,17 @@ int blk_hash_cluster(const struct blk_dev *d, const void *buf, size_t len, uint8
 int blk_write_hashed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
 		     const uint8_t hash[32]);
 
+/*
+ * Stores one full, cluster-aligned cluster (buf, len) whose compressed form
+ * the caller already has, e.g. from a replication stream: frame (flen
+ * bytes, codec BLK_CODEC_*) must decode to exactly buf. A driver that stores
+ * clusters with that codec may keep the frame as it is instead of
+ * compressing again; otherwise, and for other formats, this is blk_pwrite.
+ */
+#define BLK_CODEC_ZSTD 1
+int blk_write_compressed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			 unsigned codec, const void *frame, size_t flen);
+
 struct blk_stats {
 	uint64_t clusters_written;   /* new blobs stored */
 	uint64_t clusters_deduped;   /* writes that referenced an existing blob */

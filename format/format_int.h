@@ -156,6 +156,13 @@ struct blk_driver {
 	int (*hash_cluster)(const struct blk_dev *d, const void *buf, size_t len, uint8_t out[32]);
 	int (*write_hashed)(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
 			    const uint8_t hash[32]);
+	/*
+	 * Optional: one full aligned cluster with its compressed form (the core
+	 * checks alignment and length); the driver may store frame instead of
+	 * compressing buf, and must fall back to a normal write when it cannot.
+	 */
+	int (*write_compressed)(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+				unsigned codec, const void *frame, size_t flen);
 	int (*stats)(struct blk_dev *d, struct blk_stats *st);
 	int (*dedup)(struct blk_dev *d, bool progress, struct blk_stats *st);
 

@@ -496,10 +496,13 @@ static int store_cluster(struct blk_dev *d, uint64_t c, const struct kf_ptr *cur
 
 /*
  * Store one full cluster of guest data at virtual cluster c. With dedup,
- * hash is its content hash (computed here when NULL).
+ * hash is its content hash (computed here when NULL). pre, when set, is
+ * data already compressed with codec precomp: kept as the stored form when
+ * that is the image's codec and it saves a block.
  */
-static int cluster_put_hashed(struct blk_dev *d, uint64_t c, const uint8_t *data,
-			      const uint8_t *given)
+static int cluster_put_encoded(struct blk_dev *d, uint64_t c, const uint8_t *data,
+			       const uint8_t *given, const uint8_t *pre, size_t prelen,
+			       unsigned precomp)
 {
 	struct kf_state *s = d->priv;
 	struct kf_ptr ne = { 0 }, old;
@@ -537,12 +540,25 @@ static int cluster_put_hashed(struct blk_dev *d, uint64_t c, const uint8_t *data
 			return kf_entry_decref(d, &old);
 		}
 	}
-	len = encode(s, data, s->sbuf, &comp);
-	if (len)
-		stored = s->sbuf;
-	else
-		len = s->cluster_size;
+	if (pre && precomp == s->comp && precomp != KF_COMP_NONE && prelen <= KF_LEN_MASK &&
+	    kf_blocks_of(prelen) < kf_blocks_of(s->cluster_size)) {
+		stored = pre;
+		len = prelen;
+		comp = precomp;
+	} else {
+		len = encode(s, data, s->sbuf, &comp);
+		if (len)
+			stored = s->sbuf;
+		else
+			len = s->cluster_size;
+	}
 	return store_cluster(d, c, &old, stored, len, comp, s->dedup ? hash : NULL);
+}
+
+static int cluster_put_hashed(struct blk_dev *d, uint64_t c, const uint8_t *data,
+			      const uint8_t *given)
+{
+	return cluster_put_encoded(d, c, data, given, NULL, 0, KF_COMP_NONE);
 }
 
 static int cluster_put(struct blk_dev *d, uint64_t c, const uint8_t *data)
@@ -1112,10 +1128,14 @@ static int kf_create(const char *path, const struct blk_create_opts *o)
 	f = NULL;
 	if (rc == 0)
 		rc = kl_io_rename(tmp, path);
-	if (rc == 0)
-		kl_io_sync_dir(path);
-	else
+	if (rc == 0) {
+		/* a create that is not durable did not happen */
+		rc = kl_io_sync_dir(path);
+		if (rc < 0)
+			kl_io_unlink(path);
+	} else {
 		kl_io_unlink(tmp);
+	}
 out:
 	kf_crypto_free(&st);
 	kl_free(crypt);
@@ -1311,6 +1331,24 @@ static int kf_write_hashed(struct blk_dev *d, uint64_t off, const void *buf, siz
 	return rc;
 }
 
+static int kf_write_compressed(struct blk_dev *d, uint64_t off, const void *buf, size_t len,
+			       unsigned codec, const void *frame, size_t flen)
+{
+	struct kf_state *s = d->priv;
+	int rc;
+
+	KL_TRY(kf_writable_check(d));
+	if (len != s->cluster_size || off % s->cluster_size || codec != BLK_CODEC_ZSTD)
+		return kf_pwrite(d, off, buf, len);
+	rc = cluster_put_encoded(d, off >> s->cluster_bits, buf, NULL, frame, flen,
+				 KF_COMP_ZSTD);
+	if (rc == 0)
+		rc = kf_maybe_commit(d);
+	if (rc < 0)
+		s->broken = true;
+	return rc;
+}
+
 static int kf_stats(struct blk_dev *d, struct blk_stats *st)
 {
 	*st = ((struct kf_state *)d->priv)->stats;
@@ -1411,6 +1449,7 @@ const struct blk_driver blk_keel_driver = {
 	.key_list = kf_key_list,
 	.hash_cluster = kf_hash_cluster,
 	.write_hashed = kf_write_hashed,
+	.write_compressed = kf_write_compressed,
 	.stats = kf_stats,
 	.dedup = kf_dedup_offline,
 	.encode_cluster = kf_encode_cluster,

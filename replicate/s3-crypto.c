@@ -14,14 +14,14 @@
 #include <openssl/rand.h>
 #include <string.h>
 
-int repl_random(void *buf, size_t n)
+int repl_s3_random(void *buf, size_t n)
 {
 	if (RAND_bytes(buf, (int)n) != 1)
 		return kl_err(-EIO, "no randomness (RAND_bytes failed)");
 	return 0;
 }
 
-void repl_hex(const uint8_t *b, size_t n, char *out)
+void repl_s3_hex(const uint8_t *b, size_t n, char *out)
 {
 	static const char hex[] = "0123456789abcdef";
 
@@ -41,7 +41,7 @@ static int hexval(char c)
 	return -1;
 }
 
-int repl_unhex(const char *s, uint8_t *out, size_t n)
+int repl_s3_unhex(const char *s, uint8_t *out, size_t n)
 {
 	if (strlen(s) != 2 * n)
 		return -EINVAL;
@@ -76,8 +76,8 @@ static int hkdf(const uint8_t *ikm, size_t ikm_len, const uint8_t *salt, size_t 
 	return rc;
 }
 
-int repl_keys_derive(const uint8_t master[REPL_KEY_LEN], const uint8_t repo_id[16],
-		     struct repl_keys *k)
+int repl_s3_keys_derive(const uint8_t master[REPL_KEY_LEN], const uint8_t repo_id[16],
+		     struct repl_s3_keys *k)
 {
 	memcpy(k->repo_id, repo_id, 16);
 	KL_TRY(hkdf(master, REPL_KEY_LEN, repo_id, 16, "keel-s3 data v1", k->data, REPL_KEY_LEN));
@@ -86,7 +86,7 @@ int repl_keys_derive(const uint8_t master[REPL_KEY_LEN], const uint8_t repo_id[1
 	return 0;
 }
 
-void repl_keys_wipe(struct repl_keys *k)
+void repl_s3_keys_wipe(struct repl_s3_keys *k)
 {
 	OPENSSL_cleanse(k, sizeof(*k));
 }
@@ -135,7 +135,7 @@ int repl_seal(const uint8_t key[REPL_KEY_LEN], const void *aad, size_t aad_len, 
 
 	if (pt_len > INT32_MAX || aad_len > INT32_MAX)
 		return kl_err(-EINVAL, "object too large to encrypt");
-	KL_TRY(repl_random(nonce, REPL_NONCE_LEN));
+	KL_TRY(repl_s3_random(nonce, REPL_NONCE_LEN));
 	ctx = EVP_CIPHER_CTX_new();
 	if (!ctx)
 		return kl_err(-ENOMEM, "EVP_CIPHER_CTX_new failed");

@@ -202,7 +202,7 @@ static unsigned default_log2n(void)
 }
 
 int repl_config_create(const uint8_t *pass, size_t pass_len, struct repl_config *cfg,
-		       struct repl_keys *keys)
+		       struct repl_s3_keys *keys)
 {
 	uint8_t master[REPL_KEY_LEN], kek[REPL_KEY_LEN], hdr[REPL_CONFIG_LEN];
 	int rc;
@@ -216,11 +216,11 @@ int repl_config_create(const uint8_t *pass, size_t pass_len, struct repl_config 
 	cfg->kdf_log2n = (uint8_t)default_log2n();
 	cfg->kdf_r = 8;
 	cfg->kdf_p = 1;
-	rc = repl_random(cfg->repo_id, 16);
+	rc = repl_s3_random(cfg->repo_id, 16);
 	if (!rc)
-		rc = repl_random(cfg->salt, 32);
+		rc = repl_s3_random(cfg->salt, 32);
 	if (!rc)
-		rc = repl_random(master, sizeof(master));
+		rc = repl_s3_random(master, sizeof(master));
 	if (!rc)
 		rc = repl_scrypt(pass, pass_len, cfg->salt, 32, cfg->kdf_log2n, cfg->kdf_r,
 				 cfg->kdf_p, kek);
@@ -229,14 +229,14 @@ int repl_config_create(const uint8_t *pass, size_t pass_len, struct repl_config 
 		rc = repl_seal(kek, hdr, CFG_AAD_LEN, master, sizeof(master), cfg->wrapped);
 	}
 	if (!rc)
-		rc = repl_keys_derive(master, cfg->repo_id, keys);
+		rc = repl_s3_keys_derive(master, cfg->repo_id, keys);
 	OPENSSL_cleanse(master, sizeof(master));
 	OPENSSL_cleanse(kek, sizeof(kek));
 	return rc;
 }
 
 int repl_config_unlock(const struct repl_config *cfg, const uint8_t *pass, size_t pass_len,
-		       struct repl_keys *keys)
+		       struct repl_s3_keys *keys)
 {
 	uint8_t master[REPL_KEY_LEN], kek[REPL_KEY_LEN], hdr[REPL_CONFIG_LEN];
 	int rc;
@@ -253,7 +253,7 @@ int repl_config_unlock(const struct repl_config *cfg, const uint8_t *pass, size_
 	if (rc == -EBADMSG)
 		rc = kl_err(-EBADMSG, "wrong passphrase for this repository");
 	if (!rc)
-		rc = repl_keys_derive(master, cfg->repo_id, keys);
+		rc = repl_s3_keys_derive(master, cfg->repo_id, keys);
 	OPENSSL_cleanse(master, sizeof(master));
 	OPENSSL_cleanse(kek, sizeof(kek));
 	return rc;
@@ -288,7 +288,7 @@ static uint8_t *obj_aad(const uint8_t hdr[REPL_OBJ_HDR], const char *context, si
 	return a;
 }
 
-int repl_obj_seal(const struct repl_keys *k, enum repl_obj_type type, const char *context,
+int repl_obj_seal(const struct repl_s3_keys *k, enum repl_obj_type type, const char *context,
 		  const void *pt, size_t pt_len, uint8_t **out, size_t *out_len)
 {
 	size_t bound = ZSTD_compressBound(pt_len), zlen, aad_len = 0;
@@ -332,7 +332,7 @@ int repl_obj_seal(const struct repl_keys *k, enum repl_obj_type type, const char
 	return 0;
 }
 
-int repl_obj_open(const struct repl_keys *k, enum repl_obj_type type, const char *context,
+int repl_obj_open(const struct repl_s3_keys *k, enum repl_obj_type type, const char *context,
 		  const uint8_t *in, size_t in_len, uint8_t **out, size_t *out_len)
 {
 	const char *tn = type_name(type);
@@ -407,7 +407,7 @@ size_t repl_blob_bound(size_t plain_len)
 	return 1 + REPL_SEAL_OVERHEAD + KL_MAX(ZSTD_compressBound(plain_len), plain_len);
 }
 
-int repl_blob_encode(const struct repl_keys *k, const uint8_t id[REPL_ID_LEN], const void *chunk,
+int repl_blob_encode(const struct repl_s3_keys *k, const uint8_t id[REPL_ID_LEN], const void *chunk,
 		     size_t len, ZSTD_CCtx *cctx, int level, uint8_t *out, size_t *out_len)
 {
 	size_t bound = ZSTD_compressBound(len), zlen;
@@ -439,7 +439,7 @@ int repl_blob_encode(const struct repl_keys *k, const uint8_t id[REPL_ID_LEN], c
 	return 0;
 }
 
-int repl_blob_decode(const struct repl_keys *k, const uint8_t id[REPL_ID_LEN],
+int repl_blob_decode(const struct repl_s3_keys *k, const uint8_t id[REPL_ID_LEN],
 		     const uint8_t *in, size_t in_len, uint8_t *out, size_t plain_len)
 {
 	uint8_t aad[REPL_ID_LEN + 1], *z, mac[REPL_ID_LEN];
@@ -447,7 +447,7 @@ int repl_blob_decode(const struct repl_keys *k, const uint8_t id[REPL_ID_LEN],
 	size_t plen;
 	int rc;
 
-	repl_hex(id, 8, hex);
+	repl_s3_hex(id, 8, hex);
 	if (in_len < 1 + REPL_SEAL_OVERHEAD || in[0] > REPL_BLOB_ZSTD || plain_len == 0 ||
 	    plain_len > REPL_CHUNK_MAX)
 		return kl_err(-EUCLEAN, "chunk %s: malformed blob (%zu bytes, flags %u)", hex,

@@ -251,7 +251,7 @@ static int gc_run(struct repl_repo *r, uint64_t grace_ns, bool dry_run, struct r
 		const char *hx = strrchr(data[i].key, '/');
 		uint8_t id[REPL_ID_LEN];
 
-		if (!hx || repl_unhex(hx + 1, id, REPL_ID_LEN) < 0 ||
+		if (!hx || repl_s3_unhex(hx + 1, id, REPL_ID_LEN) < 0 ||
 		    repl_repo_find_pack(r, id) >= 0)
 			continue;
 		/* the two PUTs are seconds apart, retries included: an hour is generous */
@@ -293,8 +293,8 @@ static int gc_run(struct repl_repo *r, uint64_t grace_ns, bool dry_run, struct r
 		size_t ptl = 0, sl = 0;
 		char key[64], hex[9];
 
-		rc = repl_random(rnd, sizeof(rnd));
-		repl_hex(rnd, sizeof(rnd), hex);
+		rc = repl_s3_random(rnd, sizeof(rnd));
+		repl_s3_hex(rnd, sizeof(rnd), hex);
 		snprintf(key, sizeof(key), "gc/%020llu-%s", (unsigned long long)now, hex);
 		if (rc == 0)
 			rc = repl_mark_encode((const uint8_t(*)[REPL_ID_LEN])cand, ncand, &pt,
@@ -432,7 +432,7 @@ static int scrub_pack(void *arg)
 		struct repl_loc *l = j->locs[i];
 		char hex[17];
 
-		repl_hex(l->id, 8, hex);
+		repl_s3_hex(l->id, 8, hex);
 		if (!kl_range_ok(l->off, l->len, len)) {
 			damage(j, "%s: chunk %s at %llu+%u lies past the end (%zu bytes)", key, hex,
 			       (unsigned long long)l->off, l->len, len);

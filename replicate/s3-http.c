@@ -447,7 +447,7 @@ static void sha256_hex(const void *data, size_t len, char out[65])
 	unsigned int mdlen = 0;
 
 	EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
-	repl_hex(md, 32, out);
+	repl_s3_hex(md, 32, out);
 }
 
 static bool transient_curl(CURLcode e)
@@ -486,7 +486,7 @@ static void backoff(struct repl_s3 *c, int attempt)
 
 	if (ms > 20000)
 		ms = 20000;
-	if (repl_random(&r, sizeof(r)) < 0)
+	if (repl_s3_random(&r, sizeof(r)) < 0)
 		r = 0;
 	/* full jitter in [ms/2, ms) so parallel workers do not retry in step */
 	ms = ms / 2 + (ms / 2 ? r % (ms / 2 + 1) : 0);

@@ -123,7 +123,7 @@ static int upload_job(void *arg)
 	char hex[2 * REPL_ID_LEN + 1];
 	int rc = -ENOMEM;
 
-	repl_hex(u->ix.pack, REPL_ID_LEN, hex);
+	repl_s3_hex(u->ix.pack, REPL_ID_LEN, hex);
 	if (!pk || !ik)
 		goto out;
 	if (__atomic_load_n(u->failed, __ATOMIC_RELAXED)) {
@@ -172,7 +172,7 @@ static int pack_open(struct rep *p)
 {
 	uint8_t id[REPL_ID_LEN];
 
-	KL_TRY(repl_random(id, sizeof(id)));
+	KL_TRY(repl_s3_random(id, sizeof(id)));
 	p->pcap = REPL_PACK_TARGET + repl_blob_bound(p->cs) + REPL_PACK_HDR;
 	p->pbuf = kl_malloc(p->pcap);
 	if (!p->pbuf)
@@ -1079,7 +1079,7 @@ int repl_s3_restore(const struct repl_s3_opts *o, const char *snap, const char *
 		char hex[17];
 
 		if (!loc) {
-			repl_hex(m.ids[i], 8, hex);
+			repl_s3_hex(m.ids[i], 8, hex);
 			rc = kl_err(-ENOENT,
 				    "%s: snapshot '%s' names chunk %s... at %llu, which no "
 				    "index holds (damaged repository: run keel scrub)",

@@ -79,7 +79,7 @@ char *repl_key_pack(const uint8_t id[REPL_ID_LEN])
 {
 	char hex[2 * REPL_ID_LEN + 1];
 
-	repl_hex(id, REPL_ID_LEN, hex);
+	repl_s3_hex(id, REPL_ID_LEN, hex);
 	return kl_asprintf("data/%.2s/%s", hex, hex);
 }
 
@@ -87,7 +87,7 @@ char *repl_key_index(const uint8_t id[REPL_ID_LEN])
 {
 	char hex[2 * REPL_ID_LEN + 1];
 
-	repl_hex(id, REPL_ID_LEN, hex);
+	repl_s3_hex(id, REPL_ID_LEN, hex);
 	return kl_asprintf("index/%s", hex);
 }
 
@@ -104,7 +104,7 @@ char *repl_key_manifest(const struct repl_repo *r, const char *name)
 		return NULL;
 	}
 	kl_free(msg);
-	repl_hex(mac, REPL_ID_LEN, hex);
+	repl_s3_hex(mac, REPL_ID_LEN, hex);
 	return kl_asprintf("snapshots/%s", hex);
 }
 
@@ -117,7 +117,7 @@ static char *cache_path(const struct repl_s3_opts *o, const uint8_t repo_id[16])
 
 	if (base && !*base)
 		return NULL;
-	repl_hex(repo_id, 16, hex);
+	repl_s3_hex(repo_id, 16, hex);
 	if (base)
 		dir = kl_asprintf("%s/%s", base, hex);
 	else if (xdg && *xdg)
@@ -182,7 +182,7 @@ int repl_repo_open(const struct repl_s3_opts *o, bool init, struct repl_repo **o
 		 * last config written wins. Read it back and use what is
 		 * there: nothing has been encrypted under our key yet.
 		 */
-		repl_keys_wipe(&r->keys);
+		repl_s3_keys_wipe(&r->keys);
 		rc = repl_s3_get(r->s3, "config", 4096, &buf, &len);
 	}
 	if (rc < 0)
@@ -215,7 +215,7 @@ void repl_repo_close(struct repl_repo *r)
 		return;
 	repl_s3_free(r->s3);
 	repl_s3_url_release(&r->url);
-	repl_keys_wipe(&r->keys);
+	repl_s3_keys_wipe(&r->keys);
 	repl_map_release(&r->map);
 	for (size_t i = 0; i < r->nmarks; i++)
 		kl_free(r->marks[i]);
@@ -532,7 +532,7 @@ int repl_repo_check_packs(struct repl_repo *r, bool *changed)
 	}
 	for (size_t i = 0; i < n; i++)
 		if (!strncmp(objs[i].key, "index/", 6) &&
-		    repl_unhex(objs[i].key + 6, ids[k], REPL_ID_LEN) == 0)
+		    repl_s3_unhex(objs[i].key + 6, ids[k], REPL_ID_LEN) == 0)
 			k++;
 	repl_s3_objs_free(objs, n);
 	qsort(ids, k, REPL_ID_LEN, cmp_id);
@@ -594,7 +594,7 @@ int repl_repo_load_index(struct repl_repo *r, bool tolerate, struct repl_s3_stat
 
 		/* ignore what is not ours ("index/<64 hex>") */
 		if (strncmp(objs[i].key, "index/", 6) ||
-		    repl_unhex(objs[i].key + 6, id, REPL_ID_LEN))
+		    repl_s3_unhex(objs[i].key + 6, id, REPL_ID_LEN))
 			continue;
 		jobs[nj].key = objs[i].key;
 		jobs[nj].size = objs[i].size;
@@ -617,7 +617,7 @@ int repl_repo_load_index(struct repl_repo *r, bool tolerate, struct repl_s3_stat
 		uint8_t *pt = NULL, id[REPL_ID_LEN];
 		size_t ptl = 0;
 
-		repl_unhex(jobs[i].key + 6, id, REPL_ID_LEN);
+		repl_s3_unhex(jobs[i].key + 6, id, REPL_ID_LEN);
 		if (jobs[i].rc == -ENOENT)
 			continue; /* removed by a concurrent gc */
 		if (jobs[i].rc < 0) {

@@ -121,7 +121,7 @@ void repl_pool_free(struct repl_pool *p);
 #define REPL_NONCE_LEN 12
 #define REPL_TAG_LEN 16
 
-struct repl_keys {
+struct repl_s3_keys {
 	uint8_t data[REPL_KEY_LEN]; /* AES-256-GCM for every encrypted object */
 	uint8_t id[REPL_KEY_LEN];   /* HMAC-SHA-256: chunk ids */
 	uint8_t name[REPL_KEY_LEN]; /* HMAC-SHA-256: manifest object names */
@@ -129,16 +129,16 @@ struct repl_keys {
 };
 
 /* Derive the three subkeys from the master key (HKDF-SHA-256). */
-int repl_keys_derive(const uint8_t master[REPL_KEY_LEN], const uint8_t repo_id[16],
-		     struct repl_keys *k);
-void repl_keys_wipe(struct repl_keys *k);
+int repl_s3_keys_derive(const uint8_t master[REPL_KEY_LEN], const uint8_t repo_id[16],
+		     struct repl_s3_keys *k);
+void repl_s3_keys_wipe(struct repl_s3_keys *k);
 
 /* HMAC-SHA-256(key, data). */
 int repl_hmac(const uint8_t key[REPL_KEY_LEN], const void *data, size_t len,
 	      uint8_t out[REPL_ID_LEN]);
-void repl_hex(const uint8_t *b, size_t n, char *out); /* 2n chars + NUL */
-int repl_unhex(const char *s, uint8_t *out, size_t n);
-int repl_random(void *buf, size_t n);
+void repl_s3_hex(const uint8_t *b, size_t n, char *out); /* 2n chars + NUL */
+int repl_s3_unhex(const char *s, uint8_t *out, size_t n);
+int repl_s3_random(void *buf, size_t n);
 
 /*
  * AES-256-GCM seal: out = nonce(12) | ciphertext | tag(16), a fresh random
@@ -178,12 +178,12 @@ struct repl_config {
 };
 /* Fresh repository: random id, salt and master key wrapped under pass. */
 int repl_config_create(const uint8_t *pass, size_t pass_len, struct repl_config *cfg,
-		       struct repl_keys *keys);
+		       struct repl_s3_keys *keys);
 int repl_config_encode(const struct repl_config *cfg, uint8_t out[REPL_CONFIG_LEN]);
 int repl_config_decode(const uint8_t *buf, size_t len, struct repl_config *cfg);
 /* Unwrap with pass; -EBADMSG "wrong passphrase" when it does not open. */
 int repl_config_unlock(const struct repl_config *cfg, const uint8_t *pass, size_t pass_len,
-		       struct repl_keys *keys);
+		       struct repl_s3_keys *keys);
 
 /*
  * Sealed objects (manifest, index, gc mark): a 16-byte header
@@ -197,9 +197,9 @@ enum repl_obj_type {
 };
 #define REPL_OBJ_HDR 16
 #define REPL_OBJ_MAX_PLAIN (1024u << 20)
-int repl_obj_seal(const struct repl_keys *k, enum repl_obj_type type, const char *context,
+int repl_obj_seal(const struct repl_s3_keys *k, enum repl_obj_type type, const char *context,
 		  const void *pt, size_t pt_len, uint8_t **out, size_t *out_len);
-int repl_obj_open(const struct repl_keys *k, enum repl_obj_type type, const char *context,
+int repl_obj_open(const struct repl_s3_keys *k, enum repl_obj_type type, const char *context,
 		  const uint8_t *in, size_t in_len, uint8_t **out, size_t *out_len);
 
 /*
@@ -217,10 +217,10 @@ size_t repl_blob_bound(size_t plain_len);
  * shrinks it, then sealed. *out_len receives the blob's length.
  */
 #define REPL_CHUNK_MAX (4u << 20)
-int repl_blob_encode(const struct repl_keys *k, const uint8_t id[REPL_ID_LEN], const void *chunk,
+int repl_blob_encode(const struct repl_s3_keys *k, const uint8_t id[REPL_ID_LEN], const void *chunk,
 		     size_t len, ZSTD_CCtx *cctx, int level, uint8_t *out, size_t *out_len);
 /* Decode and verify: decrypt, decompress to exactly plain_len, HMAC == id. */
-int repl_blob_decode(const struct repl_keys *k, const uint8_t id[REPL_ID_LEN],
+int repl_blob_decode(const struct repl_s3_keys *k, const uint8_t id[REPL_ID_LEN],
 		     const uint8_t *in, size_t in_len, uint8_t *out, size_t plain_len);
 
 /* Index: what a pack holds. */
@@ -300,7 +300,7 @@ struct repl_repo {
 	struct repl_s3 *s3;
 	struct repl_s3_url url;
 	struct repl_config cfg;
-	struct repl_keys keys;
+	struct repl_s3_keys keys;
 	char *cache; /* cache directory for this repository, or NULL */
 	struct repl_pack *packs;
 	size_t npacks, cap_packs;

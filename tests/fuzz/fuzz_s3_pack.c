@@ -11,7 +11,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static struct repl_keys k;
+	static struct repl_s3_keys k;
 	static uint8_t out[REPL_CHUNK_SIZE];
 	uint8_t master[REPL_KEY_LEN], rid[16], *pt;
 	size_t ptl;
@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memset(master, 0x42, sizeof(master));
 	memset(rid, 0x24, sizeof(rid));
-	if (repl_keys_derive(master, rid, &k) < 0)
+	if (repl_s3_keys_derive(master, rid, &k) < 0)
 		return 0;
 	switch (data[0] % 4) {
 	case 0:

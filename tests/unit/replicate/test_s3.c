@@ -10,13 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void test_keys(struct repl_keys *k)
+static void test_keys(struct repl_s3_keys *k)
 {
 	uint8_t master[REPL_KEY_LEN], rid[16];
 
 	memset(master, 7, sizeof(master));
 	memset(rid, 9, sizeof(rid));
-	ck_assert_ok(repl_keys_derive(master, rid, k));
+	ck_assert_ok(repl_s3_keys_derive(master, rid, k));
 }
 
 START_TEST(url_parsing)
@@ -63,12 +63,12 @@ START_TEST(hmac_and_hex)
 	key[0] = 1;
 	ck_assert_ok(repl_hmac(key, "abc", 3, b));
 	ck_assert(memcmp(a, b, REPL_ID_LEN) != 0);
-	repl_hex(a, REPL_ID_LEN, hex);
+	repl_s3_hex(a, REPL_ID_LEN, hex);
 	ck_assert_uint_eq(strlen(hex), 64);
-	ck_assert_ok(repl_unhex(hex, back, REPL_ID_LEN));
+	ck_assert_ok(repl_s3_unhex(hex, back, REPL_ID_LEN));
 	ck_assert_mem_eq(a, back, REPL_ID_LEN);
-	ck_assert_int_lt(repl_unhex("zz", back, 1), 0);
-	ck_assert_int_lt(repl_unhex("ABCD", back, 2), 0); /* upper case is not ours */
+	ck_assert_int_lt(repl_s3_unhex("zz", back, 1), 0);
+	ck_assert_int_lt(repl_s3_unhex("ABCD", back, 2), 0); /* upper case is not ours */
 }
 END_TEST
 
@@ -94,7 +94,7 @@ END_TEST
 START_TEST(config_roundtrip)
 {
 	struct repl_config c, d;
-	struct repl_keys k1, k2;
+	struct repl_s3_keys k1, k2;
 	uint8_t enc[REPL_CONFIG_LEN];
 	const uint8_t pass[] = "secret";
 
@@ -117,13 +117,13 @@ START_TEST(config_roundtrip)
 	put_le32(enc + 136, kl_crc32c(0, enc, 136));
 	ck_assert_ok(repl_config_decode(enc, sizeof(enc), &d));
 	ck_assert_int_eq(repl_config_unlock(&d, pass, 6, &k2), -EBADMSG);
-	repl_keys_wipe(&k1);
+	repl_s3_keys_wipe(&k1);
 }
 END_TEST
 
 START_TEST(sealed_objects)
 {
-	struct repl_keys k;
+	struct repl_s3_keys k;
 	uint8_t pt[5000], *obj, *back;
 	size_t ol, bl;
 
@@ -151,7 +151,7 @@ END_TEST
 
 START_TEST(blobs)
 {
-	struct repl_keys k;
+	struct repl_s3_keys k;
 	uint8_t chunk[REPL_CHUNK_SIZE], id[REPL_ID_LEN], out[REPL_CHUNK_SIZE];
 	uint8_t *blob = kl_malloc(repl_blob_bound(sizeof(chunk)));
 	size_t bl;
