@@ -10,15 +10,23 @@
 const char cmd_drill_usage[] =
 	"usage: keel drill [--engine auto|kvm|qemu] [--expect-os ID] [--timeout S]\n"
 	"                  [--log FILE] [--output json] [-p] [--key-file F | --key-env V]\n"
-	"                  VAULT.keel[@SNAP] | --from s3://BUCKET/PREFIX[@SNAP]\n"
+	"                  [--cert C --key K --ca CA]\n"
+	"                  VAULT.keel[@SNAP] | --from keel://HOST:PORT/NAME[@SNAP]\n"
+	"                                    | --from s3://BUCKET/PREFIX[@SNAP]\n"
 	"\n"
 	"A restore-and-verify drill: restores the snapshot (the newest without @SNAP)\n"
 	"to a temporary image with verification, scrubs the vault, boot-verifies the\n"
 	"restored image (keel verify-boot), removes it, and reports the recovery\n"
 	"point (age of the snapshot), the time to restore, the time to a verified\n"
 	"boot (recovery time), the verdict and the engine. --log appends the JSON\n"
-	"report as one line to FILE, to keep drill history. --from drills a\n"
-	"replica in an S3 repository instead (the store from AWS_ACCESS_KEY_ID,\n"
+	"report as one line to FILE, to keep drill history.\n"
+	"\n"
+	"--from keel://... drills a replica on a keel serve: the snapshot is fetched\n"
+	"over TLS (--cert, --key, --ca as for keel replicate; every record\n"
+	"authenticated) to a temporary image, which is then drilled as above; the\n"
+	"fetch counts in the restore time. The key options give the replica's\n"
+	"passphrase (needed for --raw replicas). --from s3://... drills a\n"
+	"replica in an S3 repository (the store from AWS_ACCESS_KEY_ID,\n"
 	"AWS_SECRET_ACCESS_KEY, AWS_REGION, KEEL_S3_ENDPOINT; the key options give\n"
 	"the repository passphrase): the fetch is the restore, the repository scrub\n"
 	"the scrub.\n"
@@ -74,12 +82,16 @@ int cmd_drill(int argc, char **argv)
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
+		{ "cert", required_argument, NULL, 'C' },
+		{ "key", required_argument, NULL, 'K' },
+		{ "ca", required_argument, NULL, 'A' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct cli_open co = { 0 };
 	struct snap_drill_opts o = { 0 };
 	struct snap_drill_report r;
+	struct repl_tls_opts tls = { 0 };
 	const char *log = NULL;
 	char vault[4096];
 	bool json = false;
@@ -115,6 +127,15 @@ int cmd_drill(int argc, char **argv)
 		case 'F':
 			o.from = optarg;
 			break;
+		case 'C':
+			tls.cert = optarg;
+			break;
+		case 'K':
+			tls.key = optarg;
+			break;
+		case 'A':
+			tls.ca = optarg;
+			break;
 		case 'p':
 			o.progress = true;
 			break;
@@ -131,8 +152,11 @@ int cmd_drill(int argc, char **argv)
 	}
 	if (o.from ? optind != argc : optind != argc - 1)
 		return cli_usage("drill", "expected one vault, or --from URL");
-	if (o.from && strncmp(o.from, "s3://", 5))
-		return cli_usage("drill", "--from takes an s3:// repository");
+	if (o.from && strncmp(o.from, "s3://", 5) && !repl_is_url(o.from))
+		return cli_usage("drill", "--from takes a keel:// replica or an s3:// repository");
+	if (o.from && repl_is_url(o.from) && (!tls.cert || !tls.key || !tls.ca))
+		return cli_usage("drill", "--from keel://... needs --cert, --key and --ca");
+	o.tls = &tls;
 	if ((co.key_file || co.key_env) && (rc = cli_load_key(&co, false, false)) < 0)
 		return cli_fail(rc);
 	snprintf(vault, sizeof(vault), "%s", o.from ? o.from : argv[optind]);

@@ -9,14 +9,22 @@
 
 const char cmd_restore_usage[] =
 	"usage: keel restore [-O FMT] [-o OPTIONS] [--verify] [-p] [--output json]\n"
-	"                    [--key-file F | --key-env V] VAULT.keel[@SNAP] OUT\n"
+	"                    [--key-file F | --key-env V] [--cert C --key K --ca CA]\n"
+	"                    VAULT.keel[@SNAP] | keel://HOST:PORT/NAME[@SNAP]  OUT\n"
 	"\n"
 	"Restores a snapshot of a vault (the newest without @SNAP) to an image of\n"
 	"any format (default raw), sparse, written under a temporary name and\n"
 	"renamed when complete. --verify re-reads OUT and compares its content\n"
 	"digest with the snapshot's (exit 3 when they differ; OUT is not created).\n"
 	"\n"
-	"example: keel restore --verify -O qcow2 web.keel@nightly-3 web.qcow2\n";
+	"From a replica on a keel serve (keel://...), the snapshot is first fetched\n"
+	"over TLS (--cert, --key, --ca as for keel replicate; every record\n"
+	"authenticated) into a temporary image next to OUT, removed afterwards;\n"
+	"the key options give the replica's passphrase (needed for --raw replicas).\n"
+	"\n"
+	"example: keel restore --verify -O qcow2 web.keel@nightly-3 web.qcow2\n"
+	"         keel restore --cert c.crt --key c.key --ca ca.crt --key-file pass \\\n"
+	"             -O vmdk keel://dr.example:7457/web web.vmdk\n";
 
 int cmd_s3_restore(int argc, char **argv);
 
@@ -28,6 +36,9 @@ int cmd_restore(int argc, char **argv)
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
+		{ "cert", required_argument, NULL, 'C' },
+		{ "key", required_argument, NULL, 'K' },
+		{ "ca", required_argument, NULL, 'A' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -35,6 +46,8 @@ int cmd_restore(int argc, char **argv)
 	struct conv_opts o = { 0 };
 	struct conv_stats st;
 	struct kl_opts *opts = NULL;
+	struct repl_tls_opts tls = { 0 };
+	struct snap_replica rp = { 0 };
 	struct kl_json j;
 	char spec[4096], snap[256];
 	bool json = false;
@@ -57,6 +70,15 @@ int cmd_restore(int argc, char **argv)
 			break;
 		case 'V':
 			o.verify = true;
+			break;
+		case 'C':
+			tls.cert = optarg;
+			break;
+		case 'K':
+			tls.key = optarg;
+			break;
+		case 'A':
+			tls.ca = optarg;
 			break;
 		case 'p':
 			o.progress = true;
@@ -81,7 +103,30 @@ int cmd_restore(int argc, char **argv)
 		kl_opts_free(opts);
 		return cli_fail(rc);
 	}
-	snprintf(spec, sizeof(spec), "%s", argv[optind]);
+	o.progress = o.progress || cli_force_progress;
+	if (repl_is_url(argv[optind])) {
+		char *near = kl_strdup(argv[optind + 1]), *slash;
+
+		if (!near) {
+			kl_opts_free(opts);
+			cli_open_release(&co);
+			return cli_fail(-ENOMEM);
+		}
+		slash = strrchr(near, '/');
+		if (slash)
+			slash[slash == near ? 1 : 0] = '\0';
+		rc = snap_replica_fetch(argv[optind], &tls, co.key, co.key_len,
+					slash ? near : ".", o.progress, &rp);
+		kl_free(near);
+		if (rc < 0) {
+			kl_opts_free(opts);
+			cli_open_release(&co);
+			return cli_fail(rc);
+		}
+		snprintf(spec, sizeof(spec), "%s@%s", rp.image, rp.snapshot);
+	} else {
+		snprintf(spec, sizeof(spec), "%s", argv[optind]);
+	}
 	if (!strchr(spec, '@')) {
 		struct blk_open_opts vo = { .format = "keel", .flags = BLK_OPEN_NO_PARENT,
 					    .key = co.key, .key_len = co.key_len };
@@ -105,11 +150,16 @@ int cmd_restore(int argc, char **argv)
 	o.dst_opts = opts;
 	o.key = co.key;
 	o.key_len = co.key_len;
-	o.progress = o.progress || cli_force_progress;
 	conv_install_signal_handlers();
 	rc = conv_run(&o, &st);
 	kl_opts_free(opts);
 	cli_open_release(&co);
+	if (rp.dir) {
+		/* report the replica, not the temporary image it was fetched into */
+		snprintf(spec, sizeof(spec), "%s@%s", rp.target, rp.snapshot);
+		st.seconds += rp.seconds;
+		snap_replica_release(&rp);
+	}
 	if (rc < 0 && !st.verify_failed)
 		return cli_fail(rc);
 	if (st.verify_failed) {

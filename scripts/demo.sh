@@ -14,8 +14,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/keel-demo.XXXXXX)
 SERVER_PID=""
 cleanup() {
-	[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-	[ "${KEEP_DEMO:-0}" = 1 ] && echo "(work directory kept: $W)" || rm -rf "$W"
+	local rc=$?
+	if [ -n "$SERVER_PID" ]; then
+		kill "$SERVER_PID" 2>/dev/null
+		wait "$SERVER_PID" 2>/dev/null || true
+	fi
+	if [ "${KEEP_DEMO:-0}" = 1 ]; then echo "(work directory kept: $W)"; else rm -rf "$W"; fi
+	exit $rc
 }
 trap cleanup EXIT
 k() { "$KEEL" "$@"; }
@@ -49,15 +54,18 @@ night_change() { # change a few files inside the ext4, without mounting it
 }
 
 REPL=0
+TLS="--cert pki/client.crt --key pki/client.key --ca pki/ca.crt"
 if has_cmd serve && has_cmd replicate && [ -x "$ROOT/scripts/make-test-ca.sh" ]; then
 	say "an off-site vault: keel serve over TLS 1.3 with mutual certificates, on loopback"
 	bash "$ROOT/scripts/make-test-ca.sh" "$W/pki" >/dev/null
 	mkdir -p offsite
-	PORT=$((20000 + RANDOM % 20000))
-	k serve --listen 127.0.0.1:$PORT --cert pki/server.pem --key pki/server.key \
-		--ca pki/ca.pem --root offsite > serve.log 2>&1 &
+	# the off-site server never holds the vault's key: --raw replicas below
+	"$KEEL" serve --listen 127.0.0.1:0 --port-file port --cert pki/server.crt --key pki/server.key \
+		--ca pki/ca.crt --root offsite 2> serve.log &
 	SERVER_PID=$!
-	for i in $(seq 50); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
+	for _ in $(seq 100); do [ -s port ] && break; sleep 0.1; done
+	PORT=$(cat port)
+	echo "keel serve listening on 127.0.0.1:$PORT (root: offsite/)"
 	REPL=1
 else
 	say "(replication over TLS not available in this build: skipped)"
@@ -68,8 +76,7 @@ for n in 1 2 3; do
 	[ $n -gt 1 ] && night_change $n
 	k backup -o encrypt=on --key-file vault.key --name "night-$n" disk.raw vault.keel
 	if [ $REPL = 1 ]; then
-		k replicate --key-file vault.key --cert pki/client.pem --key pki/client.key \
-			--ca pki/ca.pem vault.keel "keel://127.0.0.1:$PORT/web"
+		k replicate --raw --key-file vault.key $TLS vault.keel "keel://127.0.0.1:$PORT/web"
 	fi
 done
 
@@ -85,14 +92,13 @@ for fmt in qcow2 vmdk vhdx; do
 	fi
 done
 
-DRILL_TARGET=vault.keel
+DRILL=(vault.keel)
 if [ $REPL = 1 ]; then
-	DRILL_TARGET=$(ls offsite/*.keel 2>/dev/null | head -n 1 || true)
-	[ -n "$DRILL_TARGET" ] || DRILL_TARGET=vault.keel
+	DRILL=($TLS --from "keel://127.0.0.1:$PORT/web")
 fi
-say "drill on $( [ "$DRILL_TARGET" = vault.keel ] && echo 'the vault' || echo 'the replica'): restore, scrub, boot-verify"
+say "drill on $( [ $REPL = 1 ] && echo 'the off-site replica' || echo 'the vault'): restore, scrub, boot-verify"
 set +e
-k drill --key-file vault.key --expect-os debian --timeout 150 --output json "$DRILL_TARGET" > drill.json
+k drill --key-file vault.key --expect-os debian --timeout 150 --output json "${DRILL[@]}" > drill.json
 drill_rc=$?
 set -e
 python3 - drill.json <<'PY'
@@ -107,6 +113,8 @@ PY
 say "report"
 k info --key-file vault.key vault.keel | grep -E 'virtual size|stored bytes|dedup ratio|compression ratio'
 k snapshot list --key-file vault.key vault.keel
+[ $REPL = 1 ] && printf "  off-site raw store: %s, %s (the server never had the key)\n" \
+	"$(ls offsite/web | grep -vc RAWSTORE) files" "$(du -sh offsite/web | cut -f1)"
 for f in web.*; do if [ -e "$f" ]; then printf "  %-10s %s\n" "$f" "$(du -h --apparent-size "$f" | cut -f1)"; fi; done
 printf '\ndemo finished in %.0f s (drill exit %d)\n' "$(echo "$(date +%s.%N) - $T0" | bc -l)" "$drill_rc"
 exit $drill_rc

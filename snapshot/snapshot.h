@@ -7,6 +7,7 @@
 #define KEEL_SNAPSHOT_H
 
 #include "format/format.h"
+#include "replicate/replicate.h"
 
 struct snap_stats {
 	uint64_t bytes_copied;
@@ -118,6 +119,28 @@ int snap_prune(const char *vault, const struct blk_open_opts *o, const struct sn
 	       bool dry_run, struct snap_prune_result *res);
 void snap_prune_result_release(struct snap_prune_result *res);
 
+/* ------------------------------------------------------------------ replicas */
+
+/* A snapshot of a keel:// replica fetched to a private temporary image. */
+struct snap_replica {
+	char *dir;		/* the temporary directory (mkdtemp) */
+	char *image;		/* dir/replica.keel */
+	char target[1024];	/* keel://HOST:PORT/NAME, without @SNAP */
+	char snapshot[256];	/* the snapshot fetched */
+	uint64_t stream_bytes;
+	double seconds;		/* time the fetch took */
+};
+
+/*
+ * Fetches url (keel://HOST:PORT/NAME[@SNAP], the newest without SNAP) into a
+ * new image in a temporary directory under near (NULL: $TMPDIR or /tmp),
+ * verified record by record. key opens raw stores' streams and an encrypted
+ * replica. snap_replica_release removes the directory and all in it.
+ */
+int snap_replica_fetch(const char *url, const struct repl_tls_opts *tls, const uint8_t *key,
+		       size_t key_len, const char *near, bool progress, struct snap_replica *rp);
+void snap_replica_release(struct snap_replica *rp);
+
 /* ------------------------------------------------------------------ drill */
 
 struct snap_drill_opts {
@@ -132,11 +155,13 @@ struct snap_drill_opts {
 	bool progress;
 	bool skip_boot;		/* restore and scrub only (tests, machines without any engine) */
 	/*
-	 * Drill from an S3 repository instead of a local vault: the URL
-	 * (s3://BUCKET/PREFIX[@SNAP]), with the store reached through the
-	 * environment (AWS_*, KEEL_S3_ENDPOINT) and key the repository passphrase.
+	 * Drill a replica instead of a local vault: a keel:// URL
+	 * (keel://HOST:PORT/NAME[@SNAP], reached with tls), or an S3 repository
+	 * (s3://BUCKET/PREFIX[@SNAP], the store reached through the environment:
+	 * AWS_*, KEEL_S3_ENDPOINT); key is the replica's passphrase.
 	 */
 	const char *from;
+	const struct repl_tls_opts *tls;
 };
 
 struct snap_drill_report {

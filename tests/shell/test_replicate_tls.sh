@@ -170,6 +170,24 @@ t "restore from the server with the key" keel -q recv $C --key-file pass -i "$UR
 t "byte-identical" sh -c "'$KEEL' -q convert --key-file pass -O raw restored.keel r.raw && '$KEEL' -q convert --key-file pass -O raw enc.keel@e2 e.raw && cmp r.raw e.raw"
 t "e1 too" keel compare --key-file pass enc.keel@e1 restored.keel@e1
 
+# ---- keel restore and keel drill from a replica
+for fmt in raw qcow2 vmdk vhd vhdx vdi keel; do
+	t "restore from keel:// to $fmt, verified" keel -q restore $C --key-file pass --verify \
+		-O $fmt "$URL/encrypted" "from-replica.$fmt"
+done
+t "restored qcow2 equals the source snapshot" keel compare --key-file pass enc.keel@e2 from-replica.qcow2
+t "restore of an older snapshot from keel://" sh -c "'$KEEL' -q restore $C --key-file pass $URL/encrypted@e1 e1.raw && '$KEEL' compare --key-file pass enc.keel@e1 e1.raw"
+t "restore --output json names the replica" sh -c "'$KEEL' restore --output json $C --key-file pass $URL/vm rj.raw > rj.json && python3 -c \"import json; d=json.load(open('rj.json')); assert d['snapshot'].startswith('keel://') and d['snapshot'].endswith('/vm@wed2') and d['verified'] is False, d\""
+t "no temporary fetch left next to the output" sh -c "! ls -a | grep -q '^.keel-fetch'"
+expect_err "restore from keel:// without the key of a raw replica" "key" \
+	keel restore $C "$URL/encrypted" nokey.raw
+t "...and no output, no temporary left" sh -c "[ ! -e nokey.raw ] && ! ls -a | grep -q '^.keel-fetch'"
+expect_err "restore from keel:// needs the certificates" "cert" keel restore --key-file pass "$URL/encrypted" x.raw
+t "drill --from keel:// (restore + scrub)" sh -c "'$KEEL' drill $C --key-file pass --skip-boot --output json --from $URL/encrypted > dj.json"
+t "drill report names the replica and its snapshot" python3 -c "import json; d=json.load(open('dj.json')); assert d['vault'].endswith('/encrypted') and d['vault'].startswith('keel://') and d['snapshot']=='e2' and d['restore_ok'] and d['scrub_ok'] and d['verdict']=='pass' and d['restore_s']>0, d"
+t "drill --from keel://...@SNAP" sh -c "'$KEEL' drill $C --key-file pass --skip-boot --output json --from $URL/encrypted@e1 | python3 -c \"import json,sys; d=json.load(sys.stdin); assert d['snapshot']=='e1' and d['verdict']=='pass', d\""
+t "a drill of a missing replica fails with a report" sh -c "'$KEEL' drill $C --key-file pass --skip-boot --output json --from $URL/nosuch > dm.json; [ \$? = 3 ] && python3 -c \"import json; d=json.load(open('dm.json')); assert d['verdict']=='fail' and 'fetch' in d['reason'], d\""
+
 # ---- the fault test: 20 cuts at random points, resumed each time
 MIB=${REPL_FAULT_MIB:-256}
 [ "$MIB" -lt 128 ] && MIB=128
