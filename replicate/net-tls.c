@@ -405,8 +405,9 @@ int repl_conn_write_msg2(struct repl_conn *c, uint16_t type, const void *a, size
 	put_le16(h + 4, type);
 	put_le16(h + 6, 0);
 	if (alen <= 64) {
-		/* header and small fields in one TLS record */
-		memcpy(h + REPL_MSG_HDR, a, alen);
+		/* header and small fields in one TLS record (a may be NULL when alen is 0) */
+		if (alen)
+			memcpy(h + REPL_MSG_HDR, a, alen);
 		KL_TRY(write_all(c, h, REPL_MSG_HDR + alen));
 	} else {
 		KL_TRY(write_all(c, h, REPL_MSG_HDR));

@@ -521,11 +521,12 @@ static int raw_finish(struct repl_rx *rx)
 	snprintf(file, sizeof(file), "s-%s.kst", g);
 	final = raw_path(k->dir, file);
 	v = kl_realloc(k->ents, (k->nents + 1) * sizeof(*v));
+	if (v)
+		k->ents = v; /* the old array is gone once realloc succeeded */
 	if (!final || !v) {
 		kl_free(final);
 		return -ENOMEM;
 	}
-	k->ents = v;
 	e = &v[k->nents];
 	memset(e, 0, sizeof(*e));
 	memcpy(e->guid, rx->h.snap_guid, 16);

@@ -371,14 +371,14 @@ static int img_create(struct repl_rx *rx, struct img_sink *k)
 	int rc;
 
 	/* the replica keeps the source's cluster size and encryption unless -o says otherwise */
+	rc = 0;
 	if (!kl_opts_peek(co.opts, "cluster_size")) {
 		snprintf(cs, sizeof(cs), "%u", rx->h.cluster_size);
-		KL_TRY(kl_opts_set(&co.opts, "cluster_size", cs));
+		/* co.opts may be a new set even when this fails: freed below */
+		rc = kl_opts_set(&co.opts, "cluster_size", cs);
 	}
-	if ((rx->h.flags & REPL_HF_SRC_ENCRYPTED) && !kl_opts_peek(co.opts, "encrypt"))
+	if (rc == 0 && (rx->h.flags & REPL_HF_SRC_ENCRYPTED) && !kl_opts_peek(co.opts, "encrypt"))
 		rc = kl_opts_set(&co.opts, "encrypt", "on");
-	else
-		rc = 0;
 	if (rc == 0)
 		rc = blk_create(k->path, "keel", &co);
 	if (co.opts != o->create_opts)
