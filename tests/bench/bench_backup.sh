@@ -30,8 +30,8 @@ run_tool keelenc "'$KEEL' -q backup -o encrypt=on --key-file '$d/pass' --name n@
 keelenc_bytes=$(stat -c %s "$d/vault-enc.keel")
 have_borg=0; have_restic=0
 if command -v borg >/dev/null; then
-	borg init -q --encryption=repokey-blake2 "$d/borg" && have_borg=1
-	[ $have_borg = 1 ] && run_tool borg "cd '$NIGHTS_DIR' && borg create -q --compression zstd,3 '$d/borg::n@N@' night@N@.raw"
+	borg init --encryption=repokey-blake2 "$d/borg" >/dev/null 2>&1 && have_borg=1
+	[ $have_borg = 1 ] && run_tool borg "cd '$NIGHTS_DIR' && borg create --compression zstd,3 '$d/borg::n@N@' night@N@.raw"
 	borg_bytes=$(du -sb "$d/borg" | cut -f1)
 fi
 if command -v restic >/dev/null; then
