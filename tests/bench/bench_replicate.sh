@@ -86,7 +86,7 @@ if [ $have_borg = 1 ]; then
 	printf '%-58s %s\n' "  borg create (repokey-blake2, zstd,3), same night" "${tborg}s"
 	echo "  wall time keel/borg: $(ratio $tinc $tborg) (keyed raw: $(ratio $tinck $tborg)); goal <= 0.2"
 fi
-printf '%-58s %s\n' "  single-core ceiling: AES-256-GCM $gcm_speed MB/s, zstd -3 $zstd_speed MB/s" "$(printf '%.1f' $ceiling) MB/s"
+printf '%-58s %s\n' "  single-core ceiling: AES-256-GCM $gcm_speed MB/s, zstd -3 $zstd_speed MB/s; both" "$(printf '%.1f' $ceiling) MB/s"
 printf '%-58s %s\n' "  keel replicate throughput (changed bytes / wall)" "$(printf '%.1f' $tput) MB/s ($(ratio $tput $ceiling) of the ceiling; goal >= 0.6)"
 printf '%-58s %s\n' "  keyed raw throughput" "$(printf '%.1f' $ktput) MB/s ($(ratio $ktput $ceiling) of the ceiling)"
 printf '%-58s %s\n' "  full first replication of night0 (steady state)" "$(printf '%.1f' "$(echo "$full_bytes / $tfull / 1000000" | bc -l)") MB/s in ${tfull}s, keyed raw ${tfullk}s"
