@@ -79,7 +79,7 @@ const struct cli_cmd cli_commands[] = {
 	  cmd_verify_boot_usage, CLI_NEEDS_KVM, NULL },
 	{ "prune", cmd_prune, "delete snapshots a retention policy does not keep (vault, s3://)",
 	  cmd_prune_usage, CLI_WRITES, cmd_s3_prune_usage },
-	{ "restore", cmd_restore, "restore a snapshot (vault, s3://) to an image of any format",
+	{ "restore", cmd_restore, "restore a snapshot (vault, keel://, s3://) to any format",
 	  cmd_restore_usage, CLI_WRITES, cmd_s3_restore_usage },
 	{ "drill", cmd_drill, "restore, scrub and boot-verify a snapshot; report RPO/RTO",
 	  cmd_drill_usage, CLI_NEEDS_KVM, NULL },
