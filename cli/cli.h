@@ -62,6 +62,18 @@ struct cli_open {
 #define CLI_OPT_KEY_ENV 0x1003
 #define CLI_OPT_OUTPUT 0x1004
 #define CLI_OPT_WAIT 0x1005
+#define CLI_OPT_CERT 0x1006
+#define CLI_OPT_TLS_KEY 0x1007
+#define CLI_OPT_CA 0x1008
+/* --cert C --key K (or --tls-key K) --ca CA: this side's TLS identity for keel:// */
+#define CLI_TLS_LONGOPTS                                          \
+	{ "cert", required_argument, NULL, CLI_OPT_CERT },        \
+	{ "key", required_argument, NULL, CLI_OPT_TLS_KEY },      \
+	{ "tls-key", required_argument, NULL, CLI_OPT_TLS_KEY },  \
+	{ "ca", required_argument, NULL, CLI_OPT_CA }
+struct repl_tls_opts;
+/* Handle a CLI_TLS_LONGOPTS option; true when it was one. */
+bool cli_tls_option(struct repl_tls_opts *t, int opt, const char *arg);
 /* Handle an open-related long option; true when it was one. */
 bool cli_open_option(struct cli_open *co, int opt, const char *arg);
 int cli_open_image(struct cli_open *co, const char *spec, unsigned flags, struct blk_dev **out);

@@ -82,9 +82,7 @@ int cmd_drill(int argc, char **argv)
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
-		{ "cert", required_argument, NULL, 'C' },
-		{ "key", required_argument, NULL, 'K' },
-		{ "ca", required_argument, NULL, 'A' },
+		CLI_TLS_LONGOPTS,
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -101,7 +99,7 @@ int cmd_drill(int argc, char **argv)
 
 	o.progress = cli_force_progress;
 	while ((opt = getopt_long(argc, argv, "ph", lo, NULL)) != -1) {
-		if (cli_open_option(&co, opt, optarg))
+		if (cli_open_option(&co, opt, optarg) || cli_tls_option(&tls, opt, optarg))
 			continue;
 		switch (opt) {
 		case 'e':
@@ -126,15 +124,6 @@ int cmd_drill(int argc, char **argv)
 			break;
 		case 'F':
 			o.from = optarg;
-			break;
-		case 'C':
-			tls.cert = optarg;
-			break;
-		case 'K':
-			tls.key = optarg;
-			break;
-		case 'A':
-			tls.ca = optarg;
 			break;
 		case 'p':
 			o.progress = true;

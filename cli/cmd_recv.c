@@ -69,7 +69,7 @@ static int print_json(const char *target, const struct repl_recv_stats *st, FILE
 
 int cmd_recv(int argc, char **argv)
 {
-	enum { O_RAW = 0x2101, O_FORCE, O_VERIFY, O_STATUS, O_ABORT, O_CERT, O_TLSKEY, O_CA };
+	enum { O_RAW = 0x2101, O_FORCE, O_VERIFY, O_STATUS, O_ABORT };
 	static const struct option lo[] = {
 		{ "raw", no_argument, NULL, O_RAW },
 		{ "force", no_argument, NULL, O_FORCE },
@@ -77,10 +77,7 @@ int cmd_recv(int argc, char **argv)
 		{ "status", no_argument, NULL, O_STATUS },
 		{ "abort", no_argument, NULL, O_ABORT },
 		{ "snapshot", required_argument, NULL, 's' },
-		{ "cert", required_argument, NULL, O_CERT },
-		{ "key", required_argument, NULL, O_TLSKEY },
-		{ "tls-key", required_argument, NULL, O_TLSKEY },
-		{ "ca", required_argument, NULL, O_CA },
+		CLI_TLS_LONGOPTS,
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
@@ -103,7 +100,7 @@ int cmd_recv(int argc, char **argv)
 	memset(&st, 0, sizeof(st));
 	o.progress = cli_force_progress;
 	while ((opt = getopt_long(argc, argv, "i:o:s:ph", lo, NULL)) != -1) {
-		if (cli_open_option(&co, opt, optarg))
+		if (cli_open_option(&co, opt, optarg) || cli_tls_option(&tls, opt, optarg))
 			continue;
 		switch (opt) {
 		case 'i':
@@ -133,15 +130,6 @@ int cmd_recv(int argc, char **argv)
 			break;
 		case O_ABORT:
 			abort_it = true;
-			break;
-		case O_CERT:
-			tls.cert = optarg;
-			break;
-		case O_TLSKEY:
-			tls.key = optarg;
-			break;
-		case O_CA:
-			tls.ca = optarg;
 			break;
 		case CLI_OPT_OUTPUT:
 			if (cli_parse_output(optarg, &json) < 0)

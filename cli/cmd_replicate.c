@@ -42,12 +42,10 @@ const char cmd_replicate_usage[] =
 
 static int replicate_keel(int argc, char **argv)
 {
-	enum { O_CERT = 0x2301, O_TLSKEY, O_CA, O_RAW, O_RATE, O_NODEDUP, O_CHECKPOINT,
+	enum { O_RAW = 0x2301, O_RATE, O_NODEDUP, O_CHECKPOINT,
 	       O_TIMEOUT };
 	static const struct option lo[] = {
-		{ "cert", required_argument, NULL, O_CERT },
-		{ "key", required_argument, NULL, O_TLSKEY },
-		{ "ca", required_argument, NULL, O_CA },
+		CLI_TLS_LONGOPTS,
 		{ "raw", no_argument, NULL, O_RAW },
 		{ "limit-rate", required_argument, NULL, O_RATE },
 		{ "no-dedup", no_argument, NULL, O_NODEDUP },
@@ -70,18 +68,9 @@ static int replicate_keel(int argc, char **argv)
 
 	o.progress = cli_force_progress;
 	while ((opt = getopt_long(argc, argv, "j:ph", lo, NULL)) != -1) {
-		if (cli_open_option(&co, opt, optarg))
+		if (cli_open_option(&co, opt, optarg) || cli_tls_option(&o.tls, opt, optarg))
 			continue;
 		switch (opt) {
-		case O_CERT:
-			o.tls.cert = optarg;
-			break;
-		case O_TLSKEY:
-			o.tls.key = optarg;
-			break;
-		case O_CA:
-			o.tls.ca = optarg;
-			break;
 		case O_RAW:
 			o.raw = true;
 			break;

@@ -36,9 +36,7 @@ int cmd_restore(int argc, char **argv)
 		{ "output", required_argument, NULL, CLI_OPT_OUTPUT },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
-		{ "cert", required_argument, NULL, 'C' },
-		{ "key", required_argument, NULL, 'K' },
-		{ "ca", required_argument, NULL, 'A' },
+		CLI_TLS_LONGOPTS,
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -58,7 +56,7 @@ int cmd_restore(int argc, char **argv)
 	if (cli_has_s3_arg(argc, argv))
 		return cmd_s3_restore(argc, argv);
 	while ((opt = getopt_long(argc, argv, "O:o:ph", lo, NULL)) != -1) {
-		if (cli_open_option(&co, opt, optarg))
+		if (cli_open_option(&co, opt, optarg) || cli_tls_option(&tls, opt, optarg))
 			continue;
 		switch (opt) {
 		case 'O':
@@ -70,15 +68,6 @@ int cmd_restore(int argc, char **argv)
 			break;
 		case 'V':
 			o.verify = true;
-			break;
-		case 'C':
-			tls.cert = optarg;
-			break;
-		case 'K':
-			tls.key = optarg;
-			break;
-		case 'A':
-			tls.ca = optarg;
 			break;
 		case 'p':
 			o.progress = true;

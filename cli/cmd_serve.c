@@ -49,13 +49,11 @@ static void serve_log(void *opaque, const char *line)
 
 int cmd_serve(int argc, char **argv)
 {
-	enum { O_LISTEN = 0x2201, O_CERT, O_KEY, O_CA, O_ROOT, O_MAXC, O_TIMEOUT, O_PORTFILE,
+	enum { O_LISTEN = 0x2201, O_ROOT, O_MAXC, O_TIMEOUT, O_PORTFILE,
 	       O_MAXS };
 	static const struct option lo[] = {
 		{ "listen", required_argument, NULL, O_LISTEN },
-		{ "cert", required_argument, NULL, O_CERT },
-		{ "key", required_argument, NULL, O_KEY },
-		{ "ca", required_argument, NULL, O_CA },
+		CLI_TLS_LONGOPTS,
 		{ "root", required_argument, NULL, O_ROOT },
 		{ "max-clients", required_argument, NULL, O_MAXC },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
@@ -72,20 +70,11 @@ int cmd_serve(int argc, char **argv)
 	int opt, rc;
 
 	while ((opt = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-		if (cli_open_option(&co, opt, optarg))
+		if (cli_open_option(&co, opt, optarg) || cli_tls_option(&o.tls, opt, optarg))
 			continue;
 		switch (opt) {
 		case O_LISTEN:
 			o.listen = optarg;
-			break;
-		case O_CERT:
-			o.tls.cert = optarg;
-			break;
-		case O_KEY:
-			o.tls.key = optarg;
-			break;
-		case O_CA:
-			o.tls.ca = optarg;
 			break;
 		case O_ROOT:
 			o.root = optarg;

@@ -3,6 +3,7 @@
  * subcommands.
  */
 #include "cli/cli.h"
+#include "replicate/replicate.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -76,6 +77,23 @@ const char *cli_size(uint64_t n)
 	k = (k + 1) % 4;
 	kl_format_size(n, buf[k], sizeof(buf[k]));
 	return buf[k];
+}
+
+bool cli_tls_option(struct repl_tls_opts *t, int opt, const char *arg)
+{
+	switch (opt) {
+	case CLI_OPT_CERT:
+		t->cert = arg;
+		return true;
+	case CLI_OPT_TLS_KEY:
+		t->key = arg;
+		return true;
+	case CLI_OPT_CA:
+		t->ca = arg;
+		return true;
+	default:
+		return false;
+	}
 }
 
 bool cli_open_option(struct cli_open *co, int opt, const char *arg)
