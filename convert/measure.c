@@ -23,8 +23,7 @@
 static int scratch_image(const char *fmt, const struct blk_create_opts *o, char **dir,
 			 char **out)
 {
-	const char *t = getenv("TMPDIR");
-	char *d = kl_asprintf("%s/keel-measure.XXXXXX", t && *t ? t : "/tmp");
+	char *d = kl_asprintf("%s/keel-measure.XXXXXX", kl_tmpdir(NULL));
 	int rc;
 
 	*dir = *out = NULL;

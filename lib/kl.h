@@ -94,6 +94,8 @@ void *kl_aligned_alloc(size_t n);
 char *kl_strdup(const char *s);
 char *kl_strndup(const char *s, size_t n);
 char *kl_asprintf(const char *fmt, ...) KL_PRINTF(1, 2);
+/* Where scratch files go: prefer when set and not empty, else $TMPDIR, else /tmp. */
+const char *kl_tmpdir(const char *prefer);
 void kl_free(void *p);
 /* Overwrite a secret before it is freed. */
 void kl_wipe(void *p, size_t n);

@@ -353,3 +353,12 @@ uint64_t kl_wallclock_ns(void)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
+
+const char *kl_tmpdir(const char *prefer)
+{
+	const char *t = getenv("TMPDIR");
+
+	if (prefer && *prefer)
+		return prefer;
+	return t && *t ? t : "/tmp";
+}

@@ -225,12 +225,11 @@ static int drill_keel(const struct snap_drill_opts *o, const char *out,
 
 int snap_drill(const struct snap_drill_opts *o, struct snap_drill_report *r)
 {
-	const char *tmp = o->workdir ? o->workdir : getenv("TMPDIR");
 	char *out;
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	out = kl_asprintf("%s/keel-drill.%ld.raw", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+	out = kl_asprintf("%s/keel-drill.%ld.raw", kl_tmpdir(o->workdir), (long)getpid());
 	if (!out)
 		return -ENOMEM;
 	if (o->from && repl_is_url(o->from))

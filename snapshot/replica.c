@@ -52,7 +52,6 @@ int snap_replica_fetch(const char *url, const struct repl_tls_opts *tls, const u
 				      .progress = progress };
 	struct repl_recv_stats st;
 	struct repl_url u;
-	const char *tmp = getenv("TMPDIR");
 	double t0;
 	int rc;
 
@@ -63,8 +62,7 @@ int snap_replica_fetch(const char *url, const struct repl_tls_opts *tls, const u
 	snprintf(rp->target, sizeof(rp->target), "keel://%s:%s/%s", u.host, u.port, u.name);
 	repl_url_release(&u);
 
-	rp->dir = kl_asprintf("%s/.keel-fetch.XXXXXX", near && *near ? near :
-			      tmp && *tmp ? tmp : "/tmp");
+	rp->dir = kl_asprintf("%s/.keel-fetch.XXXXXX", kl_tmpdir(near));
 	if (!rp->dir)
 		return -ENOMEM;
 	if (!mkdtemp(rp->dir)) {
