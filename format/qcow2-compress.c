@@ -95,8 +95,17 @@ static int w_compress(struct qcow2_worker *w, uint8_t type, const uint8_t *in, u
 	if (type == QCOW2_COMP_ZSTD) {
 		size_t r;
 
-		if (!w->zc && !(w->zc = ZSTD_createCCtx()))
-			return Z_NOMEM;
+		if (!w->zc) {
+			/*
+			 * Level 2, not zstd's default 3 (what qemu uses): on 64 KiB
+			 * clusters of a real ext4 disk (make-nightlies' night0)
+			 * it is 1.009x qemu's output for about 2/3 of the CPU
+			 * (level 1: 1.025x, level -1: 1.10x). Readers do not care.
+			 */
+			if (!(w->zc = ZSTD_createCCtx()))
+				return Z_NOMEM;
+			ZSTD_CCtx_setParameter(w->zc, ZSTD_c_compressionLevel, QCOW2_ZSTD_LEVEL);
+		}
 		r = ZSTD_compress2(w->zc, out, cap, in, cs);
 		if (ZSTD_isError(r))
 			return Z_NO_GAIN;

@@ -79,6 +79,7 @@
 
 #define QCOW2_COMP_ZLIB 0
 #define QCOW2_COMP_ZSTD 1
+#define QCOW2_ZSTD_LEVEL 2 /* writing: see w_compress */
 
 /* ------------------------------------------------------------------ qcow2-cache.c */
 
