@@ -1260,8 +1260,23 @@ static int vhdx_create(const char *path, const struct blk_create_opts *o)
 		else if (L.pss < L.lss)
 			L.pss = L.lss;
 	}
-	/* 32 MiB as Hyper-V and qemu (> 100 GiB) use; 2 MiB for differencing like Hyper-V */
-	L.bs = rel ? 2u << 20 : 32u << 20;
+	/*
+	 * Dynamic: sized with the disk as qemu-img does (8 MiB up to 1 GiB,
+	 * 16 up to 100 GiB, 32 up to 32 TiB, then 64), so the same source
+	 * converts to a file of the same size; smaller blocks allocate less
+	 * around sparse data. Hyper-V's own default is 32 MiB, which it reads
+	 * like any other. Differencing: 2 MiB, as Hyper-V.
+	 */
+	if (rel)
+		L.bs = 2u << 20;
+	else if (o->size > (32ull << 40))
+		L.bs = 64u << 20;
+	else if (o->size > (100ull << 30))
+		L.bs = 32u << 20;
+	else if (o->size > (1ull << 30))
+		L.bs = 16u << 20;
+	else
+		L.bs = 8u << 20;
 	if (rc == 0)
 		rc = kl_opts_get_size(o->opts, "block_size", &v, &found);
 	if (rc == 0 && found) {
