@@ -8,7 +8,7 @@
 #include <string.h>
 
 const char cmd_convert_usage[] =
-	"usage: keel convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-j N] [--verify]\n"
+	"usage: keel convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-j N] [-t CACHE] [--verify]\n"
 	"                    [-B BACKING [-F BACKING_FMT]] [--keep-chain] [--disk N]\n"
 	"                    [--output json] SRC[@SNAP] DST\n"
 	"       keel convert -O ova [-o OPTIONS] DISK1 [DISK2...] DST.ova\n"
@@ -52,6 +52,12 @@ const char cmd_convert_usage[] =
 	"                its number (1, 2, ...), disk id or file name; same as SRC@N\n"
 	"  -j N          threads that read, compress and hash (default: number of\n"
 	"                CPUs); -j 1 runs everything on one thread\n"
+	"  -t CACHE      how DST is written: direct (default) sends data runs of\n"
+	"                128 KiB or more straight to the device (O_DIRECT), with no\n"
+	"                copy into the page cache and little left for the final\n"
+	"                fsync; writeback writes everything through the page cache.\n"
+	"                Filesystems that refuse O_DIRECT (tmpfs) get writeback.\n"
+	"                Either way DST is fsynced before it is renamed into place\n"
 	"  --verify      re-read DST and compare its content digest with SRC's;\n"
 	"                exit 3 when they differ (DST is then not created)\n"
 	"  -p            progress bar even when stderr is not a terminal\n"
@@ -86,7 +92,7 @@ int cmd_convert(int argc, char **argv)
 	uint64_t n;
 	int opt, rc;
 
-	while ((opt = getopt_long(argc, argv, "f:O:o:cB:F:j:ph", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "f:O:o:cB:F:j:t:ph", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;
 		switch (opt) {
@@ -114,6 +120,14 @@ int cmd_convert(int argc, char **argv)
 				return cli_usage("convert", "-j takes 1 to 256");
 			}
 			o.threads = (int)n;
+			break;
+		case 't':
+			if (strcmp(optarg, "direct") && strcmp(optarg, "writeback")) {
+				kl_opts_free(opts);
+				return cli_usage("convert", "-t takes direct or writeback, not '%s'",
+						 optarg);
+			}
+			o.buffered = !strcmp(optarg, "writeback");
 			break;
 		case 'p':
 			o.progress = true;

@@ -115,7 +115,8 @@ static void src_open_opts(const struct conv_opts *o, struct blk_open_opts *so)
 int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st)
 {
 	struct blk_open_opts so;
-	struct blk_open_opts dop = { .format = o->dst_fmt, .flags = BLK_OPEN_RDWR,
+	struct blk_open_opts dop = { .format = o->dst_fmt,
+				     .flags = BLK_OPEN_RDWR | (o->buffered ? 0 : BLK_OPEN_DIRECT),
 				     .key = o->dst_key, .key_len = o->dst_key_len };
 	struct blk_create_opts co = { 0 };
 	struct conv_pipe_cfg pc = { 0 };

@@ -38,6 +38,7 @@ struct conv_opts {
 	bool verify;		/* --verify: re-read DST and compare digests */
 	bool progress;		/* force the progress bar */
 	bool keep_chain;
+	bool buffered;		/* -t writeback: output through the page cache, no O_DIRECT */
 	int threads;		/* 0 = number of CPUs */
 	const uint8_t *key;	/* source secret */
 	size_t key_len;

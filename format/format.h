@@ -48,6 +48,7 @@ struct blk_extent {
 #define BLK_OPEN_BATCH 0x40	     /* no metadata commits until blk_flush (all-or-nothing jobs) */
 #define BLK_OPEN_WAIT 0x100	     /* writable opens wait for another writer instead of failing */
 #define BLK_OPEN_REPAIR 0x200	     /* check -r: open writable an image that needs repair (dirty) */
+#define BLK_OPEN_DIRECT 0x400	     /* bulk data writes bypass the page cache (KL_O_DIRECT) */
 
 /* Deepest parent chain we follow; deeper is refused as a likely loop. */
 #define BLK_MAX_CHAIN 64

@@ -118,7 +118,12 @@ struct kl_file;
 #define KL_O_CREAT 0x2	/* create if missing */
 #define KL_O_EXCL 0x4	/* fail if it exists */
 #define KL_O_TRUNC 0x8
-#define KL_O_DIRECT 0x10 /* hint only */
+/*
+ * Large aligned writes bypass the page cache (O_DIRECT) where the
+ * filesystem allows it; everything else stays buffered. A hint: reads,
+ * results and durability rules are the same either way.
+ */
+#define KL_O_DIRECT 0x10
 
 int kl_io_open(const char *path, unsigned flags, struct kl_file **out);
 /* Wrap an already open descriptor (stdin/stdout/socket); takes ownership. */
@@ -167,6 +172,8 @@ int kl_io_size(struct kl_file *f, uint64_t *size);
 int kl_io_seek_data(struct kl_file *f, uint64_t off, uint64_t *out);
 int kl_io_seek_hole(struct kl_file *f, uint64_t off, uint64_t *out);
 int kl_io_fd(const struct kl_file *f);
+/* KL_O_DIRECT took effect: bulk writes to f bypass the page cache. */
+bool kl_io_direct(const struct kl_file *f);
 const char *kl_io_name(const struct kl_file *f);
 bool kl_io_writable(const struct kl_file *f);
 /*

@@ -29,7 +29,7 @@ t "--verify mismatch leaves no output" test ! -e flip.raw
 # determinism: -j 1 and -j 4 give the same bytes, for every creatable format
 # (identities and timestamps pinned: they differ between any two runs)
 export KEEL_FAKE_TIME=1700000000 KEEL_FAKE_UUID=42
-mkdir -p j1 j3 j4
+mkdir -p j1 j3 j4 wb
 for f in $formats; do
 	# same file name in each directory: some formats record their own name
 	keel convert -j 1 -f raw -O "$f" src.raw "j1/d.$f" >/dev/null 2>&1
@@ -37,7 +37,11 @@ for f in $formats; do
 	t "determinism -j1 = -j4 ($f)" cmp "j1/d.$f" "j4/d.$f"
 	KEEL_CONV_SLOW_MS=3 "$KEEL" convert -j 3 -f raw -O "$f" src.raw "j3/d.$f" >/dev/null 2>&1
 	t "determinism -j1 = -j3 with a slowed pipeline ($f)" cmp "j1/d.$f" "j3/d.$f"
+	# -t direct (the default) and -t writeback differ in how, not what
+	keel convert -j 1 -t writeback -f raw -O "$f" src.raw "wb/d.$f" >/dev/null 2>&1
+	t "-t writeback = -t direct, byte for byte ($f)" cmp "j1/d.$f" "wb/d.$f"
 done
+expect_rc 2 "-t takes direct or writeback" keel convert -t none -f raw -O raw src.raw t.raw
 unset KEEL_FAKE_TIME KEEL_FAKE_UUID
 
 # JSON summary

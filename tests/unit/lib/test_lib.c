@@ -2,9 +2,13 @@
  * tests/unit/lib/test_lib.c - lib/: CRC-32C, sizes, options, JSON, and the
  * fault-injecting I/O seam itself (the crash tests rely on it being right).
  */
+#define _GNU_SOURCE
 #include "tests/common/testutil.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 START_TEST(crc32c_vectors)
 {
@@ -193,6 +197,66 @@ START_TEST(short_read_zero_fills)
 }
 END_TEST
 
+/*
+ * KL_O_DIRECT: big aligned writes go through the O_DIRECT descriptor,
+ * everything else buffered, and reads see one file whatever the mix
+ * (buffered over direct, direct over buffered, an unaligned tail).
+ */
+START_TEST(direct_writes_mix_with_buffered)
+{
+	const size_t size = 4u << 20;
+	uint8_t *model = kl_calloc(1, size), *big = kl_aligned_alloc(1u << 20), *got = kl_malloc(size);
+	struct kl_file *f;
+	bool can;
+	int fd;
+
+	ck_assert(model && big && got);
+	/* does this directory's filesystem take O_DIRECT at all? (tmpfs may not) */
+	fd = open(tu_path("probe.bin"), O_RDWR | O_CREAT | O_DIRECT, 0644);
+	can = fd >= 0;
+	if (fd >= 0)
+		close(fd);
+	ck_assert_ok(kl_io_open(tu_path("d.bin"), KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | KL_O_DIRECT,
+				&f));
+	if (!can)
+		printf("SKIP-PART: %s refuses O_DIRECT; only the buffered fallback is tested\n",
+		       tu_path(""));
+	ck_assert_int_eq(kl_io_direct(f), can);
+
+	memset(big, 0xd1, 1u << 20); /* direct */
+	ck_assert_ok(kl_io_pwrite(f, 0, big, 1u << 20));
+	memset(model, 0xd1, 1u << 20);
+	memset(big, 0xb2, 700); /* small, unaligned: buffered, inside the direct range */
+	ck_assert_ok(kl_io_pwrite(f, 4096 + 17, big, 700));
+	memset(model + 4096 + 17, 0xb2, 700);
+	memset(big, 0xb3, 8192); /* buffered, then covered by a direct write */
+	ck_assert_ok(kl_io_pwrite(f, 2u << 20, big, 8192));
+	memset(big, 0xd4, 1u << 20);
+	ck_assert_ok(kl_io_pwrite(f, (2u << 20) - 4096, big, 1u << 20));
+	memset(model + (2u << 20) - 4096, 0xd4, 1u << 20);
+	memset(big, 0xd5, 1u << 20); /* aligned start, 100-byte tail: split */
+	ck_assert_ok(kl_io_pwrite(f, 3u << 20, big, (512u << 10) + 100));
+	memset(model + (3u << 20), 0xd5, (512u << 10) + 100);
+	memset(big, 0xd6, 1u << 20); /* misaligned buffer: buffered */
+	ck_assert_ok(kl_io_pwrite(f, 1u << 20, big + 1, 256u << 10));
+	memset(model + (1u << 20), 0xd6, 256u << 10);
+	ck_assert_ok(kl_io_sync(f));
+
+	ck_assert_int_eq(kl_io_pread(f, 0, got, size), (3u << 20) + (512u << 10) + 100);
+	ck_assert(memcmp(got, model, size) == 0);
+	kl_io_close(f);
+	/* and a fresh open (no cache of ours) agrees */
+	ck_assert_ok(kl_io_open(tu_path("d.bin"), KL_O_RDONLY, &f));
+	memset(got, 0xee, size);
+	kl_io_pread(f, 0, got, size);
+	ck_assert(memcmp(got, model, size) == 0);
+	kl_io_close(f);
+	kl_free(model);
+	kl_free(big);
+	kl_free(got);
+}
+END_TEST
+
 static Suite *lib_suite(void)
 {
 	Suite *s = suite_create("lib");
@@ -206,6 +270,7 @@ static Suite *lib_suite(void)
 	tcase_add_test(tc, fault_torn_write_is_sector_granular);
 	tcase_add_test(tc, fault_malloc);
 	tcase_add_test(tc, short_read_zero_fills);
+	tcase_add_test(tc, direct_writes_mix_with_buffered);
 	suite_add_tcase(s, tc);
 	return s;
 }
