@@ -18,7 +18,10 @@ const char cmd_info_usage[] =
 	"  -f FMT                    image format (keel help formats)\n"
 	"  --output json             machine-readable output\n"
 	"  --allow-external-backing  follow parents outside the image's directory\n"
-	"  --key-file F, --key-env V passphrase for an encrypted image\n"
+	"  --key-file F, --key-env V passphrase for an encrypted image; without\n"
+	"                            one, an encrypted .keel shows its header only\n"
+	"                            (size, cluster size, UUID, parent, key slots in\n"
+	"                            use), marked unverified, and JSON has \"locked\"\n"
 	"\n"
 	"example: keel info --output json vault.keel\n";
 
@@ -153,6 +156,45 @@ static void print_json(struct kl_json *j, const struct blk_info *in)
 	kl_json_arr_close(j);
 }
 
+/*
+ * An encrypted image and no key: show what its header says (size, cluster
+ * size, UUID, parent, key slots), marked unverified, rather than nothing;
+ * qemu-img info does the same for LUKS. Anything the format cannot show
+ * without the key keeps the original error.
+ */
+static int info_nokey(struct cli_open *co, const char *path, bool json)
+{
+	char *why = kl_strdup(kl_errmsg());
+	struct blk_info in;
+	struct kl_json j;
+	int rc;
+
+	rc = blk_info_nokey(path, co->format, &in);
+	if (rc < 0) {
+		/* damage found on the way is the news; otherwise the key is */
+		if (rc == -ENOKEY || rc == -ENOMEM || rc == -ENOENT) /* ENOENT: FILE@SNAP */
+			rc = kl_err(-ENOKEY, "%s", why ? why : "a key is needed");
+		kl_free(why);
+		cli_open_release(co);
+		return cli_fail(rc);
+	}
+	kl_free(why);
+	if (json) {
+		kl_json_begin(&j, stdout);
+		kl_json_obj_open(&j, NULL);
+		print_json(&j, &in);
+		kl_json_bool(&j, "locked", true);
+		kl_json_obj_close(&j);
+		kl_json_end(&j);
+	} else {
+		cli_warn("%s is encrypted and no key was given: its header only, unverified", path);
+		print_human(&in, 0);
+	}
+	blk_info_release(&in);
+	cli_open_release(co);
+	return 0;
+}
+
 int cmd_info(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -191,6 +233,8 @@ int cmd_info(int argc, char **argv)
 	if (optind != argc - 1)
 		return cli_usage("info", "expected one image");
 	rc = cli_open_image(&co, argv[optind], 0, &d);
+	if (rc == -ENOKEY && !co.key_file && !co.key_env)
+		return info_nokey(&co, argv[optind], json);
 	if (rc < 0 && rc != -ENOKEY && !(co.flags & BLK_OPEN_NO_PARENT)) {
 		/*
 		 * A broken chain (missing or wrong parent) must not hide the

@@ -988,6 +988,52 @@ int blk_info(struct blk_dev *d, struct blk_info *out)
 	return 0;
 }
 
+int blk_info_nokey(const char *path, const char *format, struct blk_info *out)
+{
+	const struct blk_driver *drv = format ? blk_driver_find(format) : NULL;
+	struct blk_dev *d;
+	struct stat st;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (format && !drv)
+		return kl_err(-EINVAL, "unknown format '%s'", format);
+	if (!drv)
+		KL_TRY(blk_probe_file(path, &drv));
+	if (!drv->info_nokey)
+		return kl_err(-ENOKEY, "%s: format %s shows nothing without its key", path, drv->name);
+	d = kl_calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->drv = drv;
+	d->read_only = true;
+	d->write_align = 1;
+	d->filename = kl_strdup(path);
+	out->format = drv->name;
+	out->filename = kl_strdup(path);
+	if (drv->instance_size)
+		d->priv = kl_calloc(1, drv->instance_size);
+	if (!d->filename || !out->filename || (drv->instance_size && !d->priv)) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = kl_io_open(path, KL_O_RDONLY, &d->file);
+	if (rc < 0)
+		goto out;
+	if (fstat(kl_io_fd(d->file), &st) == 0) {
+		out->file_size = (uint64_t)st.st_size;
+		out->allocated = (uint64_t)st.st_blocks * 512;
+	}
+	rc = drv->info_nokey(d, out);
+	if (drv->close)
+		drv->close(d);
+out:
+	if (rc < 0)
+		blk_info_release(out);
+	dev_free(d);
+	return rc;
+}
+
 void blk_snapshot_list_free(struct blk_snapshot_info *list, size_t n)
 {
 	if (!list)

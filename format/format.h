@@ -207,6 +207,12 @@ struct blk_info {
 };
 
 int blk_info(struct blk_dev *d, struct blk_info *out);
+/*
+ * For an encrypted image opened without its key: what its format can show
+ * from the header alone (keel info), unauthenticated. format NULL probes.
+ * -ENOKEY when the format shows nothing without the key.
+ */
+int blk_info_nokey(const char *path, const char *format, struct blk_info *out);
 void blk_info_release(struct blk_info *info);
 int blk_info_add_feature(struct blk_info *info, const char *name);
 int blk_info_add_kv(struct blk_info *info, const char *key, const char *fmt, ...) KL_PRINTF(3, 4);

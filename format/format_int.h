@@ -128,6 +128,12 @@ struct blk_driver {
 
 	/* Fill the format-specific parts; the core fills format, sizes, parent. */
 	int (*info)(struct blk_dev *d, struct blk_info *out);
+	/*
+	 * What an encrypted image shows without its key (keel info): d is bare
+	 * (file open read-only, priv zeroed, open() never called); close() is
+	 * called after it, whatever it returns.
+	 */
+	int (*info_nokey)(struct blk_dev *d, struct blk_info *out);
 
 	int (*check)(struct blk_dev *d, struct blk_check_report *r, unsigned flags);
 	int (*identity)(struct blk_dev *d, struct blk_identity *id);

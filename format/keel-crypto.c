@@ -314,32 +314,56 @@ int kf_crypto_create(struct kf_state *s, const uint8_t *pass, size_t plen)
 	return derive_subkeys(s);
 }
 
+/* Read, check (plain CRC) and parse the key-slot table the header points at. */
+static int crypto_read(struct blk_dev *d, uint8_t *blob, struct kf_keyslot *slots, unsigned *n)
+{
+	struct kf_state *s = d->priv;
+	int rc;
+
+	if (s->crypto_hdr.addr % KF_BLOCK || s->crypto_hdr.addr < 2 * KF_BLOCK ||
+	    s->crypto_hdr.aux != KF_CRYPTO_LEN ||
+	    !kl_range_ok(s->crypto_hdr.addr / KF_BLOCK, 1, s->nblocks_committed))
+		return kl_err(-EUCLEAN, "%s: key-slot table location out of range", d->filename);
+	KL_TRY(kl_io_pread_full(d->file, s->crypto_hdr.addr, blob, KF_CRYPTO_LEN,
+				"key-slot table"));
+	/* plain CRC: the keys to check anything stronger are inside */
+	if (kl_crc32c(0, blob, KF_CRYPTO_LEN) != s->crypto_hdr.crc)
+		return kl_err(-EBADMSG, "%s: key-slot table at offset %llu fails its checksum",
+			      d->filename, (unsigned long long)s->crypto_hdr.addr);
+	rc = kf_crypto_parse(blob, KF_CRYPTO_LEN, slots, n);
+	return rc < 0 ? kl_err_prefix(rc, "%s", d->filename) : 0;
+}
+
+int kf_crypto_slots_in_use(struct blk_dev *d, unsigned *used)
+{
+	struct kf_keyslot slots[KF_MAX_SLOTS];
+	uint8_t *blob = kl_malloc(KF_CRYPTO_LEN);
+	unsigned n;
+	int rc;
+
+	if (!blob)
+		return -ENOMEM;
+	rc = crypto_read(d, blob, slots, &n);
+	*used = 0;
+	for (unsigned i = 0; rc == 0 && i < n; i++)
+		*used += slots[i].state == 1;
+	kl_free(blob);
+	return rc;
+}
+
 int kf_crypto_open(struct blk_dev *d, const uint8_t *pass, size_t plen)
 {
 	struct kf_state *s = d->priv;
 	struct kf_keyslot slots[KF_MAX_SLOTS];
 	unsigned n;
-	int rc;
 
 	if (!pass || plen == 0)
 		return kl_err(-ENOKEY, "%s is encrypted: a key is needed (--key-file FILE or "
 			      "--key-env VAR)", d->filename);
-	if (s->crypto_hdr.addr % KF_BLOCK || s->crypto_hdr.addr < 2 * KF_BLOCK ||
-	    s->crypto_hdr.aux != KF_CRYPTO_LEN ||
-	    !kl_range_ok(s->crypto_hdr.addr / KF_BLOCK, 1, s->nblocks_committed))
-		return kl_err(-EUCLEAN, "%s: key-slot table location out of range", d->filename);
 	s->crypto = kl_calloc(1, sizeof(*s->crypto));
 	if (!s->crypto)
 		return -ENOMEM;
-	KL_TRY(kl_io_pread_full(d->file, s->crypto_hdr.addr, s->crypto->blob, KF_CRYPTO_LEN,
-				"key-slot table"));
-	/* plain CRC: the keys to check anything stronger are inside */
-	if (kl_crc32c(0, s->crypto->blob, KF_CRYPTO_LEN) != s->crypto_hdr.crc)
-		return kl_err(-EBADMSG, "%s: key-slot table at offset %llu fails its checksum",
-			      d->filename, (unsigned long long)s->crypto_hdr.addr);
-	rc = kf_crypto_parse(s->crypto->blob, KF_CRYPTO_LEN, slots, &n);
-	if (rc < 0)
-		return kl_err_prefix(rc, "%s", d->filename);
+	KL_TRY(crypto_read(d, s->crypto->blob, slots, &n));
 	for (unsigned i = 0; i < n; i++) {
 		if (slots[i].state != 1)
 			continue;

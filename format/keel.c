@@ -860,18 +860,18 @@ static int check_parent(struct blk_dev *d)
 		      (unsigned long long)id.generation, (unsigned long long)s->parent_gen);
 }
 
-static int kf_open(struct blk_dev *d, const struct blk_open_opts *o)
+/* Pick the newer valid header slot and parse it (§2); nothing below it is read. */
+static int kf_read_header(struct blk_dev *d)
 {
 	struct kf_state *s = d->priv;
 	struct kf_hdr_slot *slots;
 	uint64_t fsize;
 	int best = -1, rc;
 
-	(void)o;
+	KL_TRY(kl_io_size(d->file, &fsize));
 	slots = kl_calloc(2, sizeof(*slots));
 	if (!slots)
 		return -ENOMEM;
-	KL_TRY(kl_io_size(d->file, &fsize));
 	for (int i = 0; i < 2; i++) {
 		ssize_t n = kl_io_pread(d->file, (uint64_t)i * KF_BLOCK, slots[i].raw, KF_BLOCK);
 
@@ -893,14 +893,24 @@ static int kf_open(struct blk_dev *d, const struct blk_open_opts *o)
 	s->slot = best;
 	kl_free(slots);
 	if (rc < 0)
-		goto err;
-	if (s->nblocks_committed > KL_DIV_ROUND_UP(fsize, KF_BLOCK)) {
-		rc = kl_err(-EUCLEAN, "%s: header covers %llu blocks but the file has %llu "
-			    "(truncated?)", d->filename, (unsigned long long)s->nblocks_committed,
-			    (unsigned long long)KL_DIV_ROUND_UP(fsize, KF_BLOCK));
-		goto err;
-	}
+		return rc;
+	if (s->nblocks_committed > KL_DIV_ROUND_UP(fsize, KF_BLOCK))
+		return kl_err(-EUCLEAN, "%s: header covers %llu blocks but the file has %llu "
+			      "(truncated?)", d->filename, (unsigned long long)s->nblocks_committed,
+			      (unsigned long long)KL_DIV_ROUND_UP(fsize, KF_BLOCK));
 	s->nblocks = s->nblocks_committed;
+	return 0;
+}
+
+static int kf_open(struct blk_dev *d, const struct blk_open_opts *o)
+{
+	struct kf_state *s = d->priv;
+	int rc;
+
+	(void)o;
+	rc = kf_read_header(d);
+	if (rc < 0)
+		goto err;
 	if (s->incompat & KF_INCOMPAT_ENCRYPTION) {
 		uint8_t mac[32];
 
@@ -1213,6 +1223,52 @@ static int kf_info(struct blk_dev *d, struct blk_info *out)
 	return 0;
 }
 
+/*
+ * keel info on an encrypted image without its key: the header as read
+ * (its MAC needs the key, so nothing here is authenticated) and how many
+ * key slots are in use. Snapshots, allocation and stored bytes live in
+ * metadata only the key can authenticate: not shown.
+ */
+static int kf_info_nokey(struct blk_dev *d, struct blk_info *out)
+{
+	struct kf_state *s = d->priv;
+	unsigned used = 0;
+	int rc;
+
+	KL_TRY(kf_read_header(d));
+	if (!(s->incompat & KF_INCOMPAT_ENCRYPTION))
+		return kl_err(-EINVAL, "%s is not encrypted: open it normally", d->filename);
+	rc = kf_crypto_slots_in_use(d, &used);
+	if (rc < 0)
+		return rc;
+	out->virtual_size = s->vsize;
+	out->cluster_size = s->cluster_size;
+	out->subformat = kl_asprintf("v%d", KF_VERSION);
+	out->compression = kl_strdup(comp_name(s->comp));
+	if (!out->subformat || !out->compression)
+		return -ENOMEM;
+	memcpy(out->uuid, s->uuid, 16);
+	out->has_uuid = true;
+	if (s->parent) {
+		out->parent = kl_strdup(s->parent);
+		if (!out->parent)
+			return -ENOMEM;
+		if (s->parent_fmt && !(out->parent_format = kl_strdup(s->parent_fmt)))
+			return -ENOMEM;
+	}
+	KL_TRY(blk_info_add_kv(out, "encryption", "aes-256-gcm, locked (no key given)"));
+	KL_TRY(blk_info_add_kv(out, "key slots in use", "%u", used));
+	KL_TRY(blk_info_add_kv(out, "authenticated", "no: the header needs the key to verify"));
+	KL_TRY(blk_info_add_kv(out, "generation", "%llu", (unsigned long long)s->generation));
+	KL_TRY(blk_info_add_kv(out, "file blocks", "%llu", (unsigned long long)s->nblocks_committed));
+	if (s->compat & KF_COMPAT_DEDUP)
+		KL_TRY(blk_info_add_feature(out, "dedup"));
+	KL_TRY(blk_info_add_feature(out, "encryption"));
+	KL_TRY(blk_info_add_feature(out, "checksums"));
+	KL_TRY(blk_info_add_feature(out, "cow-metadata"));
+	return 0;
+}
+
 static int kf_identity(struct blk_dev *d, struct blk_identity *id)
 {
 	struct kf_state *s = d->priv;
@@ -1435,6 +1491,7 @@ const struct blk_driver blk_keel_driver = {
 	.flush = kf_flush,
 	.close = kf_close,
 	.info = kf_info,
+	.info_nokey = kf_info_nokey,
 	.check = kf_check,
 	.identity = kf_identity,
 	.snapshot_list = kf_snapshot_list,

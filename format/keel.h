@@ -301,6 +301,8 @@ int kf_unseal(struct kf_state *s, uint64_t addr, const uint8_t *in, size_t len, 
 int kf_crypto_parse(const uint8_t *b, size_t len, struct kf_keyslot *slots, unsigned *nslots);
 int kf_crypto_create(struct kf_state *s, const uint8_t *pass, size_t plen);
 int kf_crypto_open(struct blk_dev *d, const uint8_t *pass, size_t plen);
+/* Key slots in use, from the table alone (no key needed): keel info without a key. */
+int kf_crypto_slots_in_use(struct blk_dev *d, unsigned *used);
 int kf_crypto_commit(struct blk_dev *d);
 void kf_crypto_free(struct kf_state *s);
 void kf_crypto_blob_copy(const struct kf_state *s, uint8_t *out);

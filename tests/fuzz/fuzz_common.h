@@ -58,6 +58,13 @@ static inline int fuzz_image_key(const uint8_t *data, size_t size, const char *f
 		}
 		blk_close(d);
 	}
+	if (key) {
+		/* and what keel info shows of it without the key */
+		struct blk_info info;
+
+		if (blk_info_nokey(path, fmt, &info) == 0)
+			blk_info_release(&info);
+	}
 	close(fd);
 	kl_err_clear();
 	return 0;

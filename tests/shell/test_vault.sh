@@ -36,7 +36,15 @@ t "backup killed at each I/O point: old vault or new snapshot, never a mix" test
 
 # encryption
 t "encrypted vault from env key" keel -q backup -o encrypt=on --key-env KEEL_PASS --name one disk.raw e.keel
-expect_err "no key" "a key is needed" keel info e.keel
+# no key: info shows the header (unverified) and data stays out of reach
+t "info without a key shows the header" sh -c "'$KEEL' info e.keel 2>info.err | grep -q '^encryption: aes-256-gcm, locked' && grep -q 'no key was given' info.err"
+t "info json without a key: locked, size, one key slot" sh -c "'$KEEL' info --output json e.keel | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"locked\"] and d[\"virtual_size\"]==$(stat -c %s disk.raw) and d[\"details\"][\"key slots in use\"]==\"1\" and d[\"snapshots\"]==[]'"
+expect_err "no key: a snapshot needs it" "a key is needed" keel info e.keel@one
+expect_err "no key: reading needs it" "a key is needed" keel compare disk.raw e.keel
+cp e.keel e.bad
+kcry=$(python3 -c 'import sys; b=open("e.bad","rb").read(); print(next(o for o in range(0, len(b), 4096) if b[o:o+4]==b"KCRY"))')
+printf '\x07' | dd of=e.bad bs=1 seek=$((kcry + 100)) conv=notrunc 2>/dev/null
+expect_err "no key, damaged key-slot table: a clear error" "key-slot table at offset $kcry fails its checksum" keel info e.bad
 expect_err "wrong key" "wrong passphrase" sh -c "KEEL_PASS=nope '$KEEL' info --key-env KEEL_PASS e.keel"
 t "right key reads" keel compare --key-file pass disk.raw e.keel@one
 t "no plaintext run in the encrypted vault" python3 - disk.raw e.keel <<'PY'
