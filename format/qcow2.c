@@ -967,6 +967,163 @@ static int qcow2_info(struct blk_dev *d, struct blk_info *out)
 	return qcow2_snapshot_list(d, &out->snaps, &out->nsnaps);
 }
 
+/* ------------------------------------------------------------------ rebase */
+
+#define QCOW2_COMMIT_SECTOR 512u
+
+/*
+ * keel rebase: point the image at another backing file, or at none.
+ *
+ * qemu rewrites the whole header cluster in one write, which a power cut
+ * can tear. Here the change commits with one 512-byte write of the
+ * header's first sector, which cannot tear (the unit every disk writes
+ * whole): the new name first goes, and is synced, into bytes of the header
+ * cluster that the current header does not use (after the extensions'
+ * end marker, clear of the current name), and everything else that
+ * changes (backing file offset and length, the backing format extension)
+ * lies in that first sector. A header whose layout would need more (a
+ * backing format extension outside the first sector or of another padded
+ * length, no room left in the cluster) is refused, naming why.
+ */
+static int qcow2_set_parent(struct blk_dev *d, const char *ref, const char *fmt)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	const uint32_t cs = s->cluster_size, sec = QCOW2_COMMIT_SECTOR;
+	uint32_t old_off, old_len, ext_end, pos, fmt_pos = 0, fmt_len = 0, end_pos = 0;
+	uint32_t nlen = ref ? (uint32_t)strlen(ref) : 0, name_off = 0;
+	size_t flen = fmt ? strlen(fmt) : 0;
+	bool have_end = false, fmt_written = false;
+	char *nref = NULL, *nfmt = NULL;
+	uint8_t *c0;
+	int rc;
+
+	if (s->cur_snap >= 0)
+		return kl_err(-EROFS, "%s: a snapshot is never writable", d->filename);
+	if (s->broken)
+		return kl_err(-EUCLEAN, "%s: corrupt metadata was found earlier; run 'keel check %s'",
+			      d->filename, d->filename);
+	if (ref && (nlen == 0 || nlen > QCOW2_MAX_BACKING_NAME))
+		return kl_err(-EINVAL, "qcow2: backing file name must be 1..%u bytes",
+			      QCOW2_MAX_BACKING_NAME);
+	if (fmt && (flen == 0 || flen > 63))
+		return kl_err(-EINVAL, "qcow2: backing format name must be 1..63 bytes");
+	if (s->header_length + 8 > sec)
+		return kl_err(-ENOTSUP, "%s: header of %u bytes leaves no room to change the backing "
+			      "file in its first sector", d->filename, s->header_length);
+	KL_TRY(qcow2_flush(d));
+	if (s->file_size < cs)
+		return kl_err(-EUCLEAN, "%s: file shorter than its header cluster", d->filename);
+	c0 = kl_malloc(cs);
+	if (!c0)
+		return -ENOMEM;
+	rc = kl_io_pread_full(d->file, 0, c0, cs, "qcow2 header cluster");
+	if (rc < 0)
+		goto out;
+	old_off = (uint32_t)KL_MIN(get_be64(c0 + 8), (uint64_t)cs);
+	old_len = old_off ? get_be32(c0 + 16) : 0;
+	ext_end = old_off ? old_off : cs;
+	/* the open validated all of this; find the format extension and the end marker */
+	for (pos = s->header_length; ext_end >= 8 && pos <= ext_end - 8;) {
+		uint32_t type = get_be32(c0 + pos), len = get_be32(c0 + pos + 4);
+
+		if (type == QCOW2_EXT_END) {
+			have_end = true;
+			end_pos = pos;
+			break;
+		}
+		if (len > ext_end - pos - 8)
+			break;
+		if (type == QCOW2_EXT_BACKING_FORMAT) {
+			fmt_pos = pos;
+			fmt_len = len;
+		}
+		pos += 8 + (uint32_t)KL_ALIGN_UP(len, 8);
+	}
+	if (!have_end) {
+		rc = kl_err(-ENOTSUP, "%s: header extensions have no end marker before the backing "
+			    "file name; nowhere to put a new one", d->filename);
+		goto out;
+	}
+	if (ref && fmt && fmt_pos) {
+		/* rewrite it in place: same padded size, inside the commit sector */
+		if (KL_ALIGN_UP(flen, 8) != KL_ALIGN_UP(fmt_len, 8) ||
+		    fmt_pos + 8 + KL_ALIGN_UP(flen, 8) > sec) {
+			rc = kl_err(-ENOTSUP, "%s: the backing format extension at offset %u cannot "
+				    "take '%s' in place", d->filename, fmt_pos, fmt);
+			goto out;
+		}
+		put_be32(c0 + fmt_pos + 4, (uint32_t)flen);
+		memset(c0 + fmt_pos + 8, 0, KL_ALIGN_UP(flen, 8));
+		memcpy(c0 + fmt_pos + 8, fmt, flen);
+		fmt_written = true;
+	} else if (ref && fmt) {
+		/* none yet: it takes the end marker's place when all of it fits the sector */
+		uint32_t need = 8 + (uint32_t)KL_ALIGN_UP(flen, 8) + 8;
+
+		if (end_pos + need <= sec && (!old_off || end_pos + need <= old_off)) {
+			put_be32(c0 + end_pos, QCOW2_EXT_BACKING_FORMAT);
+			put_be32(c0 + end_pos + 4, (uint32_t)flen);
+			memset(c0 + end_pos + 8, 0, need - 8);
+			memcpy(c0 + end_pos + 8, fmt, flen);
+			end_pos += need - 8;
+			fmt_written = true;
+		}
+		/* else: no extension; the parent's format is probed when opened */
+	}
+	if (ref) {
+		uint32_t c1 = (uint32_t)KL_ALIGN_UP(end_pos + 8, 8);
+		uint32_t c2 = (uint32_t)KL_ALIGN_UP((uint64_t)old_off + old_len, 8);
+
+		if (!ranges_overlap(c1, nlen, old_off, old_len) && (uint64_t)c1 + nlen <= cs)
+			name_off = c1;
+		else if (old_off && c2 >= c1 && (uint64_t)c2 + nlen <= cs)
+			name_off = c2;
+		if (!name_off) {
+			rc = kl_err(-ENOSPC, "%s: no room for a %u-byte backing file name in the "
+				    "%u-byte header cluster beside the current one", d->filename, nlen,
+				    cs);
+			goto out;
+		}
+		memcpy(c0 + name_off, ref, nlen);
+		if (name_off + nlen > sec) {
+			uint32_t from = KL_MAX(name_off, sec);
+
+			rc = qcow2_file_write(d, from, c0 + from, name_off + nlen - from);
+			if (rc == 0)
+				rc = kl_io_sync(d->file);
+			if (rc < 0)
+				goto out;
+		}
+	}
+	put_be64(c0 + 8, name_off);
+	put_be32(c0 + 16, nlen);
+	if ((ref && !(nref = kl_strdup(ref))) || (fmt_written && !(nfmt = kl_strdup(fmt)))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = kl_io_event("qcow2.set_parent");
+	if (rc == 0)
+		rc = qcow2_file_write(d, 0, c0, sec);
+	if (rc == 0)
+		rc = kl_io_sync(d->file);
+	if (rc < 0)
+		goto out;
+	s->unsynced = false;
+	kl_free(s->backing_file);
+	s->backing_file = nref;
+	nref = NULL;
+	if (fmt_written || !ref) {
+		kl_free(s->backing_format);
+		s->backing_format = nfmt;
+		nfmt = NULL;
+	}
+out:
+	kl_free(nref);
+	kl_free(nfmt);
+	kl_free(c0);
+	return rc;
+}
+
 const struct blk_driver blk_qcow2_driver = {
 	.name = "qcow2",
 	.ext = "qcow2",
@@ -986,6 +1143,7 @@ const struct blk_driver blk_qcow2_driver = {
 	.info = qcow2_info,
 	.check = qcow2_check,
 	.snapshot_list = qcow2_snapshot_list,
+	.set_parent = qcow2_set_parent,
 	.measure = qcow2_measure,
 	.encode_cluster = qcow2_encode_cluster,
 	.write_encoded = qcow2_write_encoded,
