@@ -23,27 +23,17 @@
 static int scratch_image(const char *fmt, const struct blk_create_opts *o, char **dir,
 			 char **out)
 {
-	char *d = kl_asprintf("%s/keel-measure.XXXXXX", kl_tmpdir(NULL));
+	char *d;
 	int rc;
 
 	*dir = *out = NULL;
-	if (!d)
-		return -ENOMEM;
-	if (!mkdtemp(d)) {
-		rc = kl_err(-errno, "measure: scratch directory %s: %s", d, strerror(errno));
-		kl_free(d);
-		return rc;
-	}
+	rc = kl_scratch_dir(NULL, "keel-measure", &d);
+	if (rc < 0)
+		return kl_err_prefix(rc, "measure");
 	*out = kl_asprintf("%s/probe", d);
-	if (!*out) {
-		rmdir(d);
-		kl_free(d);
-		return -ENOMEM;
-	}
-	rc = blk_create(*out, fmt, o);
+	rc = *out ? blk_create(*out, fmt, o) : -ENOMEM;
 	if (rc < 0) {
-		rmdir(d);
-		kl_free(d);
+		kl_scratch_remove(d);
 		kl_free(*out);
 		*out = NULL;
 		return rc;
@@ -54,12 +44,8 @@ static int scratch_image(const char *fmt, const struct blk_create_opts *o, char 
 
 static void scratch_remove(char *dir, char *path)
 {
-	if (path)
-		kl_io_unlink(path);
-	if (dir)
-		rmdir(dir);
 	kl_free(path);
-	kl_free(dir);
+	kl_scratch_remove(dir);
 }
 
 static int generic_estimate(const char *fmt, const struct blk_create_opts *co, struct blk_dev *in,

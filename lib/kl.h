@@ -96,6 +96,13 @@ char *kl_strndup(const char *s, size_t n);
 char *kl_asprintf(const char *fmt, ...) KL_PRINTF(1, 2);
 /* Where scratch files go: prefer when set and not empty, else $TMPDIR, else /tmp. */
 const char *kl_tmpdir(const char *prefer);
+/*
+ * A fresh private directory (mkdtemp, mode 0700) named TAG.XXXXXX in
+ * kl_tmpdir(prefer), its path in *out. kl_scratch_remove deletes the files
+ * in it (one level) and the directory, and frees the name; NULL is a no-op.
+ */
+int kl_scratch_dir(const char *prefer, const char *tag, char **out);
+void kl_scratch_remove(char *dir);
 void kl_free(void *p);
 /* Overwrite a secret before it is freed. */
 void kl_wipe(void *p, size_t n);

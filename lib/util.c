@@ -5,10 +5,13 @@
 #include "kl.h"
 
 #include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uuid/uuid.h>
 
 bool kl_is_zero(const void *buf, size_t n)
@@ -361,4 +364,47 @@ const char *kl_tmpdir(const char *prefer)
 	if (prefer && *prefer)
 		return prefer;
 	return t && *t ? t : "/tmp";
+}
+
+int kl_scratch_dir(const char *prefer, const char *tag, char **out)
+{
+	char *d = kl_asprintf("%s/%s.XXXXXX", kl_tmpdir(prefer), tag);
+	int rc;
+
+	*out = NULL;
+	if (!d)
+		return -ENOMEM;
+	if (!mkdtemp(d)) {
+		rc = kl_err(-errno, "cannot make a scratch directory %s: %s", d, strerror(errno));
+		kl_free(d);
+		return rc;
+	}
+	*out = d;
+	return 0;
+}
+
+void kl_scratch_remove(char *dir)
+{
+	DIR *dh;
+	struct dirent *e;
+
+	if (!dir)
+		return;
+	/* one level of files: the directory was made private for our own */
+	dh = opendir(dir);
+	if (dh) {
+		while ((e = readdir(dh)) != NULL) {
+			char *p;
+
+			if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+				continue;
+			p = kl_asprintf("%s/%s", dir, e->d_name);
+			if (p)
+				unlink(p);
+			kl_free(p);
+		}
+		closedir(dh);
+	}
+	rmdir(dir);
+	kl_free(dir);
 }

@@ -12,35 +12,14 @@
 #define _GNU_SOURCE
 #include "snapshot/snapshot.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 void snap_replica_release(struct snap_replica *rp)
 {
-	DIR *dir;
-	struct dirent *e;
-
-	if (rp->dir) {
-		/* only files the fetch made, one level: nothing else can be in there */
-		dir = opendir(rp->dir);
-		if (dir) {
-			while ((e = readdir(dir)) != NULL) {
-				char *p;
-
-				if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-					continue;
-				p = kl_asprintf("%s/%s", rp->dir, e->d_name);
-				if (p)
-					unlink(p);
-				kl_free(p);
-			}
-			closedir(dir);
-		}
-		rmdir(rp->dir);
-	}
-	kl_free(rp->dir);
+	/* only files the fetch made, one level: nothing else can be in there */
+	kl_scratch_remove(rp->dir);
 	kl_free(rp->image);
 	memset(rp, 0, sizeof(*rp));
 }
@@ -62,16 +41,7 @@ int snap_replica_fetch(const char *url, const struct repl_tls_opts *tls, const u
 	snprintf(rp->target, sizeof(rp->target), "keel://%s:%s/%s", u.host, u.port, u.name);
 	repl_url_release(&u);
 
-	rp->dir = kl_asprintf("%s/.keel-fetch.XXXXXX", kl_tmpdir(near));
-	if (!rp->dir)
-		return -ENOMEM;
-	if (!mkdtemp(rp->dir)) {
-		rc = kl_err(-errno, "%s: cannot make a temporary directory: %s", rp->dir,
-			    strerror(errno));
-		kl_free(rp->dir);
-		rp->dir = NULL;
-		return rc;
-	}
+	KL_TRY(kl_scratch_dir(near, ".keel-fetch", &rp->dir));
 	rp->image = kl_asprintf("%s/replica.keel", rp->dir);
 	if (!rp->image) {
 		snap_replica_release(rp);
