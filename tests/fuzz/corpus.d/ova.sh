@@ -4,9 +4,10 @@
 # their descriptors and manifests, each behind the selector byte the target
 # reads first (0 = package, 200 = descriptor, 228 = manifest).
 set -eu
-out=$1/ova
-w=$2/ova
-mkdir -p "$out" "$w"
+mkdir -p "$1/ova" "$2/ova"
+# absolute: the seeds are written after the cd below
+out=$(cd "$1/ova" && pwd)
+w=$(cd "$2/ova" && pwd)
 cd "$w"
 head -c 65536 /dev/urandom >d1.img
 dd if=/dev/zero of=d1.img bs=4096 seek=4 count=4 conv=notrunc status=none
