@@ -962,15 +962,12 @@ int blk_info_add_kv(struct blk_info *info, const char *key, const char *fmt, ...
 	return 0;
 }
 
-int blk_info(struct blk_dev *d, struct blk_info *out)
+/* What every format's info starts with: names and the file's own sizes. */
+static int info_base(struct blk_dev *d, struct blk_info *out)
 {
 	struct stat st;
-	int rc;
 
-	memset(out, 0, sizeof(*out));
 	out->format = d->drv->name;
-	out->virtual_size = d->size;
-	out->cluster_size = d->cluster_size;
 	out->filename = kl_strdup(d->filename);
 	if (!out->filename)
 		return -ENOMEM;
@@ -978,6 +975,17 @@ int blk_info(struct blk_dev *d, struct blk_info *out)
 		out->file_size = (uint64_t)st.st_size;
 		out->allocated = (uint64_t)st.st_blocks * 512;
 	}
+	return 0;
+}
+
+int blk_info(struct blk_dev *d, struct blk_info *out)
+{
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	out->virtual_size = d->size;
+	out->cluster_size = d->cluster_size;
+	KL_TRY(info_base(d, out));
 	if (d->drv->info) {
 		rc = d->drv->info(d, out);
 		if (rc < 0) {
@@ -992,7 +1000,6 @@ int blk_info_nokey(const char *path, const char *format, struct blk_info *out)
 {
 	const struct blk_driver *drv = format ? blk_driver_find(format) : NULL;
 	struct blk_dev *d;
-	struct stat st;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -1009,21 +1016,17 @@ int blk_info_nokey(const char *path, const char *format, struct blk_info *out)
 	d->read_only = true;
 	d->write_align = 1;
 	d->filename = kl_strdup(path);
-	out->format = drv->name;
-	out->filename = kl_strdup(path);
 	if (drv->instance_size)
 		d->priv = kl_calloc(1, drv->instance_size);
-	if (!d->filename || !out->filename || (drv->instance_size && !d->priv)) {
+	if (!d->filename || (drv->instance_size && !d->priv)) {
 		rc = -ENOMEM;
 		goto out;
 	}
 	rc = kl_io_open(path, KL_O_RDONLY, &d->file);
+	if (rc == 0)
+		rc = info_base(d, out);
 	if (rc < 0)
 		goto out;
-	if (fstat(kl_io_fd(d->file), &st) == 0) {
-		out->file_size = (uint64_t)st.st_size;
-		out->allocated = (uint64_t)st.st_blocks * 512;
-	}
 	rc = drv->info_nokey(d, out);
 	if (drv->close)
 		drv->close(d);

@@ -1156,13 +1156,9 @@ out:
 
 /* ------------------------------------------------------------------ info & chains */
 
-static int kf_info(struct blk_dev *d, struct blk_info *out)
+/* What the header alone says: version, compression, UUID, parent (§2). */
+static int info_header(const struct kf_state *s, struct blk_info *out)
 {
-	struct kf_state *s = d->priv;
-	uint64_t refs = 0, cur = 0, blobs = 0, stored = 0, compressed = 0;
-	struct kf_ref *v = NULL;
-	size_t n = 0;
-
 	out->subformat = kl_asprintf("v%d", KF_VERSION);
 	out->compression = kl_strdup(comp_name(s->comp));
 	if (!out->subformat || !out->compression)
@@ -1176,6 +1172,27 @@ static int kf_info(struct blk_dev *d, struct blk_info *out)
 		if (s->parent_fmt && !(out->parent_format = kl_strdup(s->parent_fmt)))
 			return -ENOMEM;
 	}
+	return 0;
+}
+
+static int info_features(const struct kf_state *s, struct blk_info *out)
+{
+	if (s->compat & KF_COMPAT_DEDUP)
+		KL_TRY(blk_info_add_feature(out, "dedup"));
+	if (s->incompat & KF_INCOMPAT_ENCRYPTION)
+		KL_TRY(blk_info_add_feature(out, "encryption"));
+	KL_TRY(blk_info_add_feature(out, "checksums"));
+	return blk_info_add_feature(out, "cow-metadata");
+}
+
+static int kf_info(struct blk_dev *d, struct blk_info *out)
+{
+	struct kf_state *s = d->priv;
+	uint64_t refs = 0, cur = 0, blobs = 0, stored = 0, compressed = 0;
+	struct kf_ref *v = NULL;
+	size_t n = 0;
+
+	KL_TRY(info_header(s, out));
 	KL_TRY(kf_snapshot_list(d, &out->snaps, &out->nsnaps));
 	if (!d->read_only)
 		KL_TRY(kf_commit(d));
@@ -1214,13 +1231,7 @@ static int kf_info(struct blk_dev *d, struct blk_info *out)
 		KL_TRY(blk_info_add_kv(out, "parent generation", "%llu",
 				       (unsigned long long)s->parent_gen));
 	}
-	if (s->compat & KF_COMPAT_DEDUP)
-		KL_TRY(blk_info_add_feature(out, "dedup"));
-	if (s->incompat & KF_INCOMPAT_ENCRYPTION)
-		KL_TRY(blk_info_add_feature(out, "encryption"));
-	KL_TRY(blk_info_add_feature(out, "checksums"));
-	KL_TRY(blk_info_add_feature(out, "cow-metadata"));
-	return 0;
+	return info_features(s, out);
 }
 
 /*
@@ -1243,30 +1254,13 @@ static int kf_info_nokey(struct blk_dev *d, struct blk_info *out)
 		return rc;
 	out->virtual_size = s->vsize;
 	out->cluster_size = s->cluster_size;
-	out->subformat = kl_asprintf("v%d", KF_VERSION);
-	out->compression = kl_strdup(comp_name(s->comp));
-	if (!out->subformat || !out->compression)
-		return -ENOMEM;
-	memcpy(out->uuid, s->uuid, 16);
-	out->has_uuid = true;
-	if (s->parent) {
-		out->parent = kl_strdup(s->parent);
-		if (!out->parent)
-			return -ENOMEM;
-		if (s->parent_fmt && !(out->parent_format = kl_strdup(s->parent_fmt)))
-			return -ENOMEM;
-	}
+	KL_TRY(info_header(s, out));
 	KL_TRY(blk_info_add_kv(out, "encryption", "aes-256-gcm, locked (no key given)"));
 	KL_TRY(blk_info_add_kv(out, "key slots in use", "%u", used));
 	KL_TRY(blk_info_add_kv(out, "authenticated", "no: the header needs the key to verify"));
 	KL_TRY(blk_info_add_kv(out, "generation", "%llu", (unsigned long long)s->generation));
 	KL_TRY(blk_info_add_kv(out, "file blocks", "%llu", (unsigned long long)s->nblocks_committed));
-	if (s->compat & KF_COMPAT_DEDUP)
-		KL_TRY(blk_info_add_feature(out, "dedup"));
-	KL_TRY(blk_info_add_feature(out, "encryption"));
-	KL_TRY(blk_info_add_feature(out, "checksums"));
-	KL_TRY(blk_info_add_feature(out, "cow-metadata"));
-	return 0;
+	return info_features(s, out);
 }
 
 static int kf_identity(struct blk_dev *d, struct blk_identity *id)
