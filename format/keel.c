@@ -1247,8 +1247,9 @@ static int kf_info_nokey(struct blk_dev *d, struct blk_info *out)
 	int rc;
 
 	KL_TRY(kf_read_header(d));
+	/* not encrypted itself: the key was wanted further down its chain */
 	if (!(s->incompat & KF_INCOMPAT_ENCRYPTION))
-		return kl_err(-EINVAL, "%s is not encrypted: open it normally", d->filename);
+		return kl_err(-ENOKEY, "%s is not encrypted", d->filename);
 	rc = kf_crypto_slots_in_use(d, &used);
 	if (rc < 0)
 		return rc;

@@ -41,6 +41,9 @@ t "info without a key shows the header" sh -c "'$KEEL' info e.keel 2>info.err | 
 t "info json without a key: locked, size, one key slot" sh -c "'$KEEL' info --output json e.keel | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"locked\"] and d[\"virtual_size\"]==$(stat -c %s disk.raw) and d[\"details\"][\"key slots in use\"]==\"1\" and d[\"snapshots\"]==[]'"
 expect_err "no key: a snapshot needs it" "a key is needed" keel info e.keel@one
 expect_err "no key: reading needs it" "a key is needed" keel compare disk.raw e.keel
+keel -q create -f keel -b e.keel -F keel --key-file pass plainchild.keel >/dev/null
+expect_err "no key: a plain child of an encrypted parent names the parent's need" \
+	"e.keel is encrypted: a key is needed" keel info plainchild.keel
 cp e.keel e.bad
 kcry=$(python3 -c 'import sys; b=open("e.bad","rb").read(); print(next(o for o in range(0, len(b), 4096) if b[o:o+4]==b"KCRY"))')
 printf '\x07' | dd of=e.bad bs=1 seek=$((kcry + 100)) conv=notrunc 2>/dev/null
