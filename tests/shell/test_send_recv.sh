@@ -64,7 +64,9 @@ PY
 keel -q convert -O keel -o encrypt=on,cluster_size=64K --key-file pass src.raw enc.keel
 keel -q snapshot create --key-file pass enc.keel e1
 t "encrypted source" sh -c "'$KEEL' send --key-file pass enc.keel@e1 | '$KEEL' -q recv --key-file pass encdst.keel"
-expect_err "its replica is encrypted" "key" keel info encdst.keel
+t "its replica is encrypted (locked without the key)" sh -c \
+	"'$KEEL' info --output json encdst.keel | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d[\"locked\"] and \"encryption\" in d[\"features\"]'"
+expect_err "its replica needs the key to read" "a key is needed" keel compare src.raw encdst.keel
 t "and equal with the key" keel compare --key-file pass src.raw encdst.keel
 
 # ---- interrupted receive, resume token
