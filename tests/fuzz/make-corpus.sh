@@ -9,5 +9,6 @@ w=$(mktemp -d)
 trap 'rm -rf "$w"' EXIT
 for f in tests/fuzz/corpus.d/*.sh; do
 	[ -e "$f" ] || continue
-	bash "$f" "$out" "$w" || echo "warning: $f failed" >&2
+	# a failed seed script would leave its target fuzzing from nothing, unseen
+	bash "$f" "$out" "$w" || { echo "error: $f failed" >&2; exit 1; }
 done
