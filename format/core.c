@@ -292,10 +292,7 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 		goto err;
 	}
 	if (!file) {
-		unsigned kf = !rw ? KL_O_RDONLY
-				  : KL_O_RDWR | ((o->flags & BLK_OPEN_DIRECT) ? KL_O_DIRECT : 0);
-
-		rc = kl_io_open(path, kf, &d->file);
+		rc = kl_io_open(path, blk_file_kl_flags(rw, o->flags), &d->file);
 		if (rc < 0)
 			goto err;
 	}

@@ -249,6 +249,14 @@ int blk_open_aux(struct blk_dev *d, const char *name, unsigned kl_flags, struct 
 /* Read what lies beneath d at [off, off+len): the parent's data, or zeros. */
 int blk_read_below(struct blk_dev *d, uint64_t off, void *buf, size_t len);
 
+/* kl_io_open flags for a file of an image opened with BLK_OPEN_* flags. */
+static inline unsigned blk_file_kl_flags(bool rw, unsigned blk_flags)
+{
+	if (!rw)
+		return KL_O_RDONLY;
+	return KL_O_RDWR | ((blk_flags & BLK_OPEN_DIRECT) ? KL_O_DIRECT : 0);
+}
+
 /* The registry (format/registry.c), NULL-terminated, in probing order. */
 extern const struct blk_driver *const blk_drivers[];
 

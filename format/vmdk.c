@@ -237,10 +237,7 @@ static int open_desc_extents(struct blk_dev *d)
 			return kl_err_prefix(rc, "%s: extent '%s' (descriptor line %u)", d->filename,
 					     de->file, de->line);
 		x->name = path;
-		rc = kl_io_open(path,
-				d->read_only ? KL_O_RDONLY
-					     : KL_O_RDWR | ((d->flags & BLK_OPEN_DIRECT) ? KL_O_DIRECT : 0),
-				&x->file);
+		rc = kl_io_open(path, blk_file_kl_flags(!d->read_only, d->flags), &x->file);
 		if (rc < 0)
 			return kl_err_prefix(rc, "%s: extent '%s' (descriptor line %u)", d->filename,
 					     de->file, de->line);
