@@ -172,7 +172,7 @@ static int info_nokey(struct cli_open *co, const char *path, bool json)
 	rc = blk_info_nokey(path, co->format, &in);
 	if (rc < 0) {
 		/* damage found on the way is the news; otherwise the key is */
-		if (rc == -ENOKEY || rc == -ENOMEM || rc == -ENOENT) /* ENOENT: FILE@SNAP */
+		if (rc == -ENOKEY || rc == -ENOENT) /* ENOENT: FILE@SNAP */
 			rc = kl_err(-ENOKEY, "%s", why ? why : "a key is needed");
 		kl_free(why);
 		cli_open_release(co);
