@@ -52,12 +52,22 @@ const char cmd_convert_usage[] =
 	"                its number (1, 2, ...), disk id or file name; same as SRC@N\n"
 	"  -j N          threads that read, compress and hash (default: number of\n"
 	"                CPUs); -j 1 runs everything on one thread\n"
-	"  -t CACHE      how DST is written: direct (default) sends data runs of\n"
-	"                128 KiB or more straight to the device (O_DIRECT), with no\n"
-	"                copy into the page cache and little left for the final\n"
-	"                fsync; writeback writes everything through the page cache.\n"
-	"                Filesystems that refuse O_DIRECT (tmpfs) get writeback.\n"
-	"                Either way DST is fsynced before it is renamed into place\n"
+	"  -t CACHE      how DST is written:\n"
+	"                  direct (default; 'none' is accepted, as in qemu-img)\n"
+	"                    data runs of 128 KiB or more go straight to the device\n"
+	"                    (O_DIRECT): no copy into the page cache and little\n"
+	"                    left for the final fsync. Filesystems that refuse\n"
+	"                    O_DIRECT (tmpfs) get writeback.\n"
+	"                  writeback  everything through the page cache.\n"
+	"                  Both fsync DST (and its directory) around the rename,\n"
+	"                  so a finished conversion survives a power cut.\n"
+	"                  unsafe  page cache, and DST's data is never fsynced,\n"
+	"                    like qemu-img's default: the command returns once the\n"
+	"                    bytes are in\n"
+	"                    memory, and a power cut in the next seconds can leave\n"
+	"                    DST empty or partly written under its final name. For\n"
+	"                    scratch copies, and outputs that are synced or checked\n"
+	"                    later. An interrupted run still leaves no DST.\n"
 	"  --verify      re-read DST and compare its content digest with SRC's;\n"
 	"                exit 3 when they differ (DST is then not created)\n"
 	"  -p            progress bar even when stderr is not a terminal\n"
@@ -122,12 +132,18 @@ int cmd_convert(int argc, char **argv)
 			o.threads = (int)n;
 			break;
 		case 't':
-			if (strcmp(optarg, "direct") && strcmp(optarg, "writeback")) {
+			if (!strcmp(optarg, "direct") || !strcmp(optarg, "none")) {
+				o.cache = CONV_CACHE_DIRECT;
+			} else if (!strcmp(optarg, "writeback")) {
+				o.cache = CONV_CACHE_WRITEBACK;
+			} else if (!strcmp(optarg, "unsafe")) {
+				o.cache = CONV_CACHE_UNSAFE;
+			} else {
 				kl_opts_free(opts);
-				return cli_usage("convert", "-t takes direct or writeback, not '%s'",
+				return cli_usage("convert",
+						 "-t takes direct, writeback or unsafe, not '%s'",
 						 optarg);
 			}
-			o.buffered = !strcmp(optarg, "writeback");
 			break;
 		case 'p':
 			o.progress = true;
@@ -208,13 +224,15 @@ int cmd_convert(int argc, char **argv)
 		kl_json_double(&j, "throughput_mb_s",
 			       st.seconds > 0 ? (double)st.virtual_size / st.seconds / 1e6 : 0);
 		kl_json_bool(&j, "verified", st.verified);
+		kl_json_bool(&j, "synced", o.cache != CONV_CACHE_UNSAFE);
 		kl_json_obj_close(&j);
 		kl_json_end(&j);
 	} else if (!cli_quiet && rc == 0) {
-		printf("converted %s -> %s: %s read, %s written, %s zero skipped, %.2fs%s\n",
+		printf("converted %s -> %s: %s read, %s written, %s zero skipped, %.2fs%s%s\n",
 		       o.src, o.dst, cli_size(st.bytes_read), cli_size(st.bytes_written),
 		       cli_size(st.zero_skipped + st.zero_detected), st.seconds,
-		       st.verified ? ", verified" : "");
+		       st.verified ? ", verified" : "",
+		       o.cache == CONV_CACHE_UNSAFE ? ", not synced (-t unsafe)" : "");
 	}
 	if (st.verify_failed) {
 		fprintf(stderr, "keel: error: %s\n", kl_errmsg());

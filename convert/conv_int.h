@@ -61,6 +61,16 @@ const struct conv_package *conv_package_find(const char *name);
 
 /* Convert o->src into a new image at path (format o->dst_fmt); removes path on failure. */
 int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st);
+/* The BLK_OPEN_* / KL_O_* flags that carry -t to an output file. */
+static inline unsigned conv_blk_cache_flags(const struct conv_opts *o)
+{
+	return o->cache == CONV_CACHE_DIRECT ? BLK_OPEN_DIRECT :
+	       o->cache == CONV_CACHE_UNSAFE ? BLK_OPEN_UNSAFE : 0;
+}
+static inline unsigned conv_kl_cache_flags(const struct conv_opts *o)
+{
+	return o->cache == CONV_CACHE_UNSAFE ? KL_O_NOSYNC : 0;
+}
 
 /*
  * Expand target profiles (-o azure, -o esxi) found in *opts into driver

@@ -116,7 +116,7 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 {
 	struct blk_open_opts so;
 	struct blk_open_opts dop = { .format = o->dst_fmt,
-				     .flags = BLK_OPEN_RDWR | (o->buffered ? 0 : BLK_OPEN_DIRECT),
+				     .flags = BLK_OPEN_RDWR | conv_blk_cache_flags(o),
 				     .key = o->dst_key, .key_len = o->dst_key_len };
 	struct blk_create_opts co = { 0 };
 	struct conv_pipe_cfg pc = { 0 };
@@ -245,12 +245,14 @@ int conv_verify_file(const struct conv_opts *o, const char *path, const char *fm
 	return 0;
 }
 
-static int commit_temp(const char *tmp, const char *dst, struct conv_stats *st)
+static int commit_temp(const struct conv_opts *o, const char *tmp, struct conv_stats *st)
 {
 	struct stat sst;
+	const char *dst = o->dst;
 
 	KL_TRY(kl_io_rename(tmp, dst));
-	kl_io_sync_dir(dst);
+	if (o->cache != CONV_CACHE_UNSAFE)
+		kl_io_sync_dir(dst);
 	if (stat(dst, &sst) == 0)
 		st->output_size = (uint64_t)sst.st_size;
 	return 0;
@@ -270,7 +272,7 @@ static int conv_one(const struct conv_opts *o, struct conv_stats *st)
 	if (rc == 0 && conv_interrupted())
 		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 	if (rc == 0)
-		rc = commit_temp(tmp, o->dst, st);
+		rc = commit_temp(o, tmp, st);
 	if (rc < 0)
 		kl_io_unlink(tmp);
 	kl_free(tmp);
@@ -464,7 +466,7 @@ static int conv_pkg(const struct conv_package *pkg, const struct conv_opts *o,
 	if (rc == 0 && conv_interrupted())
 		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 	if (rc == 0)
-		rc = commit_temp(tmp, o->dst, st);
+		rc = commit_temp(o, tmp, st);
 	if (rc < 0)
 		kl_io_unlink(tmp);
 	kl_free(tmp);

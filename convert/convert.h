@@ -22,6 +22,13 @@ struct conv_compare_result {
  */
 int conv_compare(struct blk_dev *a, struct blk_dev *b, bool strict, struct conv_compare_result *r);
 
+/* -t: how the output reaches the disk */
+enum conv_cache {
+	CONV_CACHE_DIRECT = 0,	/* data runs O_DIRECT, fsync before the rename (default) */
+	CONV_CACHE_WRITEBACK,	/* everything through the page cache, fsync before the rename */
+	CONV_CACHE_UNSAFE,	/* page cache, never fsynced: fast, lost on a power cut */
+};
+
 struct conv_opts {
 	const char *src;	/* path[@snap] */
 	const char *src_fmt;	/* NULL = probe */
@@ -38,7 +45,7 @@ struct conv_opts {
 	bool verify;		/* --verify: re-read DST and compare digests */
 	bool progress;		/* force the progress bar */
 	bool keep_chain;
-	bool buffered;		/* -t writeback: output through the page cache, no O_DIRECT */
+	enum conv_cache cache;	/* -t */
 	int threads;		/* 0 = number of CPUs */
 	const uint8_t *key;	/* source secret */
 	size_t key_len;

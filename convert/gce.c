@@ -290,7 +290,7 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		map[0].len = vsize;
 		nmap = vsize ? 1 : 0;
 	}
-	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &t.f);
+	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | conv_kl_cache_flags(o), &t.f);
 	if (rc < 0)
 		goto out;
 	snprintf(lv, sizeof(lv), "%u", (unsigned)level);

@@ -624,7 +624,7 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		goto out;
 	}
 
-	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &t.f);
+	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | conv_kl_cache_flags(o), &t.f);
 	if (rc < 0)
 		goto out;
 	a = archive_write_new();

@@ -254,7 +254,8 @@ static inline unsigned blk_file_kl_flags(bool rw, unsigned blk_flags)
 {
 	if (!rw)
 		return KL_O_RDONLY;
-	return KL_O_RDWR | ((blk_flags & BLK_OPEN_DIRECT) ? KL_O_DIRECT : 0);
+	return KL_O_RDWR | ((blk_flags & BLK_OPEN_DIRECT) ? KL_O_DIRECT : 0) |
+	       ((blk_flags & BLK_OPEN_UNSAFE) ? KL_O_NOSYNC : 0);
 }
 
 /* The registry (format/registry.c), NULL-terminated, in probing order. */

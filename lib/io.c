@@ -711,6 +711,8 @@ int kl_io_sync(struct kl_file *f)
 
 	if ((rc = fault_point()) < 0)
 		return kl_err(rc, "%s: fsync: %s (injected)", f->name, strerror(-rc));
+	if (f->flags & KL_O_NOSYNC)
+		return 0;
 	if (fdatasync(f->fd) < 0 && errno != EINVAL && errno != EROFS)
 		return kl_err(-errno, "%s: fsync: %s", f->name, strerror(errno));
 	journal_synced(f);
@@ -719,7 +721,7 @@ int kl_io_sync(struct kl_file *f)
 
 void kl_io_writeback(struct kl_file *f)
 {
-	if (!f->segs && (f->flags & KL_O_RDWR) && !fault_crashed())
+	if (!f->segs && (f->flags & (KL_O_RDWR | KL_O_NOSYNC)) == KL_O_RDWR && !fault_crashed())
 		(void)sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 

@@ -131,6 +131,13 @@ struct kl_file;
  * results and durability rules are the same either way.
  */
 #define KL_O_DIRECT 0x10
+/*
+ * kl_io_sync and kl_io_writeback do nothing (qemu's cache=unsafe): for
+ * outputs the user chose to leave in the page cache. The simulated power
+ * cut of the fault layer then keeps none of the file's writes, as a real
+ * one might.
+ */
+#define KL_O_NOSYNC 0x20
 
 int kl_io_open(const char *path, unsigned flags, struct kl_file **out);
 /* Wrap an already open descriptor (stdin/stdout/socket); takes ownership. */

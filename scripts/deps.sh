@@ -34,6 +34,7 @@ need_cmd sfdisk fdisk
 need_cmd mkfs.ext4 e2fsprogs
 need_cmd mkfs.vfat dosfstools
 need_cmd cppcheck cppcheck
+need_cmd strace strace
 need_file /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a libclang-rt-14-dev
 if [ "${KEEL_DEPS_EXTRA:-1}" != 0 ]; then
 	need_cmd qcowinfo libqcow-utils

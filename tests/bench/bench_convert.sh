@@ -9,8 +9,10 @@
 # -t direct) and, unlike qemu-img convert (whose destination cache mode
 # defaults to "unsafe": nothing is flushed, the output may still be in the
 # page cache when it exits), fsyncs its output before renaming it into
-# place. The column qemu_dur_s is qemu-img with -t none (O_DIRECT, flushed
-# at close): the like-for-like durable comparison, for the uncompressed rows.
+# place. So the uncompressed rows carry two like-for-like comparisons as
+# well: qemu_dur_s is qemu-img -t none (O_DIRECT, flushed at close) against
+# keel's default (r_dur), and keel_uns_s is keel -t unsafe (page cache, no
+# fsync: qemu-img's default) against qemu-img's default (r_uns).
 #
 # Method: each row runs BENCH_RUNS times (default 3; once when qemu-img
 # takes more than 20 s), keel and qemu-img alternating, and prints the
@@ -54,8 +56,8 @@ runs=${BENCH_RUNS:-3}
 
 printf '# source: %s (%s bytes, %s allocated), %s CPUs, %s runs per row (median)\n' "$img" \
 	"$(size_of "$img")" "$(du -B1 "$img" | cut -f1)" "$(nproc)" "$runs"
-printf '%-28s %8s %8s %6s %10s %6s %12s %12s %6s %8s %8s\n' row keel_s qemu_s ratio qemu_dur_s \
-	r_dur keel_bytes qemu_bytes size keel_cpu qemu_cpu
+printf '%-28s %8s %8s %6s %10s %6s %10s %6s %12s %12s %6s %8s %8s\n' row keel_s qemu_s ratio \
+	qemu_dur_s r_dur keel_uns_s r_uns keel_bytes qemu_bytes size keel_cpu qemu_cpu
 # prepared sources for the rows that do not start from raw (not timed)
 qemu-img convert -m 8 -W -f raw -O qcow2 "$img" "$dir/src.qcow2"
 qemu-img convert -m 8 -f raw -O vmdk -o subformat=streamOptimized "$img" "$dir/src.vmdk"
@@ -76,14 +78,14 @@ med_time() { cut -d' ' -f1 "$dir/$1.t" | median; }
 med_cpu() { awk -v m="$(med_time "$1")" '$1 == m { print $2; exit }' "$dir/$1.t"; }
 
 row() { # row NAME KEEL_FMT "KEEL_ARGS" "QEMU_ARGS" SRC SRCFMT EXT DURABLE(0/1)
-	local name=$1 kfmt=$2 kargs=$3 qargs=$4 src=$5 sfmt=$6 ext=$7 dur=$8 kt qt dt rd ks qs
+	local name=$1 kfmt=$2 kargs=$3 qargs=$4 src=$5 sfmt=$6 ext=$7 dur=$8 kt qt dt rd ut ru ks qs
 	local qfmt
 	if ! have "$kfmt"; then
 		printf '%-28s %8s\n' "$name" "n/a (keel has no $kfmt writer yet)"
 		return
 	fi
 	qfmt=$( [ "$sfmt" = vhd ] && echo vpc || echo "$sfmt")
-	rm -f "$dir"/k.t "$dir"/q.t "$dir"/d.t
+	rm -f "$dir"/k.t "$dir"/q.t "$dir"/d.t "$dir"/u.t
 	for _ in $(seq "$runs"); do
 		warm "$src"
 		# shellcheck disable=SC2086
@@ -105,6 +107,11 @@ row() { # row NAME KEEL_FMT "KEEL_ARGS" "QEMU_ARGS" SRC SRCFMT EXT DURABLE(0/1)
 			timed d "$dir/q.$ext" qemu-img convert -t none -f "$qfmt" $qargs "$src" \
 				"$dir/q.$ext" || echo "0 0" >>"$dir/d.t"
 			rm -f "$dir/q.$ext"
+			warm "$src"
+			# shellcheck disable=SC2086
+			timed u "$dir/k.$ext" "$KEEL" convert -t unsafe -f "$sfmt" $kargs "$src" \
+				"$dir/k.$ext" || echo "0 0" >>"$dir/u.t"
+			rm -f "$dir/k.$ext"
 		fi
 		# slow rows (qemu-img's single-threaded deflate) once only
 		[ "$(awk -v t="$(tail -1 "$dir/q.t" | cut -d' ' -f1)" 'BEGIN { print (t > 20) }')" = 1 ] &&
@@ -112,14 +119,16 @@ row() { # row NAME KEEL_FMT "KEEL_ARGS" "QEMU_ARGS" SRC SRCFMT EXT DURABLE(0/1)
 	done
 	kt=$(med_time k)
 	qt=$(med_time q)
-	dt=- rd=-
+	dt=- rd=- ut=- ru=-
 	if [ "$dur" = 1 ]; then
 		dt=$(med_time d)
 		rd=$(awk -v a="$kt" -v b="$dt" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+		ut=$(med_time u)
+		ru=$(awk -v a="$ut" -v b="$qt" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 	fi
-	printf '%-28s %8s %8s %6.2f %10s %6s %12s %12s %6.3f %8.2f %8.2f\n' "$name" "$kt" "$qt" \
-		"$(awk -v a="$kt" -v b="$qt" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$dt" \
-		"$rd" \
+	printf '%-28s %8s %8s %6.2f %10s %6s %10s %6s %12s %12s %6.3f %8.2f %8.2f\n' "$name" "$kt" \
+		"$qt" "$(awk -v a="$kt" -v b="$qt" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$dt" \
+		"$rd" "$ut" "$ru" \
 		"$ks" "$qs" "$(awk -v a="$ks" -v b="$qs" 'BEGIN { print (b > 0 ? a / b : 0) }')" \
 		"$(med_cpu k)" "$(med_cpu q)"
 }
@@ -132,5 +141,7 @@ row "raw->vmdk streamOptimized" vmdk "-O vmdk -o subformat=streamOptimized" \
 row "qcow2->vhdx" vhdx "-O vhdx" "-m 8 -W -O vhdx" "$dir/src.qcow2" qcow2 vhdx 1
 row "vmdk->raw" raw "-O raw" "-m 8 -W -O raw" "$dir/src.vmdk" vmdk raw 1
 echo "# goals: ratio <= 1.0 uncompressed rows, <= 0.4 compressed rows; size <= 1.03"
-echo "# ratio: keel / qemu-img default (unflushed); r_dur: keel / qemu-img -t none (durable)"
+echo "# ratio: keel default (durable) / qemu-img default (unflushed)"
+echo "# r_dur: keel default / qemu-img -t none (both durable)"
+echo "# r_uns: keel -t unsafe / qemu-img default (both unflushed)"
 echo "# load average during the run: $(cut -d' ' -f1-3 /proc/loadavg)"
