@@ -6,6 +6,7 @@
 #include "snapshot/snapshot.h"
 
 #include <string.h>
+#include <sys/stat.h>
 
 const char cmd_restore_usage[] =
 	"usage: keel restore [-O FMT] [-o OPTIONS] [--verify] [-p] [--output json]\n"
@@ -16,6 +17,8 @@ const char cmd_restore_usage[] =
 	"any format (default raw), sparse, written under a temporary name and\n"
 	"renamed when complete. --verify re-reads OUT and compares its content\n"
 	"digest with the snapshot's (exit 3 when they differ; OUT is not created).\n"
+	"OUT may be a block device (an LVM volume, a disk): the snapshot is then\n"
+	"written into it in place, raw, as keel convert does (keel help convert).\n"
 	"\n"
 	"From a replica on a keel serve (keel://...), the snapshot is first fetched\n"
 	"over TLS (--cert, --key, --ca as for keel replicate; every record\n"
@@ -95,6 +98,7 @@ int cmd_restore(int argc, char **argv)
 	o.progress = o.progress || cli_force_progress;
 	if (repl_is_url(argv[optind])) {
 		char *near = kl_strdup(argv[optind + 1]), *slash;
+		struct stat ost;
 
 		if (!near) {
 			kl_opts_free(opts);
@@ -104,8 +108,16 @@ int cmd_restore(int argc, char **argv)
 		slash = strrchr(near, '/');
 		if (slash)
 			slash[slash == near ? 1 : 0] = '\0';
-		rc = snap_replica_fetch(argv[optind], &tls, co.key, co.key_len,
-					slash ? near : ".", o.progress, &rp);
+		/*
+		 * The fetched copy goes beside OUT (same filesystem, room for
+		 * it), except beside a device node: /dev is memory. $TMPDIR then.
+		 */
+		if (stat(argv[optind + 1], &ost) == 0 && !S_ISREG(ost.st_mode))
+			rc = snap_replica_fetch(argv[optind], &tls, co.key, co.key_len, NULL,
+						o.progress, &rp);
+		else
+			rc = snap_replica_fetch(argv[optind], &tls, co.key, co.key_len,
+						slash ? near : ".", o.progress, &rp);
 		kl_free(near);
 		if (rc < 0) {
 			kl_opts_free(opts);

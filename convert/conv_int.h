@@ -36,6 +36,9 @@ struct conv_pipe_cfg {
 	uint64_t digest_size;	  /* digest as an image of this size (0: the source's); past it
 				   * the source must read as zeros (a target rounded up) */
 	bool count_only;	  /* encode but do not write; st->bytes_stored gets the sizes */
+	bool zero_fill;		  /* dst does not read as zeros (a block device): write zeros
+				   * wherever the source is zero, instead of skipping */
+	uint64_t walk_size;	  /* copy only [0, walk_size) of the source (0: all of it) */
 	int threads;		  /* workers; 0 = number of CPUs */
 	bool progress;
 	const char *label;

@@ -19,10 +19,13 @@
 #include "convert/conv_int.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <libgen.h>
+#include <linux/fs.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -112,6 +115,29 @@ static void src_open_opts(const struct conv_opts *o, struct blk_open_opts *so)
 	so->snapshot = o->src_select;
 }
 
+/* Run the pipeline from src into dst and flush dst. */
+static int conv_copy(const struct conv_opts *o, const struct blk_open_opts *so,
+		     struct blk_dev *src, struct blk_dev *dst, bool zero_fill,
+		     struct conv_stats *st)
+{
+	struct conv_pipe_cfg pc = { 0 };
+
+	pc.src = o->src;
+	pc.so = *so;
+	pc.src_dev = src;
+	pc.dst = dst;
+	pc.backing = o->backing != NULL;
+	pc.backing_fmt = o->backing_fmt;
+	pc.backing_flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
+	pc.digest = o->verify;
+	pc.zero_fill = zero_fill;
+	pc.threads = o->threads;
+	pc.progress = o->progress;
+	pc.label = "converting";
+	KL_TRY(conv_pipe_run(&pc, st));
+	return blk_flush(dst);
+}
+
 int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st)
 {
 	struct blk_open_opts so;
@@ -119,7 +145,6 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 				     .flags = BLK_OPEN_RDWR | conv_blk_cache_flags(o),
 				     .key = o->dst_key, .key_len = o->dst_key_len };
 	struct blk_create_opts co = { 0 };
-	struct conv_pipe_cfg pc = { 0 };
 	struct kl_opts *oo = NULL;
 	struct blk_dev *src = NULL, *dst = NULL;
 	bool created = false;
@@ -169,21 +194,7 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 		goto out;
 	if (o->compress && !blk_can_encode(dst) && getenv("KEEL_CONV_DEBUG"))
 		fprintf(stderr, "keel: compression runs inside the %s driver\n", o->dst_fmt);
-	pc.src = o->src;
-	pc.so = so;
-	pc.src_dev = src;
-	pc.dst = dst;
-	pc.backing = o->backing != NULL;
-	pc.backing_fmt = o->backing_fmt;
-	pc.backing_flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
-	pc.digest = o->verify;
-	pc.threads = o->threads;
-	pc.progress = o->progress;
-	pc.label = "converting";
-	rc = conv_pipe_run(&pc, st);
-	if (rc < 0)
-		goto out;
-	rc = blk_flush(dst);
+	rc = conv_copy(o, &so, src, dst, false, st);
 	if (rc < 0)
 		goto out;
 	blk_close(dst);
@@ -201,9 +212,12 @@ out:
 	return rc;
 }
 
-/* Digest of what a guest sees in path (format fmt), with the same pipeline. */
+/*
+ * Digest of what a guest sees in path (format fmt), with the same pipeline;
+ * head_only: of its first size bytes only (a device larger than the image).
+ */
 static int digest_file(const struct conv_opts *o, const char *path, const char *fmt,
-		       uint64_t size, uint8_t out[32])
+		       uint64_t size, bool head_only, uint8_t out[32])
 {
 	struct blk_open_opts vo = { .format = fmt,
 				    .flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL,
@@ -220,6 +234,7 @@ static int digest_file(const struct conv_opts *o, const char *path, const char *
 	pc.src_dev = v;
 	pc.digest = true;
 	pc.digest_size = size;
+	pc.walk_size = head_only ? size : 0;
 	pc.threads = o->threads;
 	pc.progress = o->progress;
 	pc.label = "verifying";
@@ -235,7 +250,7 @@ int conv_verify_file(const struct conv_opts *o, const char *path, const char *fm
 {
 	uint8_t dg[32];
 
-	KL_TRY(digest_file(o, path, fmt, st->virtual_size, dg));
+	KL_TRY(digest_file(o, path, fmt, st->virtual_size, false, dg));
 	if (memcmp(dg, st->digest, 32) != 0) {
 		st->verify_failed = true;
 		return kl_err(-EBADMSG, "verification failed: %s does not read back as %s", o->dst,
@@ -474,6 +489,100 @@ static int conv_pkg(const struct conv_package *pkg, const struct conv_opts *o,
 	return rc;
 }
 
+/* ------------------------------------------------------------------ into a device */
+
+/*
+ * DST is a block device (an LVM volume, a disk, a loop device). There is
+ * no temporary name to write and rename there (renaming over the device
+ * node would replace it with a regular file), so the image goes in place,
+ * raw, over the device's first bytes; whatever lies past the image's end
+ * is left alone. The device is opened O_EXCL first and held: the kernel
+ * refuses that while it is mounted or claimed (a volume group, RAID, an
+ * exclusive opener) and keeps it from being mounted during the copy. The
+ * device does not read as zeros, so SRC's zero ranges are written as zeros
+ * too (discard-with-zeroing where the device offers it). An error or a
+ * signal leaves the device partly written, and the error says so.
+ */
+static int conv_device(const struct conv_opts *o, struct conv_stats *st)
+{
+	struct blk_open_opts so;
+	struct blk_open_opts dop = { .format = "raw",
+				     .flags = BLK_OPEN_RDWR | conv_blk_cache_flags(o) };
+	struct blk_dev *src = NULL, *dst = NULL;
+	uint64_t dsize = 0;
+	bool touched = false;
+	int hold, rc;
+
+	if (strcmp(o->dst_fmt, "raw") != 0)
+		return kl_err(-ENOTSUP, "%s is a block device: keel writes into devices only raw "
+					"(-O raw), not %s; nothing was written",
+			      o->dst, o->dst_fmt);
+	if (o->backing || o->keep_chain)
+		return kl_err(-ENOTSUP, "%s is a block device: -B and --keep-chain need image "
+					"files; nothing was written",
+			      o->dst);
+	do {
+		hold = open(o->dst, O_RDWR | O_EXCL | O_CLOEXEC);
+	} while (hold < 0 && errno == EINTR);
+	if (hold < 0 && errno == EBUSY)
+		return kl_err(-EBUSY, "%s is in use (mounted, part of a volume group or RAID, or "
+				      "held by another program): nothing was written",
+			      o->dst);
+	if (hold < 0)
+		return kl_err(-errno, "%s: %s", o->dst, strerror(errno));
+	if (ioctl(hold, BLKGETSIZE64, &dsize) < 0) {
+		rc = kl_err(-errno, "%s: size of the device: %s", o->dst, strerror(errno));
+		goto out;
+	}
+	src_open_opts(o, &so);
+	rc = blk_open(o->src, &so, &src);
+	if (rc < 0)
+		goto out;
+	st->virtual_size = blk_size(src);
+	if (dsize < st->virtual_size) {
+		rc = kl_err(-ENOSPC, "%s holds %llu bytes, %s needs %llu: nothing was written",
+			    o->dst, (unsigned long long)dsize, o->src,
+			    (unsigned long long)st->virtual_size);
+		goto out;
+	}
+	rc = blk_open(o->dst, &dop, &dst);
+	if (rc < 0)
+		goto out;
+	touched = true;
+	rc = conv_copy(o, &so, src, dst, true, st);
+	if (rc < 0)
+		goto out;
+	blk_close(dst);
+	dst = NULL;
+	if (o->verify) {
+		uint8_t dg[32];
+
+		rc = digest_file(o, o->dst, "raw", st->virtual_size, true, dg);
+		if (rc < 0)
+			goto out;
+		if (memcmp(dg, st->digest, 32) != 0) {
+			st->verify_failed = true;
+			rc = kl_err(-EBADMSG, "verification failed: %s does not read back as %s",
+				    o->dst, o->src);
+			goto out;
+		}
+		st->verified = true;
+	}
+	st->output_size = st->virtual_size;
+	st->layers = 1;
+out:
+	blk_close(dst);
+	blk_close(src);
+	close(hold);
+	if (rc < 0 && touched && !st->verify_failed) {
+		char *m = kl_strdup(kl_errmsg());
+
+		rc = kl_err(rc, "%s (%s is now partly written)", m ? m : kl_strerror(rc), o->dst);
+		kl_free(m);
+	}
+	return rc;
+}
+
 /* ------------------------------------------------------------------ run */
 
 int conv_run(const struct conv_opts *uo, struct conv_stats *st)
@@ -481,7 +590,8 @@ int conv_run(const struct conv_opts *uo, struct conv_stats *st)
 	const struct conv_package *pkg;
 	struct conv_opts lo = *uo, *o = &lo;
 	double t0 = kl_now();
-	struct stat sst;
+	struct stat sst, lst;
+	char *real = NULL;
 	int rc;
 
 	memset(st, 0, sizeof(*st));
@@ -489,14 +599,40 @@ int conv_run(const struct conv_opts *uo, struct conv_stats *st)
 		KL_TRY(conv_apply_profiles(&lo.dst_opts, &lo.dst_fmt));
 	if (!o->dst_fmt)
 		return kl_err(-EINVAL, "an output format is needed (-O)");
-	if (stat(o->dst, &sst) == 0 && S_ISDIR(sst.st_mode))
-		return kl_err(-EISDIR, "%s is a directory", o->dst);
 	pkg = conv_package_find(o->dst_fmt);
 	if (!pkg && !blk_driver_find(o->dst_fmt))
 		return kl_err(-EINVAL, "unknown output format '%s' (see 'keel help formats')",
 			      o->dst_fmt);
 	if (o->n_extra_srcs && !(pkg && pkg->run == conv_ova_write))
 		return kl_err(-EINVAL, "several sources make one output only with -O ova");
+	/*
+	 * An existing DST that is not a plain file must never meet the
+	 * write-a-temporary-then-rename path, which would replace it.
+	 */
+	if (lstat(o->dst, &lst) == 0) {
+		if (stat(o->dst, &sst) < 0)
+			return kl_err(-ENOENT, "%s is a symbolic link to nothing: not followed, "
+					       "nothing was written",
+				      o->dst);
+		if (S_ISDIR(sst.st_mode))
+			return kl_err(-EISDIR, "%s is a directory", o->dst);
+		if (S_ISBLK(sst.st_mode)) {
+			rc = conv_device(o, st);
+			st->seconds = kl_now() - t0;
+			return rc;
+		}
+		if (!S_ISREG(sst.st_mode))
+			return kl_err(-EINVAL, "%s is not a regular file or a block device: "
+					       "nothing was written",
+				      o->dst);
+		if (S_ISLNK(lst.st_mode)) {
+			/* replace the file the link names, not the link */
+			real = realpath(o->dst, NULL);
+			if (!real)
+				return kl_err(-errno, "%s: %s", o->dst, strerror(errno));
+			lo.dst = real;
+		}
+	}
 	conv_remove_stale_temps(o->dst);
 	if (pkg)
 		rc = conv_pkg(pkg, o, st);
@@ -505,5 +641,6 @@ int conv_run(const struct conv_opts *uo, struct conv_stats *st)
 	else
 		rc = conv_one(o, st);
 	st->seconds = kl_now() - t0;
+	free(real);
 	return rc;
 }

@@ -60,6 +60,7 @@ struct conv_pipe {
 	struct conv_stats *st;
 	uint32_t unit;	   /* zero-detection / encoding granularity */
 	uint64_t dsize;	   /* size the digest describes */
+	uint64_t size;	   /* bytes of the source walked */
 	uint32_t chunk;
 	size_t enc_cap;	   /* per unit, when encoding */
 	bool encode;
@@ -173,7 +174,7 @@ static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 		if (p->wback && memcmp(d, j->bbuf + uo, ul) == 0)
 			j->act[u] = ACT_SKIP;
 		else if (zero)
-			j->act[u] = p->wback ? ACT_ZERO : ACT_SKIP;
+			j->act[u] = p->wback || c->zero_fill ? ACT_ZERO : ACT_SKIP;
 		else
 			j->act[u] = ACT_DATA;
 		j->enc_len[u] = 0;
@@ -362,8 +363,9 @@ static int job_commit(struct conv_pipe *p, struct conv_job *j)
 static int walk_next(struct conv_pipe *p, uint64_t *off, uint64_t *joff, size_t *jlen,
 		     bool *all_data)
 {
-	struct blk_dev *src = p->c->src_dev;
-	uint64_t size = blk_size(src);
+	const struct conv_pipe_cfg *c = p->c;
+	struct blk_dev *src = c->src_dev;
+	uint64_t size = p->size;
 
 	while (*off < size) {
 		size_t len = (size_t)KL_MIN(size - *off, (uint64_t)p->chunk);
@@ -393,6 +395,10 @@ static int walk_next(struct conv_pipe *p, uint64_t *off, uint64_t *joff, size_t 
 			else
 				skip = (*off + zlen) / p->chunk * p->chunk - *off;
 			if (skip > 0) {
+				/* a target that is not zero already gets its zeros */
+				if (c->zero_fill && c->dst && !c->count_only)
+					KL_TRY(blk_pwrite_zeroes(c->dst, *off, skip,
+								 BLK_ZERO_MAY_UNMAP));
 				p->st->zero_skipped += skip;
 				*off += skip;
 				kl_progress_add(p->prog, skip);
@@ -562,12 +568,15 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	size_t per;
 	int rc = 0;
 
+	if (c->walk_size)
+		size = KL_MIN(size, c->walk_size);
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.work_cv, NULL);
 	pthread_cond_init(&p.done_cv, NULL);
 	/* -j N: N threads compute, the calling thread being one of them */
 	p.nworkers = (c->threads > 0 ? c->threads : conv_ncpus()) - 1;
 	p.dsize = c->digest_size ? c->digest_size : size;
+	p.size = size;
 	p.slow_ms = slow ? (unsigned)atoi(slow) : 0;
 	p.flip = c->dst && getenv("KEEL_CONV_TEST_FLIP");
 	p.back = c->dst && c->backing ? blk_parent(c->dst) : NULL;

@@ -843,10 +843,18 @@ int kl_io_identity(struct kl_file *f, uint64_t *dev, uint64_t *ino)
 
 int kl_io_rename(const char *from, const char *to)
 {
+	struct stat st;
 	int rc;
 
 	if ((rc = fault_point()) < 0)
 		return kl_err(rc, "rename %s -> %s: %s (injected)", from, to, strerror(-rc));
+	/*
+	 * Commits replace a file with its new version. Over a device node, a
+	 * FIFO or a socket the rename would succeed and silently swap that
+	 * node for a regular file (keel convert ... /dev/sdb once did); refuse.
+	 */
+	if (lstat(to, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+		return kl_err(-EEXIST, "%s exists and is not a regular file: not replaced", to);
 	if (rename(from, to) < 0)
 		return kl_err(-errno, "rename %s -> %s: %s", from, to, strerror(errno));
 	return 0;

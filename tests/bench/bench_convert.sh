@@ -14,7 +14,7 @@
 # keel's default (r_dur), and keel_uns_s is keel -t unsafe (page cache, no
 # fsync: qemu-img's default) against qemu-img's default (r_uns).
 #
-# Method: each row runs BENCH_RUNS times (default 3; once when qemu-img
+# Method: each row runs BENCH_RUNS times (default 5; once when qemu-img
 # takes more than 20 s), keel and qemu-img alternating, and prints the
 # medians. Before every timed run the source is read into the page cache
 # and `sync` empties the dirty pages that earlier runs left behind, so no
@@ -52,7 +52,7 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
 warm() { cat "$1" >/dev/null; sync; }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-runs=${BENCH_RUNS:-3}
+runs=${BENCH_RUNS:-5}
 
 printf '# source: %s (%s bytes, %s allocated), %s CPUs, %s runs per row (median)\n' "$img" \
 	"$(size_of "$img")" "$(du -B1 "$img" | cut -f1)" "$(nproc)" "$runs"

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 START_TEST(crc32c_vectors)
@@ -163,6 +164,24 @@ START_TEST(nosync_writes_are_never_durable)
 }
 END_TEST
 
+START_TEST(rename_never_replaces_a_special_file)
+{
+	/* a commit over a device node or a FIFO would swap it for a regular file */
+	struct stat st;
+
+	write_file(tu_path("new.bin"), 0x11, 512);
+	ck_assert_int_eq(mkfifo(tu_path("fifo"), 0600), 0);
+	ck_assert_int_eq(kl_io_rename(tu_path("new.bin"), tu_path("fifo")), -EEXIST);
+	ck_assert(strstr(kl_errmsg(), "not a regular file") != NULL);
+	ck_assert_int_eq(lstat(tu_path("fifo"), &st), 0);
+	ck_assert(S_ISFIFO(st.st_mode));
+	ck_assert_int_eq(access(tu_path("new.bin"), F_OK), 0);
+	/* over a regular file (or a link), as before */
+	write_file(tu_path("old.bin"), 0x22, 512);
+	ck_assert_ok(kl_io_rename(tu_path("new.bin"), tu_path("old.bin")));
+}
+END_TEST
+
 START_TEST(fault_torn_write_is_sector_granular)
 {
 	bool saw_partial = false;
@@ -302,6 +321,7 @@ static Suite *lib_suite(void)
 	tcase_add_test(tc, fault_error_at_point);
 	tcase_add_test(tc, fault_crash_drops_only_unsynced);
 	tcase_add_test(tc, nosync_writes_are_never_durable);
+	tcase_add_test(tc, rename_never_replaces_a_special_file);
 	tcase_add_test(tc, fault_torn_write_is_sector_granular);
 	tcase_add_test(tc, fault_malloc);
 	tcase_add_test(tc, short_read_zero_fills);
