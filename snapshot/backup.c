@@ -134,7 +134,8 @@ int snap_backup(const struct snap_backup_opts *o, struct snap_backup_stats *st)
 	rc = open_or_create_vault(o, size, st, &v);
 	if (rc < 0)
 		goto out;
-	if (blk_size(v) != size) {
+	/* a vault's disk is whole sectors: a raw source of odd size is padded with zeros */
+	if (blk_size(v) != KL_ALIGN_UP(size, 512)) {
 		rc = kl_err(-EINVAL, "%s holds a %llu-byte disk, %s is %llu bytes", o->vault,
 			    (unsigned long long)blk_size(v), o->src, (unsigned long long)size);
 		goto out;

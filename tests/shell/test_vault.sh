@@ -77,4 +77,12 @@ t "offline dedup" keel -q dedup dd.keel
 t "dedup kept the data" keel -q io -c 'read -P 0x77 0 4M' dd.keel
 t "dedup gave the space back" sh -c "[ \$(du -k dd.keel | cut -f1) -lt 1000 ]"
 t "check after dedup" keel check --verify-data dd.keel
+
+# a raw disk whose size is not whole sectors: the vault pads it with zeros
+head -c $((3 * 1048576 + 777)) /dev/urandom >odd.raw
+t "backup of an odd-sized raw disk" keel -q backup --name a odd.raw odd.keel
+t "a second night of it" keel -q backup --name b odd.raw odd.keel
+t "restore of it" keel -q restore --verify odd.keel@a odd.out
+t "restored bytes = the disk" cmp -n $((3 * 1048576 + 777)) odd.raw odd.out
+t "padded to whole sectors with zeros" sh -c "[ \$(stat -c %s odd.out) -eq $((3 * 1048576 + 1024)) ] && [ \$(tail -c 247 odd.out | tr -d '\\000' | wc -c) -eq 0 ]"
 finish
