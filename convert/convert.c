@@ -138,6 +138,30 @@ static int conv_copy(const struct conv_opts *o, const struct blk_open_opts *so,
 	return blk_flush(dst);
 }
 
+/*
+ * DST must not be an image that SRC or the new image reads through: the
+ * rename would swap a backing file under every image above it (for -B onto
+ * itself: the new overlay would be its own parent, the old data gone). SRC
+ * itself may be DST: what replaces it is its own content.
+ */
+static int check_dst_not_backing(const struct conv_opts *o, struct blk_dev *src,
+				 struct blk_dev *dst)
+{
+	struct stat st;
+
+	if (stat(o->dst, &st) != 0)
+		return 0;
+	if (blk_chain_uses(blk_parent(src), (uint64_t)st.st_dev, (uint64_t)st.st_ino))
+		return kl_err(-EINVAL, "%s is a backing image of %s: replacing it would change "
+				       "what every image over it reads; nothing was written",
+			      o->dst, o->src);
+	if (blk_chain_uses(blk_parent(dst), (uint64_t)st.st_dev, (uint64_t)st.st_ino))
+		return kl_err(-EINVAL, "%s is the backing image (-B) of the new image, or in its "
+				       "chain: it cannot also be replaced by it; nothing was written",
+			      o->dst);
+	return 0;
+}
+
 int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st)
 {
 	struct blk_open_opts so;
@@ -190,6 +214,9 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 		goto out;
 	created = true;
 	rc = blk_open(path, &dop, &dst);
+	if (rc < 0)
+		goto out;
+	rc = check_dst_not_backing(o, src, dst);
 	if (rc < 0)
 		goto out;
 	if (o->compress && !blk_can_encode(dst) && getenv("KEEL_CONV_DEBUG"))

@@ -910,6 +910,18 @@ struct blk_dev *blk_parent(const struct blk_dev *d)
 	return d->parent;
 }
 
+bool blk_chain_uses(const struct blk_dev *d, uint64_t dev, uint64_t ino)
+{
+	for (; d; d = d->parent) {
+		uint64_t dd, di;
+
+		if (d->file && kl_io_identity(d->file, &dd, &di) == 0 && dd == dev && di == ino)
+			return true;
+	}
+	kl_err_clear();
+	return false;
+}
+
 bool blk_is_writable(const struct blk_dev *d)
 {
 	return !d->read_only;

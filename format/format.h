@@ -166,6 +166,8 @@ const char *blk_format_name(const struct blk_dev *d);
 const char *blk_filename(const struct blk_dev *d);
 /* Borrowed; valid until d is closed. NULL when there is no (open) parent. */
 struct blk_dev *blk_parent(const struct blk_dev *d);
+/* Is the file dev:ino d's own or one of its parents'? (d may be NULL: no.) */
+bool blk_chain_uses(const struct blk_dev *d, uint64_t dev, uint64_t ino);
 bool blk_is_writable(const struct blk_dev *d);
 /* Preferred I/O unit (the cluster or block size; 64 KiB when the format has none). */
 uint32_t blk_cluster_size(const struct blk_dev *d);

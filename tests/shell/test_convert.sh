@@ -94,6 +94,22 @@ for f in $formats; do
 	t "-B overlay is small ($f)" test "$(stat -c %s "ov.$f")" -lt $((4 * 1048576))
 done
 
+# DST may not be an image that SRC or the new overlay reads through
+mkdir -p bk
+keel convert -f raw -O qcow2 src.raw bk/base.qcow2 >/dev/null
+keel convert -f raw -O qcow2 -B base.qcow2 -F qcow2 new.raw bk/top.qcow2 >/dev/null
+cp bk/base.qcow2 bk/base.orig
+expect_err "-B onto DST itself is refused" "backing image (-B).*nothing was written" \
+	keel convert -f raw -O qcow2 -B base.qcow2 -F qcow2 new.raw bk/base.qcow2
+t "... and the would-be parent is intact" cmp bk/base.orig bk/base.qcow2
+expect_err "DST = SRC's backing image is refused" "backing image of.*nothing was written" \
+	keel convert -O qcow2 bk/top.qcow2 bk/base.qcow2
+t "... and the backing image is intact" cmp bk/base.orig bk/base.qcow2
+t "... and SRC still reads as before" keel compare new.raw bk/top.qcow2
+t "DST = SRC itself: recompressed in place" keel convert -c -O qcow2 bk/top.qcow2 bk/top.qcow2
+t "... with the same content, flattened" keel compare new.raw bk/top.qcow2
+t "no temporaries left in the directory" test -z "$(ls -A bk | grep keel-tmp)"
+
 # --keep-chain
 for f in $formats; do
 	keel create -f "$f" -b base.raw -F raw probe.$f >/dev/null 2>&1 || continue
