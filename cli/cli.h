@@ -56,7 +56,11 @@ struct cli_open {
 	const char *key_env;
 	uint8_t *key; /* loaded secret, wiped on release */
 	size_t key_len;
+	bool force_share; /* -U: copy a source another program is writing */
 };
+/* BLK_OPEN_* flags for the source of a copy (convert, backup): co's, plus
+ * the refusal of a source being written unless -U. */
+#define CLI_COPY_SRC_FLAGS(co) ((co)->flags | ((co)->force_share ? 0u : BLK_OPEN_NO_WRITER))
 #define CLI_OPT_ALLOW_EXTERNAL 0x1001
 #define CLI_OPT_KEY_FILE 0x1002
 #define CLI_OPT_KEY_ENV 0x1003

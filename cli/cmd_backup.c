@@ -8,7 +8,7 @@
 #include <string.h>
 
 const char cmd_backup_usage[] =
-	"usage: keel backup [-f SRC_FMT] [-o OPTIONS] [--name NAME] [-j N] [-p] [--wait]\n"
+	"usage: keel backup [-f SRC_FMT] [-o OPTIONS] [--name NAME] [-j N] [-p] [--wait] [-U]\n"
 	"                   [--key-file F | --key-env V] [--output json] SRC VAULT.keel\n"
 	"\n"
 	"Stores what a guest sees in SRC (any format, SRC@SNAP too) as a new\n"
@@ -23,6 +23,11 @@ const char cmd_backup_usage[] =
 	"backup or prune on the same vault makes this one fail at once, or wait\n"
 	"with --wait.\n"
 	"\n"
+	"SRC must not be open for writing by another program (a running VM's\n"
+	"disk: qemu's write lock, or a keel writer): a copy of a disk in flux can\n"
+	"be torn. Back up a snapshot, or stop the VM; -U (--force-share) copies\n"
+	"it anyway.\n"
+	"\n"
 	"example: keel backup --name nightly-1 /var/lib/libvirt/images/web.qcow2 web.keel\n";
 
 int cmd_backup(int argc, char **argv)
@@ -35,6 +40,7 @@ int cmd_backup(int argc, char **argv)
 		{ "allow-external-backing", no_argument, NULL, CLI_OPT_ALLOW_EXTERNAL },
 		{ "progress", no_argument, NULL, 'p' },
 		{ "wait", no_argument, NULL, CLI_OPT_WAIT },
+		{ "force-share", no_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -49,7 +55,7 @@ int cmd_backup(int argc, char **argv)
 	int opt, rc;
 
 	o.progress = cli_force_progress;
-	while ((opt = getopt_long(argc, argv, "f:o:n:j:ph", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "f:o:n:j:phU", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;
 		switch (opt) {
@@ -92,7 +98,7 @@ int cmd_backup(int argc, char **argv)
 	}
 	o.src = argv[optind];
 	o.src_fmt = co.format;
-	o.src_flags = co.flags & ~(unsigned)BLK_OPEN_WAIT;
+	o.src_flags = CLI_COPY_SRC_FLAGS(&co) & ~(unsigned)BLK_OPEN_WAIT;
 	o.vault_flags = co.flags & BLK_OPEN_WAIT;
 	o.vault = argv[optind + 1];
 	o.create_opts = opts;

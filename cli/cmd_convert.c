@@ -9,7 +9,7 @@
 
 const char cmd_convert_usage[] =
 	"usage: keel convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-j N] [-t CACHE] [--verify]\n"
-	"                    [-B BACKING [-F BACKING_FMT]] [--keep-chain] [--disk N]\n"
+	"                    [-B BACKING [-F BACKING_FMT]] [--keep-chain] [--disk N] [-U]\n"
 	"                    [--output json] SRC[@SNAP] DST\n"
 	"       keel convert -O ova [-o OPTIONS] DISK1 [DISK2...] DST.ova\n"
 	"\n"
@@ -58,6 +58,10 @@ const char cmd_convert_usage[] =
 	"                written beside DST as <layer name>.<format extension>\n"
 	"  --disk N      the disk to read from a package source with several (OVA):\n"
 	"                its number (1, 2, ...), disk id or file name; same as SRC@N\n"
+	"  -U            copy SRC even while another program holds it open for\n"
+	"                writing (--force-share, as qemu-img -U). Without it such a\n"
+	"                SRC (a running VM's disk: qemu's write lock; a keel writer)\n"
+	"                is refused: a copy of a disk in flux can be torn\n"
 	"  -j N          threads that read, compress and hash (default: number of\n"
 	"                CPUs); -j 1 runs everything on one thread\n"
 	"  -t CACHE      how DST is written:\n"
@@ -96,6 +100,7 @@ int cmd_convert(int argc, char **argv)
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
 		{ "verify", no_argument, NULL, 'V' },
 		{ "keep-chain", no_argument, NULL, 'K' },
+		{ "force-share", no_argument, NULL, 'U' },
 		{ "disk", required_argument, NULL, 'D' },
 		{ "progress", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
@@ -110,7 +115,7 @@ int cmd_convert(int argc, char **argv)
 	uint64_t n;
 	int opt, rc;
 
-	while ((opt = getopt_long(argc, argv, "f:O:o:cB:F:j:t:ph", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "f:O:o:cB:F:j:t:phU", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;
 		switch (opt) {
@@ -199,7 +204,7 @@ int cmd_convert(int argc, char **argv)
 	o.src = argv[optind];
 	o.dst = argv[argc - 1];
 	o.src_fmt = co.format;
-	o.src_flags = co.flags;
+	o.src_flags = CLI_COPY_SRC_FLAGS(&co);
 	o.dst_opts = opts;
 	o.key = co.key;
 	o.key_len = co.key_len;

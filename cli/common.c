@@ -114,6 +114,9 @@ bool cli_open_option(struct cli_open *co, int opt, const char *arg)
 	case CLI_OPT_WAIT:
 		co->flags |= BLK_OPEN_WAIT;
 		return true;
+	case 'U':
+		co->force_share = true;
+		return true;
 	default:
 		return false;
 	}

@@ -304,6 +304,13 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 				    "later or pass --wait", path);
 		if (rc < 0)
 			goto err;
+	} else if ((o->flags & BLK_OPEN_NO_WRITER) && kl_io_writer_active(d->file)) {
+		rc = kl_err(-EBUSY, "%s is open for writing by another program (a running VM, "
+				    "qemu-img, or a keel command): a copy taken now could be torn; "
+				    "stop or snapshot the VM first, or pass -U (--force-share) to "
+				    "copy it anyway",
+			    path);
+		goto err;
 	}
 	rc = kl_io_identity(d->file, &dev, &ino);
 	if (rc < 0)

@@ -50,6 +50,7 @@ struct blk_extent {
 #define BLK_OPEN_REPAIR 0x200	     /* check -r: open writable an image that needs repair (dirty) */
 #define BLK_OPEN_DIRECT 0x400	     /* bulk data writes bypass the page cache (KL_O_DIRECT) */
 #define BLK_OPEN_UNSAFE 0x800	     /* flushes never reach the disk (KL_O_NOSYNC): scratch outputs */
+#define BLK_OPEN_NO_WRITER 0x1000    /* read-only: refuse a file another program is writing */
 
 /* Deepest parent chain we follow; deeper is refused as a likely loop. */
 #define BLK_MAX_CHAIN 64

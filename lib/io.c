@@ -907,3 +907,18 @@ int kl_io_lock(struct kl_file *f, bool wait)
 		return kl_err(-EBUSY, "%s is in use by another keel writer", f->name);
 	return kl_err(-errno, "%s: lock: %s", f->name, strerror(errno));
 }
+
+bool kl_io_writer_active(struct kl_file *f)
+{
+	/*
+	 * qemu's file locking (block/file-posix.c) takes a shared OFD lock on
+	 * byte 100 + n for each permission n it holds; n = 1 is "write". A
+	 * write-lock probe of that byte conflicts with it, and with the
+	 * whole-file write lock of a keel writer. F_OFD_GETLK only asks.
+	 */
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 101, .l_len = 1 };
+
+	if (f->segs || fcntl(f->fd, F_OFD_GETLK, &fl) < 0)
+		return false;
+	return fl.l_type != F_UNLCK;
+}

@@ -197,6 +197,13 @@ bool kl_io_writable(const struct kl_file *f);
  * otherwise -EBUSY at once.
  */
 int kl_io_lock(struct kl_file *f, bool wait);
+/*
+ * Does another open file description hold f for writing: a keel writer
+ * (kl_io_lock), or qemu with write permission (a running VM, qemu-img,
+ * qemu-io)? Only advisory locks can tell, so a writer that takes none
+ * goes unseen.
+ */
+bool kl_io_writer_active(struct kl_file *f);
 /* Same file as (dev, ino); for loop detection in parent chains. */
 int kl_io_identity(struct kl_file *f, uint64_t *dev, uint64_t *ino);
 

@@ -110,6 +110,29 @@ t "DST = SRC itself: recompressed in place" keel convert -c -O qcow2 bk/top.qcow
 t "... with the same content, flattened" keel compare new.raw bk/top.qcow2
 t "no temporaries left in the directory" test -z "$(ls -A bk | grep keel-tmp)"
 
+# a source another program holds open for writing (a running VM: qemu's
+# write lock) is refused unless -U; so is one a keel command is writing
+if command -v qemu-io >/dev/null; then
+	keel convert -f raw -O qcow2 src.raw live.qcow2 >/dev/null
+	qemu-io -f qcow2 -c 'sleep 6000' live.qcow2 >/dev/null 2>&1 &
+	qpid=$!
+	ino=$(stat -c %i live.qcow2)
+	for _ in $(seq 50); do grep -q ":$ino 100 101\$" /proc/locks && break; sleep 0.1; done
+	expect_err "a source qemu is writing is refused" "open for writing by another program" \
+		keel convert -O raw live.qcow2 live.raw
+	t "... and nothing was written" test ! -e live.raw
+	t "-U copies it anyway" keel convert -U -O raw live.qcow2 live.raw
+	expect_err "keel backup refuses it too" "open for writing by another program" \
+		keel backup live.qcow2 live.keel
+	t "keel backup -U copies it" keel backup -U live.qcow2 live.keel
+	t "reading commands are not affected (keel info)" keel info live.qcow2
+	kill "$qpid" 2>/dev/null
+	wait "$qpid" 2>/dev/null
+	t "once qemu is gone the copy goes ahead" keel convert -O raw live.qcow2 live2.raw
+else
+	echo "SKIP: qemu-io is missing: the running-writer refusal is not checked"
+fi
+
 # --keep-chain
 for f in $formats; do
 	keel create -f "$f" -b base.raw -F raw probe.$f >/dev/null 2>&1 || continue

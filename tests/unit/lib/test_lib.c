@@ -182,6 +182,24 @@ START_TEST(rename_never_replaces_a_special_file)
 }
 END_TEST
 
+START_TEST(writer_lock_is_seen_by_readers)
+{
+	/* copy commands refuse a source with a writer: keel's own lock counts */
+	struct kl_file *w, *r;
+
+	write_file(tu_path("lk.bin"), 0x33, 4096);
+	ck_assert_ok(kl_io_open(tu_path("lk.bin"), KL_O_RDONLY, &r));
+	ck_assert(!kl_io_writer_active(r));
+	ck_assert_ok(kl_io_open(tu_path("lk.bin"), KL_O_RDWR, &w));
+	ck_assert(!kl_io_writer_active(r)); /* open for writing, but not locked */
+	ck_assert_ok(kl_io_lock(w, false));
+	ck_assert(kl_io_writer_active(r));
+	kl_io_close(w);
+	ck_assert(!kl_io_writer_active(r)); /* the lock dies with its holder */
+	kl_io_close(r);
+}
+END_TEST
+
 START_TEST(fault_torn_write_is_sector_granular)
 {
 	bool saw_partial = false;
@@ -322,6 +340,7 @@ static Suite *lib_suite(void)
 	tcase_add_test(tc, fault_crash_drops_only_unsynced);
 	tcase_add_test(tc, nosync_writes_are_never_durable);
 	tcase_add_test(tc, rename_never_replaces_a_special_file);
+	tcase_add_test(tc, writer_lock_is_seen_by_readers);
 	tcase_add_test(tc, fault_torn_write_is_sector_granular);
 	tcase_add_test(tc, fault_malloc);
 	tcase_add_test(tc, short_read_zero_fills);
