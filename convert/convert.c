@@ -536,6 +536,7 @@ static int conv_device(const struct conv_opts *o, struct conv_stats *st)
 	struct blk_open_opts dop = { .format = "raw",
 				     .flags = BLK_OPEN_RDWR | conv_blk_cache_flags(o) };
 	struct blk_dev *src = NULL, *dst = NULL;
+	struct stat dst_st;
 	uint64_t dsize = 0;
 	bool touched = false;
 	int hold, rc;
@@ -566,6 +567,13 @@ static int conv_device(const struct conv_opts *o, struct conv_stats *st)
 	if (rc < 0)
 		goto out;
 	st->virtual_size = blk_size(src);
+	if (fstat(hold, &dst_st) == 0 &&
+	    blk_chain_uses(src, (uint64_t)dst_st.st_dev, (uint64_t)dst_st.st_ino)) {
+		rc = kl_err(-EINVAL, "%s is %s itself or one of its backing images: it cannot be "
+				     "written in place with its own content; nothing was written",
+			    o->dst, o->src);
+		goto out;
+	}
 	if (dsize < st->virtual_size) {
 		rc = kl_err(-ENOSPC, "%s holds %llu bytes, %s needs %llu: nothing was written",
 			    o->dst, (unsigned long long)dsize, o->src,

@@ -59,6 +59,8 @@ expect_err "a device smaller than the image is refused" "holds .* bytes.*nothing
 expect_err "only raw goes into a device" "only raw" keel convert -O qcow2 src.qcow2 "$dev"
 expect_err "-B into a device is refused" "need image" \
 	keel convert -O raw -B src.raw -F raw src.qcow2 "$dev"
+expect_err "the device as its own source is refused" "itself.*nothing was written" \
+	keel convert -f raw -O raw "$dev" "$dev"
 t "refusals left the device untouched" test "$(sha256sum <"$dev")" = "$sum0"
 
 # a mounted device is refused (O_EXCL)
