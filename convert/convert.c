@@ -272,12 +272,13 @@ static int digest_file(const struct conv_opts *o, const char *path, const char *
 	return rc;
 }
 
-int conv_verify_file(const struct conv_opts *o, const char *path, const char *fmt,
-		       struct conv_stats *st)
+/* --verify: path's digest against the copy's; head_only as for digest_file */
+static int verify_as(const struct conv_opts *o, const char *path, const char *fmt,
+		     bool head_only, struct conv_stats *st)
 {
 	uint8_t dg[32];
 
-	KL_TRY(digest_file(o, path, fmt, st->virtual_size, false, dg));
+	KL_TRY(digest_file(o, path, fmt, st->virtual_size, head_only, dg));
 	if (memcmp(dg, st->digest, 32) != 0) {
 		st->verify_failed = true;
 		return kl_err(-EBADMSG, "verification failed: %s does not read back as %s", o->dst,
@@ -285,6 +286,12 @@ int conv_verify_file(const struct conv_opts *o, const char *path, const char *fm
 	}
 	st->verified = true;
 	return 0;
+}
+
+int conv_verify_file(const struct conv_opts *o, const char *path, const char *fmt,
+		     struct conv_stats *st)
+{
+	return verify_as(o, path, fmt, false, st);
 }
 
 static int commit_temp(const struct conv_opts *o, const char *tmp, struct conv_stats *st)
@@ -590,18 +597,9 @@ static int conv_device(const struct conv_opts *o, struct conv_stats *st)
 	blk_close(dst);
 	dst = NULL;
 	if (o->verify) {
-		uint8_t dg[32];
-
-		rc = digest_file(o, o->dst, "raw", st->virtual_size, true, dg);
+		rc = verify_as(o, o->dst, "raw", true, st);
 		if (rc < 0)
 			goto out;
-		if (memcmp(dg, st->digest, 32) != 0) {
-			st->verify_failed = true;
-			rc = kl_err(-EBADMSG, "verification failed: %s does not read back as %s",
-				    o->dst, o->src);
-			goto out;
-		}
-		st->verified = true;
 	}
 	st->output_size = st->virtual_size;
 	st->layers = 1;

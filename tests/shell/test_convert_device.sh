@@ -46,6 +46,11 @@ t "the device is still a block device" test -b "$dev"
 t "the device reads back as the source (zeros written over stale bytes)" cmp -n "$size" src.raw "$dev"
 t "bytes past the image are left alone" ff_only "$dev" "$vsize"
 
+# --verify notices a wrong byte on the device (KEEL_CONV_TEST_FLIP corrupts one)
+KEEL_CONV_TEST_FLIP=1 "$KEEL" convert --verify -O raw src.qcow2 "$dev" >flip.out 2>&1
+t "--verify mismatch on a device exits 3" test $? -eq 3
+t "... naming the device" grep -q "verification failed: $dev" flip.out
+
 # -t writeback and -t unsafe reach the device the same way
 python3 -c "import sys; open(sys.argv[1], 'r+b').write(b'\xff' * 4096)" "$dev"
 t "-t writeback into the device" keel convert -t writeback -O raw src.qcow2 "$dev"
