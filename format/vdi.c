@@ -218,7 +218,8 @@ static int vdi_parse_header(struct blk_dev *d)
 	disk_size = get_le64(h + V_DISK_SIZE);
 	s->nblocks = get_le32(h + V_BLOCKS);
 	s->nalloc = get_le32(h + V_ALLOCATED);
-	need = KL_DIV_ROUND_UP(disk_size, (uint64_t)s->block_size);
+	/* not KL_DIV_ROUND_UP: a hostile size near 2^64 would wrap to 0 blocks */
+	need = disk_size / s->block_size + (disk_size % s->block_size != 0);
 	if (need > s->nblocks)
 		return kl_err(-EUCLEAN, "%s: disk size %llu needs %llu blocks of %u bytes but the "
 			      "header says %u blocks", d->filename, (unsigned long long)disk_size,

@@ -1026,7 +1026,8 @@ static int vhd_open_dynamic(struct blk_dev *d)
 			      "between 512 bytes and 256 MiB", d->filename, s->block_size,
 			      (unsigned long long)s->header_off + H_BLOCK_SIZE);
 	s->max_entries = get_be32(s->header + H_MAX_ENTRIES);
-	need = KL_DIV_ROUND_UP(size, (uint64_t)s->block_size);
+	/* not KL_DIV_ROUND_UP: a hostile size near 2^64 would wrap to 0 blocks */
+	need = size / s->block_size + (size % s->block_size != 0);
 	if (need > s->max_entries)
 		return kl_err(-EUCLEAN, "%s: virtual size %llu needs %llu blocks of %u bytes but the "
 			      "BAT has only %u entries", d->filename, (unsigned long long)size,

@@ -35,6 +35,7 @@ patch('bs-zero', 0x178, '<I', 0)
 patch('bs-odd', 0x178, '<I', 3000)
 patch('extra', 0x17c, '<I', 0x7fffffff)
 patch('too-few-blocks', 0x170, '<Q', 1 << 50)
+patch('wrap-size', 0x170, '<Q', 2**64 - (1 << 19))  # rounds up to blocks past 2^64
 patch('huge-count', 0x180, '<I', 0x3fffffff)
 patch('count-overflow', 0x180, '<I', 0xffffffff)
 patch('data-over-map', 0x158, '<I', 512)
@@ -58,6 +59,7 @@ expect_err "zero block size" "bs-zero.vdi: VDI block size 0" R bs-zero
 expect_err "block size not a power of two" "bs-odd.vdi: VDI block size 3000" R bs-odd
 expect_err "absurd block extra" "extra.vdi: VDI block extra data of 2147483647 bytes" R extra
 expect_err "absurd disk size" "too-few-blocks.vdi: disk size 1125899906842624 needs" R too-few-blocks
+expect_err "disk size that wraps when rounded up" "wrap-size.vdi: disk size 18446744073709027328 needs" R wrap-size
 expect_err "absurd block count" "huge-count.vdi: block map at offset 512 (1073741823 entries) extends past" R huge-count
 expect_err "block count overflow bait" "count-overflow.vdi: " R count-overflow
 expect_err "data area overlapping the map" "data-over-map.vdi: data area offset 512 overlaps the block map" R data-over-map

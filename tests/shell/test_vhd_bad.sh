@@ -76,6 +76,8 @@ for off in (0, len(b) - 512):
     struct.pack_into('>Q', b, off + 48, 1 << 62)
 fix_footers(b)
 out('huge-size', b)
+# a size so close to 2^64 that rounding it up to blocks wraps to 0 (found by fuzz_vhd)
+footer('wrap-size', good, 48, '>Q', 2**64 - (1 << 19))
 footer('hdr-off', good, 16, '>Q', 1 << 40)
 footer('type7', good, 60, '>I', 7)
 footer('version9', good, 12, '>I', 0x00090000)
@@ -117,6 +119,7 @@ expect_err "block size not a power of two" "bs-odd.vhd: VHD block size 3000 .*no
 expect_err "BAT offset overflow bait" "table-overflow.vhd: BAT at offset 18446744073709551613" R table-overflow
 expect_err "absurd BAT entry count" "huge-count.vhd: BAT at offset 1536 (4294967295 entries) extends past the end" R huge-count
 expect_err "absurd virtual size" "huge-size.vhd: virtual size 4611686018427387904 needs" R huge-size
+expect_err "virtual size that wraps when rounded up" "wrap-size.vhd: virtual size 18446744073709027328 needs" R wrap-size
 expect_err "header offset outside the file" "hdr-off.vhd: dynamic disk header offset 1099511627776" R hdr-off
 expect_err "unknown disk type" "type7.vhd: VHD disk type 7 is not supported" R type7
 expect_err "unknown version" "version9.vhd: VHD file format version 9.0" R version9
