@@ -98,6 +98,7 @@ int cmd_restore(int argc, char **argv)
 	o.progress = o.progress || cli_force_progress;
 	if (repl_is_url(argv[optind])) {
 		char *near = kl_strdup(argv[optind + 1]), *slash;
+		const char *dir;
 		struct stat ost;
 
 		if (!near) {
@@ -112,12 +113,11 @@ int cmd_restore(int argc, char **argv)
 		 * The fetched copy goes beside OUT (same filesystem, room for
 		 * it), except beside a device node: /dev is memory. $TMPDIR then.
 		 */
+		dir = slash ? near : ".";
 		if (stat(argv[optind + 1], &ost) == 0 && !S_ISREG(ost.st_mode))
-			rc = snap_replica_fetch(argv[optind], &tls, co.key, co.key_len, NULL,
-						o.progress, &rp);
-		else
-			rc = snap_replica_fetch(argv[optind], &tls, co.key, co.key_len,
-						slash ? near : ".", o.progress, &rp);
+			dir = NULL;
+		rc = snap_replica_fetch(argv[optind], &tls, co.key, co.key_len, dir, o.progress,
+					&rp);
 		kl_free(near);
 		if (rc < 0) {
 			kl_opts_free(opts);
