@@ -186,6 +186,7 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 	co.opts = o->dst_opts;
 	co.key = o->dst_key;
 	co.key_len = o->dst_key_len;
+	co.flags = conv_blk_cache_flags(o) & BLK_OPEN_UNSAFE;
 	if (o->compress) {
 		/* creation and every open of the output see the request */
 		rc = kl_opts_set(&oo, "compress", "on");
@@ -206,7 +207,7 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 	if (o->backing) {
 		co.parent = o->backing;
 		co.parent_format = o->backing_fmt;
-		co.flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
+		co.flags |= o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
 		dop.flags |= o->src_flags & BLK_OPEN_ALLOW_EXTERNAL;
 	}
 	rc = blk_create(path, o->dst_fmt, &co);

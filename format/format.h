@@ -93,7 +93,7 @@ struct blk_create_opts {
 	const char *parent;	   /* parent reference as it will be recorded, or NULL */
 	const char *parent_format; /* parent's format name, NULL to probe read-only */
 	struct kl_opts *opts;	   /* -o key=value options; drivers mark what they use */
-	unsigned flags;		   /* BLK_OPEN_ALLOW_EXTERNAL */
+	unsigned flags;		   /* BLK_OPEN_ALLOW_EXTERNAL, BLK_OPEN_UNSAFE */
 	const uint8_t *key;	   /* secret for encrypted images */
 	size_t key_len;
 	/*

@@ -258,6 +258,17 @@ static inline unsigned blk_file_kl_flags(bool rw, unsigned blk_flags)
 	       ((blk_flags & BLK_OPEN_UNSAFE) ? KL_O_NOSYNC : 0);
 }
 
+/*
+ * kl_io_open flags for the file a driver's create writes. BLK_OPEN_UNSAFE in
+ * the create options (convert -t unsafe) reaches the new file too: the empty
+ * image's header is as disposable as the data written after it, and one
+ * fdatasync there waits behind whatever the disk is still busy with.
+ */
+static inline unsigned blk_create_kl_flags(const struct blk_create_opts *o)
+{
+	return KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | ((o->flags & BLK_OPEN_UNSAFE) ? KL_O_NOSYNC : 0);
+}
+
 /* The registry (format/registry.c), NULL-terminated, in probing order. */
 extern const struct blk_driver *const blk_drivers[];
 

@@ -1117,7 +1117,7 @@ static int kf_create(const char *path, const struct blk_create_opts *o)
 		put_le32(blk + 4 * b, 1);
 	st.rc_root.addr = 2 * KF_BLOCK;
 	st.rc_root.crc = kf_sum(&st, blk, KF_BLOCK);
-	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f);
+	rc = kl_io_open(tmp, blk_create_kl_flags(o), &f);
 	if (rc < 0)
 		goto out;
 	rc = kl_io_pwrite(f, 2 * KF_BLOCK, blk, KF_BLOCK);
@@ -1139,8 +1139,9 @@ static int kf_create(const char *path, const struct blk_create_opts *o)
 	if (rc == 0)
 		rc = kl_io_rename(tmp, path);
 	if (rc == 0) {
-		/* a create that is not durable did not happen */
-		rc = kl_io_sync_dir(path);
+		/* a create that is not durable did not happen (unless asked for) */
+		if (!(o->flags & BLK_OPEN_UNSAFE))
+			rc = kl_io_sync_dir(path);
 		if (rc < 0)
 			kl_io_unlink(path);
 	} else {

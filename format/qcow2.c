@@ -856,7 +856,7 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 			rb[(bit >> 3) + (1u << (rorder - 3)) - 1] = 1;
 	}
 
-	rc = kl_io_open(path, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f);
+	rc = kl_io_open(path, blk_create_kl_flags(o), &f);
 	if (rc < 0)
 		goto out;
 	rc = kl_io_pwrite(f, 0, hdr, cs);

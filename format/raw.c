@@ -44,7 +44,7 @@ static int raw_create(const char *path, const struct blk_create_opts *o)
 			return kl_err(-EINVAL, "raw: preallocation must be off, falloc or full");
 		prealloc = true;
 	}
-	KL_TRY(kl_io_open(path, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f));
+	KL_TRY(kl_io_open(path, blk_create_kl_flags(o), &f));
 	rc = kl_io_truncate(f, o->size);
 	if (rc == 0 && prealloc) {
 		uint8_t *z = kl_calloc(1, 1 << 20);

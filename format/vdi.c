@@ -872,7 +872,7 @@ static int vdi_create(const char *path, const struct blk_create_opts *o)
 		blk_close(p);
 	}
 
-	KL_TRY(kl_io_open(path, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f));
+	KL_TRY(kl_io_open(path, blk_create_kl_flags(o), &f));
 	rc = kl_io_pwrite(f, 0, h, sizeof(h));
 	if (rc < 0)
 		goto out;

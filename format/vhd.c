@@ -1761,7 +1761,7 @@ static int vhd_create(const char *path, const struct blk_create_opts *o)
 		vhd_size_geometry(&size, force, &c, &h, &spt);
 	}
 
-	rc = kl_io_open(path, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f);
+	rc = kl_io_open(path, blk_create_kl_flags(o), &f);
 	if (rc < 0)
 		goto out;
 	if (fixed) {

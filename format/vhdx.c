@@ -1098,7 +1098,7 @@ static int put_bat(struct kl_file *f, const struct vhdx_layout *L)
 	return rc;
 }
 
-static int write_image(const char *path, const struct vhdx_layout *L)
+static int write_image(const char *path, const struct vhdx_layout *L, unsigned kl_flags)
 {
 	struct vhdx_state hs = { 0 };
 	struct kl_file *f;
@@ -1108,7 +1108,7 @@ static int write_image(const char *path, const struct vhdx_layout *L)
 
 	if (!b)
 		return -ENOMEM;
-	rc = kl_io_open(path, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f);
+	rc = kl_io_open(path, kl_flags, &f);
 	if (rc < 0) {
 		kl_free(b);
 		return rc;
@@ -1330,7 +1330,7 @@ static int vhdx_create(const char *path, const struct blk_create_opts *o)
 		L.data_off += L.nchunks * VHDX_MiB;
 	}
 	L.file_size = L.data_off + (L.fixed ? L.nblocks * L.bs : 0);
-	rc = write_image(path, &L);
+	rc = write_image(path, &L, blk_create_kl_flags(o));
 out:
 	kl_free(rel);
 	kl_free(abs);

@@ -914,7 +914,7 @@ static int vmdk_create(const char *path, const struct blk_create_opts *o)
 	l.desc = desc;
 	l.desc_sectors = KL_MAX((uint64_t)VMDK_DESC_SECTORS,
 				KL_DIV_ROUND_UP(strlen(desc) + 1, VMDK_SECTOR));
-	rc = kl_io_open(path, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC, &f);
+	rc = kl_io_open(path, blk_create_kl_flags(o), &f);
 	if (rc == 0)
 		rc = vmdk_sparse_create(f, path, &l);
 	if (rc == 0)
