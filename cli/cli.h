@@ -48,6 +48,13 @@ void cli_warn(const char *fmt, ...) KL_PRINTF(1, 2);
 /* Usage of the current command on stderr; returns CLI_EXIT_USAGE. */
 int cli_usage(const char *cmd, const char *fmt, ...) KL_PRINTF(2, 3);
 
+/*
+ * `-o help` (create, convert, measure): prints the -o keys of format fmt
+ * (or, with packages, of a convert package: ova, gce), as qemu-img does;
+ * returns 0, or a usage error for a format without any.
+ */
+int cli_opts_help(const char *cmd, const char *fmt, bool packages);
+
 /* Options every image-opening command accepts (see cli_add_open_opts). */
 struct cli_open {
 	const char *format;

@@ -46,7 +46,8 @@ const char cmd_convert_usage[] =
 	"                          vmx=NN,os=ID,chunk_size=SIZE\n"
 	"                  gce  Google Compute Engine import: disk.raw (sparse) in a\n"
 	"                       gzip-compressed tar; -o sparse=off,level=1..9\n"
-	"  -o OPTIONS    output format options, k=v,... (as for keel create); profiles:\n"
+	"  -o OPTIONS    output format options, k=v,... ('-O FMT -o help' lists them);\n"
+	"                profiles:\n"
 	"                  azure  fixed VHD with a whole-MiB size (-O vhd)\n"
 	"                  esxi   streamOptimized VMDK, version 3 (-O vmdk)\n"
 	"  -c            compress the output where the format supports it\n"
@@ -73,13 +74,13 @@ const char cmd_convert_usage[] =
 	"                  writeback  everything through the page cache.\n"
 	"                  Both fsync DST (and its directory) around the rename,\n"
 	"                  so a finished conversion survives a power cut.\n"
-	"                  unsafe  page cache, and DST's data is never fsynced,\n"
-	"                    like qemu-img's default: the command returns once the\n"
-	"                    bytes are in\n"
-	"                    memory, and a power cut in the next seconds can leave\n"
-	"                    DST empty or partly written under its final name. For\n"
-	"                    scratch copies, and outputs that are synced or checked\n"
-	"                    later. An interrupted run still leaves no DST.\n"
+	"                  unsafe  page cache, and nothing is ever fsynced, like\n"
+	"                    qemu-img's default: the command returns once the\n"
+	"                    bytes are in memory, and a power cut in the next\n"
+	"                    seconds can leave DST empty or partly written under\n"
+	"                    its final name. For scratch copies, and outputs that\n"
+	"                    are synced or checked later. An interrupted run still\n"
+	"                    leaves no DST.\n"
 	"  --verify      re-read DST and compare its content digest with SRC's;\n"
 	"                exit 3 when they differ (DST is then not created)\n"
 	"  -p            progress bar even when stderr is not a terminal\n"
@@ -184,6 +185,12 @@ int cmd_convert(int argc, char **argv)
 			kl_opts_free(opts);
 			return cli_usage("convert", NULL);
 		}
+	}
+	if (kl_opts_peek(opts, "help")) {
+		kl_opts_free(opts);
+		if (!o.dst_fmt)
+			return cli_usage("convert", "-o help lists the options of one -O FMT");
+		return cli_opts_help("convert", o.dst_fmt, true);
 	}
 	/* -O ova takes several sources: the disks of one package */
 	if (o.dst_fmt && !strcmp(o.dst_fmt, "ova") && argc - optind > 2) {

@@ -63,6 +63,10 @@ int cmd_create(int argc, char **argv)
 			return cli_usage("create", NULL);
 		}
 	}
+	if (kl_opts_peek(opts, "help")) {
+		kl_opts_free(opts);
+		return cli_opts_help("create", fmt, false);
+	}
 	if (optind >= argc || argc - optind > 2 || (argc - optind == 1 && !o.parent)) {
 		kl_opts_free(opts);
 		return cli_usage("create", "expected FILE and SIZE");

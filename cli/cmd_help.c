@@ -19,6 +19,7 @@ static void list_formats(void)
 	for (size_t i = 0; (drv = blk_driver_at(i)); i++)
 		printf("%-8s %-7s %s\n", blk_driver_name(drv),
 		       blk_driver_can_create(drv) ? "yes" : "no", blk_driver_desc(drv));
+	printf("\nA format's -o options: keel create -f FORMAT -o help\n");
 }
 
 int cmd_help(int argc, char **argv)

@@ -20,7 +20,8 @@ const char cmd_measure_usage[] =
 	"\n"
 	"  -f FMT         source format (probed when absent)\n"
 	"  -O FMT         output format (keel help formats)\n"
-	"  -o OPTIONS     output format options, as for keel convert (profiles too)\n"
+	"  -o OPTIONS     output format options, as for keel convert (profiles too;\n"
+	"                 '-O FMT -o help' lists them)\n"
 	"  -c             compressed output\n"
 	"  --size SIZE    measure an empty image of SIZE bytes (K, M, G, T suffixes)\n"
 	"  -j N           worker threads for -c (default: number of CPUs)\n"
@@ -95,6 +96,12 @@ int cmd_measure(int argc, char **argv)
 			kl_opts_free(opts);
 			return cli_usage("measure", NULL);
 		}
+	}
+	if (kl_opts_peek(opts, "help")) {
+		kl_opts_free(opts);
+		if (!o.dst_fmt)
+			return cli_usage("measure", "-o help lists the options of one -O FMT");
+		return cli_opts_help("measure", o.dst_fmt, true);
 	}
 	if ((have_size ? optind != argc : optind != argc - 1) || (!o.dst_fmt && !opts)) {
 		kl_opts_free(opts);

@@ -3,6 +3,7 @@
  * subcommands.
  */
 #include "cli/cli.h"
+#include "convert/convert.h"
 #include "replicate/replicate.h"
 
 #include <fcntl.h>
@@ -56,6 +57,20 @@ int cli_usage(const char *cmd, const char *fmt, ...)
 	if (c)
 		fprintf(stderr, "%s", c->usage);
 	return CLI_EXIT_USAGE;
+}
+
+int cli_opts_help(const char *cmd, const char *fmt, bool packages)
+{
+	const struct blk_driver *drv = blk_driver_find(fmt);
+	const char *h = packages ? conv_format_help(fmt) : drv ? blk_driver_create_help(drv) : NULL;
+
+	if (!h)
+		return cli_usage(cmd, "%s: %s", fmt,
+				 drv ? "keel cannot write this format, so it has no -o options" :
+				 packages ? "unknown format (see 'keel help formats')" :
+					    "unknown format, or one only 'keel convert -O' writes");
+	printf("%s options (-o KEY=VALUE,...):\n%s", fmt, h);
+	return 0;
 }
 
 int cli_parse_output(const char *arg, bool *json)

@@ -58,6 +58,7 @@ void conv_remove_stale_temps(const char *dst);
 struct conv_package {
 	const char *name;
 	const char *desc;
+	const char *help; /* its -o keys, as blk_driver_create_help */
 	int (*run)(const struct conv_opts *o, const char *tmp, struct conv_stats *st);
 };
 const struct conv_package *conv_package_find(const char *name);

@@ -476,8 +476,20 @@ out:
 
 static const struct conv_package conv_packages[] = {
 	{ "ova", "OVF package (tar: vm.ovf, vm.mf, streamOptimized VMDK) for ESXi/VirtualBox",
+	  "  name=NAME                  the VM's name, and the members' (DST's base name)\n"
+	  "  cpus=1..128                virtual CPUs (1)\n"
+	  "  memory=MiB                 memory (1024)\n"
+	  "  manifest=sha256|sha1|none  digests in NAME.mf; sha1 for old vSphere (sha256)\n"
+	  "  network=NAME|none          the NIC's network (VM Network)\n"
+	  "  controller=scsi|sata|ide   the disks' controller (scsi)\n"
+	  "  vmx=4..99                  virtual hardware family vmx-N (10)\n"
+	  "  os=0..200                  CIM operating system type (1: other)\n"
+	  "  chunk_size=4K..8G          split each disk member into chunks of this size\n"
+	  "                             (split only past tar's 8 GiB member limit)\n",
 	  conv_ova_write },
 	{ "gce", "Google Compute Engine import: sparse disk.raw in a gzip-compressed tar",
+	  "  sparse=on|off              keep disk.raw's holes (pax, GNU 1.0 sparse map) (on)\n"
+	  "  level=1..9                 gzip level (6)\n",
 	  conv_gce_write },
 };
 
@@ -487,6 +499,14 @@ const struct conv_package *conv_package_find(const char *name)
 		if (name && strcmp(conv_packages[i].name, name) == 0)
 			return &conv_packages[i];
 	return NULL;
+}
+
+const char *conv_format_help(const char *name)
+{
+	const struct conv_package *pkg = conv_package_find(name);
+	const struct blk_driver *drv = blk_driver_find(name);
+
+	return pkg ? pkg->help : drv ? blk_driver_create_help(drv) : NULL;
 }
 
 bool conv_package_at(size_t i, const char **name, const char **desc)

@@ -85,6 +85,8 @@ int conv_run(const struct conv_opts *o, struct conv_stats *st);
 
 /* Package targets conv_run accepts besides the format drivers; i = 0, 1, ... until false. */
 bool conv_package_at(size_t i, const char **name, const char **desc);
+/* The -o keys a -O target (format or package) takes, a line each; NULL: none known. */
+const char *conv_format_help(const char *name);
 
 /* ------------------------------------------------------------------ measure */
 struct conv_measure {

@@ -56,6 +56,11 @@ bool blk_driver_can_create(const struct blk_driver *drv)
 	return (drv->flags & BLK_DRV_CAN_CREATE) && drv->create;
 }
 
+const char *blk_driver_create_help(const struct blk_driver *drv)
+{
+	return blk_driver_can_create(drv) ? drv->create_help : NULL;
+}
+
 /* ------------------------------------------------------------------ probing */
 
 static int probe_open_file(struct kl_file *f, const char *name, const struct blk_driver **out)

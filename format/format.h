@@ -414,6 +414,8 @@ const struct blk_driver *blk_driver_at(size_t i);
 const char *blk_driver_name(const struct blk_driver *drv);
 const char *blk_driver_desc(const struct blk_driver *drv);
 bool blk_driver_can_create(const struct blk_driver *drv);
+/* The driver's -o keys for create, a line each; NULL when it cannot create. */
+const char *blk_driver_create_help(const struct blk_driver *drv);
 /* Probe a file read-only; returns the winning driver (raw when nothing bids). */
 int blk_probe_file(const char *path, const struct blk_driver **out);
 

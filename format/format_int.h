@@ -65,6 +65,12 @@ struct blk_driver {
 	const char *name; /* "qcow2": the -f/-O name */
 	const char *ext;  /* default file extension, without dot */
 	const char *desc; /* one line for `keel help formats` */
+	/*
+	 * What `keel create -f NAME -o help` prints: the -o keys create
+	 * understands, a line each ("  key=VALUES  what it does (default)").
+	 * NULL for drivers that cannot create.
+	 */
+	const char *create_help;
 	size_t instance_size;
 	unsigned flags; /* BLK_DRV_* */
 

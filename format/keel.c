@@ -1474,6 +1474,13 @@ const struct blk_driver blk_keel_driver = {
 	.name = "keel",
 	.ext = "keel",
 	.desc = "keel native: COW snapshots, checksums, compression, crash-atomic",
+	.create_help =
+		"  cluster_size=4K..2M        allocation unit (64K)\n"
+		"  compression=zstd|zlib|none compression of data clusters (zstd)\n"
+		"  compression_level=0..22    level for the compressor (0: its default)\n"
+		"  dedup=on|off               share identical clusters as they are written (off)\n"
+		"  encrypt=on|off             encrypt data and metadata; the key comes from\n"
+		"                             --key-file or --key-env (off)\n",
 	.instance_size = sizeof(struct kf_state),
 	.flags = BLK_DRV_CAN_CREATE | BLK_DRV_SNAPSHOTS | BLK_DRV_HAS_PARENT,
 	.probe = kf_probe,

@@ -1128,6 +1128,17 @@ const struct blk_driver blk_qcow2_driver = {
 	.name = "qcow2",
 	.ext = "qcow2",
 	.desc = "QEMU copy-on-write v2/v3 (compression, backing files, snapshots read)",
+	.create_help =
+		"  cluster_size=512..2M       cluster size, a power of two (64K)\n"
+		"  compression_type=zlib|zstd how compressed clusters are stored (zlib;\n"
+		"                             'compression' is accepted too)\n"
+		"  compress=on|off            store every whole-cluster write compressed when\n"
+		"                             that saves space; what convert -c sets (off)\n"
+		"  refcount_bits=1..64        width of a refcount, a power of two (16)\n"
+		"  extended_l2=on|off         subcluster allocation, 16K clusters or more (off)\n"
+		"  compat=1.1|0.10            image version 3 or 2 (1.1)\n"
+		"  lazy_refcounts=off         accepted for qemu-img compatibility; on is refused\n"
+		"  preallocation=off          accepted for qemu-img compatibility; others refused\n",
 	.instance_size = sizeof(struct qcow2_state),
 	.flags = BLK_DRV_CAN_CREATE | BLK_DRV_SNAPSHOTS | BLK_DRV_HAS_PARENT,
 	.probe = qcow2_probe,

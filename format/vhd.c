@@ -1889,6 +1889,13 @@ const struct blk_driver blk_vhd_driver = {
 	.ext = "vhd",
 	.desc = "Microsoft VHD (Virtual PC, Hyper-V, Azure; qemu 'vpc'): fixed, dynamic, "
 		"differencing",
+	.create_help =
+		"  subformat=dynamic|fixed    sparse with a block table, or flat (dynamic)\n"
+		"  block_size=4K..256M        dynamic disks' block size, a power of two (2M)\n"
+		"  force_size=on|off          keep the exact size instead of rounding it to\n"
+		"                             a CHS geometry, as qemu-img does (off)\n"
+		"  azure                      Azure's rules: fixed, the size rounded up to a\n"
+		"                             whole MiB and kept exact\n",
 	.instance_size = sizeof(struct vhd_state),
 	.flags = BLK_DRV_CAN_CREATE | BLK_DRV_HAS_PARENT,
 	.probe = vhd_probe,

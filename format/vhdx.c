@@ -1591,6 +1591,16 @@ const struct blk_driver blk_vhdx_driver = {
 	.name = "vhdx",
 	.ext = "vhdx",
 	.desc = "Hyper-V VHDX (fixed, dynamic, differencing; log replay)",
+	.create_help =
+		"  subformat=dynamic|fixed    sparse with a block table, or fully present (dynamic)\n"
+		"  block_size=1M..256M        payload block size, a power of two (by disk size as\n"
+		"                             qemu-img: 8M up to 1 GiB, 16M up to 100 GiB, 32M\n"
+		"                             up to 32 TiB, then 64M; differencing disks 2M)\n"
+		"  logical_sector_size=512|4096   (512; a differencing disk takes its parent's)\n"
+		"  physical_sector_size=512|4096  (4096)\n"
+		"  log_size=1M..1G            metadata log size, whole MiB (1M)\n"
+		"  block_state_zero=on|off    mark blocks ZERO rather than NOT_PRESENT (dynamic)\n"
+		"                             or FULLY_PRESENT (fixed), qemu-img's style (off)\n",
 	.instance_size = sizeof(struct vhdx_state),
 	.flags = BLK_DRV_CAN_CREATE | BLK_DRV_HAS_PARENT,
 	.probe = vhdx_probe,

@@ -948,6 +948,19 @@ const struct blk_driver blk_vmdk_driver = {
 	.name = "vmdk",
 	.ext = "vmdk",
 	.desc = "VMware VMDK: monolithicSparse, streamOptimized, twoGb*/flat descriptors",
+	.create_help =
+		"  subformat=monolithicSparse|streamOptimized\n"
+		"                             one sparse extent, or the compressed\n"
+		"                             read-once layout of OVA files (monolithicSparse)\n"
+		"  esxi                       ESXi import profile: streamOptimized, lsilogic\n"
+		"                             (also profile=esxi)\n"
+		"  compress                   same as subformat=streamOptimized\n"
+		"  adapter_type=ide|lsilogic|buslogic|legacyESX  (ide; esxi: lsilogic)\n"
+		"  hwversion=N                virtual hardware version in the descriptor (4)\n"
+		"  compat6                    hwversion=6\n"
+		"  toolsversion=N             ddb.toolsVersion (2147483647)\n"
+		"  zeroed_grain=on|off        version 2 extent with zero grains, sparse only (off)\n"
+		"  grain_size=4K..2M          grain size, a power of two (64K; also cluster_size)\n",
 	.instance_size = sizeof(struct vmdk_state),
 	.flags = BLK_DRV_CAN_CREATE | BLK_DRV_HAS_PARENT,
 	.probe = vmdk_probe,
