@@ -12,7 +12,16 @@ const char cmd_check_usage[] =
 	"the stored refcounts (corruptions: a block used more often than counted;\n"
 	"leaks: counted but unused). --verify-data also reads every cluster and\n"
 	"verifies its checksum. -r leaks frees leaked space; -r all also fixes\n"
-	"counts that are too low. Nothing is repaired without -r.\n"
+	"counts that are too low (keel and qcow2 images). Nothing is repaired\n"
+	"without -r.\n"
+	"VHD, VHDX, VDI and VMDK images have their structure checked as they open\n"
+	"(every block inside the file, none overlapping another); check then\n"
+	"reports damage that opening tolerated (a bad checksum, a lost VHD end\n"
+	"footer), header counts that disagree with the tables, and file space no\n"
+	"block uses (leaks; VHD and VDI: VHDX files may keep free space).\n"
+	"There, -r leaks cuts leaked space off the end of the file, and -r all\n"
+	"also rebuilds a lost VHD end footer from its copy at offset 0 and raises\n"
+	"a VDI allocated-block count that is below a block in use.\n"
 	"Exit status: 0 clean (or everything found was repaired), 3 problems\n"
 	"found, 1 the check could not run.\n"
 	"\n"
@@ -105,7 +114,10 @@ int cmd_check(int argc, char **argv)
 			printf("%s\n", r.msgs[i]);
 		if (r.dropped_msgs)
 			printf("... and %llu more\n", (unsigned long long)r.dropped_msgs);
-		if (!problems)
+		if (!problems && r.repaired)
+			printf("%llu problems were found and repaired; the image is clean now.\n",
+			       (unsigned long long)r.repaired);
+		else if (!problems)
 			printf("No errors were found on the image.\n");
 		else
 			printf("%llu corruptions, %llu leaks, %llu data errors found (%llu repaired)\n",

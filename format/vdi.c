@@ -694,16 +694,44 @@ static int vdi_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsi
 }
 
 /* Sync the data, then the map sectors and blocks_allocated that point at it. */
+/*
+ * Metadata after data, and blocks_allocated before the map entries that
+ * use new blocks: VirtualBox and qemu put their next block at index
+ * blocks_allocated, so a count below a block in use would have them
+ * overwrite it. Written first and synced, the count can only run ahead of
+ * the map after a crash (blocks no entry uses: leaks keel check reports).
+ * It is the next free index (next_index), which is also the number of
+ * entries unless a crash left a hole.
+ */
+static int vdi_write_count(struct blk_dev *d, uint32_t count)
+{
+	struct vdi_state *s = d->priv;
+	uint8_t cnt[4];
+
+	if (get_le32(s->header + V_ALLOCATED) == count)
+		return 0;
+	put_le32(cnt, count);
+	KL_TRY(kl_io_pwrite(d->file, V_ALLOCATED, cnt, 4));
+	put_le32(s->header + V_ALLOCATED, count);
+	return 0;
+}
+
 static int vdi_flush(struct blk_dev *d)
 {
 	struct vdi_state *s = d->priv;
 	uint64_t nsec = KL_DIV_ROUND_UP((uint64_t)s->nblocks * 4, 512);
-	uint8_t buf[512], cnt[4];
+	uint32_t count = KL_MAX(s->nalloc, s->next_index);
+	uint8_t buf[512];
 
 	if (!s->meta_dirty)
 		return kl_io_sync(d->file);
 	KL_TRY(kl_io_sync(d->file));
 	KL_TRY(kl_io_event("vdi.data_synced"));
+	if (count > get_le32(s->header + V_ALLOCATED)) {
+		KL_TRY(vdi_write_count(d, count));
+		KL_TRY(kl_io_sync(d->file));
+		KL_TRY(kl_io_event("vdi.count_synced"));
+	}
 	for (uint64_t k = 0; k < nsec; k++) {
 		uint32_t first = (uint32_t)(k * 128);
 		uint32_t n = KL_MIN(s->nblocks - first, 128u);
@@ -716,16 +744,116 @@ static int vdi_flush(struct blk_dev *d)
 				    (size_t)n * 4));
 		s->map_dirty[k / 8] &= (uint8_t)~(1u << (k % 8));
 	}
-	if (get_le32(s->header + V_ALLOCATED) != s->nalloc) {
-		put_le32(cnt, s->nalloc);
-		KL_TRY(kl_io_pwrite(d->file, V_ALLOCATED, cnt, 4));
-		put_le32(s->header + V_ALLOCATED, s->nalloc);
-	}
+	KL_TRY(vdi_write_count(d, count));
 	s->meta_dirty = false;
 	return kl_io_sync(d->file);
 }
 
 /* ------------------------------------------------------------------ info */
+
+/*
+ * keel check. Opening already proved the structure (every map entry inside
+ * the file, no data block named by two entries), so what is left is
+ * bookkeeping. blocks_allocated is where VirtualBox and qemu put their next
+ * block: below a block in use it is a corruption (their next write lands
+ * on it); above the blocks in use, like data blocks no entry points to,
+ * it is a leak (an allocation cut off before its map entry was written).
+ * VirtualBox keeps the data area dense (discard and compaction move the
+ * last block into the hole), so any unreferenced block is a leak. -r all
+ * raises a low count; -r leaks (and all) gives back the blocks after the
+ * last one in use. Holes between blocks in use stay (reported).
+ */
+static int vdi_cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Data blocks from..to-1 are in the file but in no map entry. */
+static void vdi_check_gap(struct blk_dev *d, struct blk_check_report *r, uint64_t from,
+			  uint64_t to)
+{
+	struct vdi_state *s = d->priv;
+	uint64_t off = s->offset_data + from * ((uint64_t)s->block_size + s->block_extra);
+
+	if (from >= to)
+		return;
+	if (to - from == 1)
+		blk_check_msg(r, "%s: data block %llu at offset %llu is not in the block map "
+			      "(leaked)", d->filename, (unsigned long long)from,
+			      (unsigned long long)off);
+	else
+		blk_check_msg(r, "%s: data blocks %llu-%llu from offset %llu are not in the block "
+			      "map (leaked)", d->filename, (unsigned long long)from,
+			      (unsigned long long)(to - 1), (unsigned long long)off);
+	r->leaks += to - from;
+}
+
+static int vdi_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
+{
+	struct vdi_state *s = d->priv;
+	uint64_t span = (uint64_t)s->block_size + s->block_extra;
+	uint64_t slots = s->file_size > s->offset_data ? (s->file_size - s->offset_data) / span : 0;
+	uint32_t hdr = get_le32(s->header + V_ALLOCATED);
+	uint64_t next = 0, need;
+	bool fix_count;
+	uint32_t *used;
+	size_t n = 0;
+	int rc = 0;
+
+	r->total_clusters = s->nblocks;
+	used = kl_malloc((size_t)KL_MAX(s->nblocks, 1u) * sizeof(*used));
+	if (!used)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < s->nblocks; i++)
+		if (vdi_allocated(s->map[i]))
+			used[n++] = s->map[i];
+	r->allocated_clusters = n;
+	/* open proved every entry unique and below slots: the gaps between them leak */
+	qsort(used, n, sizeof(*used), vdi_cmp_u32);
+	for (size_t k = 0; k < n; k++) {
+		vdi_check_gap(d, r, next, used[k]);
+		next = (uint64_t)used[k] + 1;
+	}
+	need = next; /* blocks 0..need-1 hold the last block in use */
+	kl_free(used);
+	if (hdr < need) {
+		blk_check_msg(r, "%s: the header (offset 0x184) says %u blocks are allocated, but "
+			      "data block %llu is in use: VirtualBox and qemu would put their next "
+			      "block over it", d->filename, hdr, (unsigned long long)(need - 1));
+		r->corruptions++;
+	}
+	if (slots > need)
+		vdi_check_gap(d, r, need, slots);
+	if (hdr > KL_MAX(slots, need)) {
+		blk_check_msg(r, "%s: the header (offset 0x184) counts %u blocks, the file holds "
+			      "%llu (counted but unused: leaked)", d->filename, hdr,
+			      (unsigned long long)slots);
+		r->leaks += hdr - KL_MAX(slots, need);
+	}
+	if (!(flags & BLK_CHECK_REPAIR_LEAKS))
+		return 0;
+	/* a count below a used block is a corruption: only -r all raises it */
+	fix_count = hdr > need ||
+		    (hdr < need && (flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL);
+	if (slots > need) {
+		rc = kl_io_truncate(d->file, s->offset_data + need * span);
+		if (rc == 0)
+			s->file_size = s->offset_data + need * span;
+	}
+	if (rc == 0 && fix_count)
+		rc = vdi_write_count(d, (uint32_t)need);
+	if (rc == 0)
+		rc = kl_io_sync(d->file);
+	if (rc < 0)
+		return rc;
+	s->next_index = (uint32_t)need;
+	r->repaired += (slots > need ? slots - need : 0) +
+		       (fix_count && hdr > KL_MAX(slots, need) ? hdr - KL_MAX(slots, need) : 0) +
+		       (fix_count && hdr < need);
+	return 0;
+}
 
 static int vdi_info(struct blk_dev *d, struct blk_info *out)
 {
@@ -920,5 +1048,6 @@ const struct blk_driver blk_vdi_driver = {
 	.flush = vdi_flush,
 	.close = vdi_close,
 	.info = vdi_info,
+	.check = vdi_check,
 	.identity = vdi_identity,
 };
