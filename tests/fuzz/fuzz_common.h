@@ -2,9 +2,9 @@
  * tests/fuzz/fuzz_common.h - shared body of the image-format fuzz targets.
  *
  * The input becomes a file in memory (memfd) opened through the normal
- * blk_open path with the format forced, then every extent is queried and
- * read (bounded), so header parsing, table walking and decompression all
- * see hostile bytes. Errors are expected; crashes, hangs, leaks and UB are
+ * blk_open path with the format forced, checked (keel check, no repair),
+ * then every extent is queried and read (bounded), so header parsing,
+ * table walking and decompression all see hostile bytes. Errors are expected; crashes, hangs, leaks and UB are
  * what the fuzzer finds.
  */
 #ifndef KEEL_FUZZ_COMMON_H
@@ -39,10 +39,14 @@ static inline int fuzz_image_key(const uint8_t *data, size_t size, const char *f
 	}
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 	if (blk_open(path, &o, &d) == 0) {
+		struct blk_check_report rep;
 		struct blk_info info;
 
 		if (blk_info(d, &info) == 0)
 			blk_info_release(&info);
+		/* keel check walks the same tables its own way (report only) */
+		blk_check(d, &rep, 0);
+		blk_check_report_release(&rep);
 		while (off < blk_size(d) && budget > 0) {
 			struct blk_extent e;
 			size_t n;
