@@ -8,8 +8,9 @@
 #include <string.h>
 
 const char cmd_backup_usage[] =
-	"usage: keel backup [-f SRC_FMT] [-o OPTIONS] [--name NAME] [-j N] [-p] [--wait] [-U]\n"
-	"                   [--key-file F | --key-env V] [--output json] SRC VAULT.keel\n"
+	"usage: keel backup [-f SRC_FMT] [-o OPTIONS] [--name NAME] [-j N] [-p]\n"
+	"                   [--wait] [-U] [--key-file F | --key-env V]\n"
+	"                   [--output json] SRC VAULT.keel\n"
 	"\n"
 	"Stores what a guest sees in SRC (any format, SRC@SNAP too) as a new\n"
 	"snapshot of VAULT. Holes are not read; every cluster is hashed (in\n"

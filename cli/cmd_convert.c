@@ -8,9 +8,9 @@
 #include <string.h>
 
 const char cmd_convert_usage[] =
-	"usage: keel convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-j N] [-t CACHE] [--verify]\n"
-	"                    [-B BACKING [-F BACKING_FMT]] [--keep-chain] [--disk N] [-U]\n"
-	"                    [--output json] SRC[@SNAP] DST\n"
+	"usage: keel convert [-f FMT] -O FMT [-o OPTIONS] [-c] [-p] [-j N] [-t CACHE]\n"
+	"                    [--verify] [-B BACKING [-F BACKING_FMT]] [--keep-chain]\n"
+	"                    [--disk N] [-U] [--output json] SRC[@SNAP] DST\n"
 	"       keel convert -O ova [-o OPTIONS] DISK1 [DISK2...] DST.ova\n"
 	"\n"
 	"Copies what a guest sees in SRC into a new image DST of format FMT. Zero\n"

@@ -8,9 +8,12 @@
 
 const char cmd_key_usage[] =
 	"usage: keel key list FILE\n"
-	"       keel key add    FILE (--key-file F | --key-env V) [--new-key-file F2 | --new-key-env V2]\n"
-	"       keel key change FILE (--key-file F | --key-env V) [--new-key-file F2 | --new-key-env V2]\n"
-	"       keel key remove FILE (--key-file F | --key-env V) [--slot N | --remove-key-file F3]\n"
+	"       keel key add    FILE (--key-file F | --key-env V)\n"
+	"                       [--new-key-file F2 | --new-key-env V2]\n"
+	"       keel key change FILE (--key-file F | --key-env V)\n"
+	"                       [--new-key-file F2 | --new-key-env V2]\n"
+	"       keel key remove FILE (--key-file F | --key-env V)\n"
+	"                       [--slot N | --remove-key-file F3]\n"
 	"\n"
 	"Manages the key slots of an encrypted .keel image without rewriting data:\n"
 	"each of up to 8 slots wraps the image's random data key under a key derived\n"
@@ -23,7 +26,8 @@ const char cmd_key_usage[] =
 	"If every passphrase is lost the data cannot be recovered by anyone: keep a\n"
 	"second slot with a passphrase stored offline.\n"
 	"\n"
-	"example: keel key add vault.keel --key-file /etc/keel/key --new-key-file offline.key\n";
+	"example: keel key add vault.keel --key-file /etc/keel/key \\\n"
+	"             --new-key-file offline.key\n";
 
 #define OPT_NEW_FILE 0x2001
 #define OPT_NEW_ENV 0x2002

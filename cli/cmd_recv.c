@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 const char cmd_recv_usage[] =
-	"usage: keel recv [-i IN] [--raw] [--key-file F | --key-env V] [-o OPTIONS] [--force]\n"
-	"                 [-s SNAP] [--verify] [-p] [--output json] TARGET\n"
+	"usage: keel recv [-i IN] [--raw] [--key-file F | --key-env V] [-o OPTIONS]\n"
+	"                 [--force] [-s SNAP] [--verify] [-p] [--output json] TARGET\n"
 	"       keel recv --status TARGET | --abort TARGET\n"
 	"\n"
 	"Applies a stream from keel send (stdin unless -i) to TARGET. A full stream\n"

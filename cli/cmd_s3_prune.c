@@ -9,7 +9,8 @@
 #include <string.h>
 
 const char cmd_s3_prune_usage[] =
-	"usage: keel prune [options] s3://BUCKET[/PREFIX] --keep-last N [--keep-daily N ...]\n"
+	"usage: keel prune [options] s3://BUCKET[/PREFIX] --keep-last N\n"
+	"                  [--keep-daily N ...]\n"
 	"\n"
 	"Removes the snapshots no --keep rule keeps, then collects garbage: packs no\n"
 	"snapshot needs are first condemned (a gc mark object) and deleted by a later\n"
@@ -27,7 +28,8 @@ const char cmd_s3_prune_usage[] =
 	"  -n, --dry-run       say what would be removed; change nothing\n"
 	"\n" CLI_S3_USAGE
 	"\n"
-	"example: keel prune --key-file pass s3://backups/vm --keep-daily 7 --keep-weekly 4\n";
+	"example: keel prune --key-file pass s3://backups/vm --keep-daily 7 \\\n"
+	"             --keep-weekly 4\n";
 
 int cmd_s3_prune(int argc, char **argv)
 {

@@ -28,7 +28,8 @@ const char cmd_s3_restore_usage[] =
 	"  --list              list the repository's snapshots instead\n"
 	"\n" CLI_S3_USAGE
 	"\n"
-	"example: keel restore --key-file pass s3://backups/vm@nightly-7 -O qcow2 vm.qcow2\n";
+	"example: keel restore --key-file pass s3://backups/vm@nightly-7 \\\n"
+	"             -O qcow2 vm.qcow2\n";
 
 static int list_snapshots(struct cli_s3 *s, const char *url)
 {

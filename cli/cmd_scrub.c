@@ -4,7 +4,8 @@
 #include "cli/cli.h"
 
 const char cmd_scrub_usage[] =
-	"usage: keel scrub [-f FMT] [--output json] [-p] [--key-file F | --key-env V] FILE\n"
+	"usage: keel scrub [-f FMT] [--output json] [-p] [--key-file F | --key-env V]\n"
+	"                  FILE\n"
 	"\n"
 	"Reads every stored cluster of every snapshot and of the current state\n"
 	"once and verifies its checksum (and its authentication tag when the image\n"

@@ -11,8 +11,9 @@
 #include <unistd.h>
 
 const char cmd_send_usage[] =
-	"usage: keel send [-i FROM] [-o OUT] [--raw] [--resume TOKEN] [--key-file F | --key-env V]\n"
-	"                 [--checkpoint SIZE] [-j N] [-p] [--output json] FILE@SNAP\n"
+	"usage: keel send [-i FROM] [-o OUT] [--raw] [--resume TOKEN]\n"
+	"                 [--key-file F | --key-env V] [--checkpoint SIZE] [-j N] [-p]\n"
+	"                 [--output json] FILE@SNAP\n"
 	"\n"
 	"Writes snapshot SNAP of the .keel image FILE as a stream (stdout unless -o):\n"
 	"all of it, or with -i only the clusters changed since snapshot FROM, found\n"
@@ -24,7 +25,8 @@ const char cmd_send_usage[] =
 	"\n"
 	"  -i FROM           incremental from snapshot FROM (the receiver must hold it)\n"
 	"  -o OUT            write the stream to OUT (a temporary name until complete)\n"
-	"  --raw             for a receiver without the key (keel recv --raw): needs a key\n"
+	"  --raw             for a receiver without the key (keel recv --raw): needs a\n"
+	"                    key\n"
 	"  --resume TOKEN    continue an interrupted receive from its token (keel info\n"
 	"                    TARGET prints it); the token must match FILE, SNAP, FROM,\n"
 	"                    --raw and the key, or it is refused\n"

@@ -10,8 +10,9 @@
 
 const char cmd_serve_usage[] =
 	"usage: keel serve --listen ADDR:PORT --cert C --key K --ca CA --root DIR\n"
-	"                  [--max-clients N] [--timeout SECONDS] [--key-file F | --key-env V]\n"
-	"                  [--port-file F] [--max-sessions N]\n"
+	"                  [--max-clients N] [--timeout SECONDS]\n"
+	"                  [--key-file F | --key-env V] [--port-file F]\n"
+	"                  [--max-sessions N]\n"
 	"\n"
 	"Receives replicas from keel replicate (and serves them back to keel recv -i\n"
 	"keel://...) over TLS 1.3. Clients must present a certificate signed by CA;\n"

@@ -43,10 +43,11 @@ enum {
 /* The option help every S3 command prints. */
 #define CLI_S3_USAGE                                                                      \
 	"repository and store:\n"                                                         \
-	"  --key-file FILE     repository passphrase from FILE (never on the command line)\n" \
+	"  --key-file FILE     repository passphrase from FILE (never on the command\n"    \
+	"                      line)\n"                                                   \
 	"  --key-env VAR       repository passphrase from environment variable VAR\n"    \
-	"  --endpoint URL      S3 endpoint (default: $KEEL_S3_ENDPOINT, $AWS_ENDPOINT_URL_S3,\n" \
-	"                      $AWS_ENDPOINT_URL, else AWS)\n"                           \
+	"  --endpoint URL      S3 endpoint (default: $KEEL_S3_ENDPOINT,\n"                \
+	"                      $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS)\n"     \
 	"  --region R          signing region (default: $AWS_REGION, else us-east-1)\n"  \
 	"  --access-key ID     access key id (default: $AWS_ACCESS_KEY_ID)\n"            \
 	"  --secret-key-file F secret access key from F (default: $AWS_SECRET_ACCESS_KEY)\n" \

@@ -488,7 +488,8 @@ static const struct conv_package conv_packages[] = {
 	  "                             (split only past tar's 8 GiB member limit)\n",
 	  conv_ova_write },
 	{ "gce", "Google Compute Engine import: sparse disk.raw in a gzip-compressed tar",
-	  "  sparse=on|off              keep disk.raw's holes (pax, GNU 1.0 sparse map) (on)\n"
+	  "  sparse=on|off              keep disk.raw's holes (a pax GNU 1.0 sparse\n"
+	  "                             map) (on)\n"
 	  "  level=1..9                 gzip level (6)\n",
 	  conv_gce_write },
 };

@@ -1473,7 +1473,7 @@ static int kf_probe(const struct blk_probe_buf *pb)
 const struct blk_driver blk_keel_driver = {
 	.name = "keel",
 	.ext = "keel",
-	.desc = "keel native: COW snapshots, checksums, compression, crash-atomic",
+	.desc = "native: COW snapshots, checksums, compression, crash-atomic",
 	.create_help =
 		"  cluster_size=4K..2M        allocation unit (64K)\n"
 		"  compression=zstd|zlib|none compression of data clusters (zstd)\n"

@@ -735,7 +735,7 @@ static int ova_check(struct blk_dev *d, struct blk_check_report *r, unsigned fla
 const struct blk_driver blk_ova_driver = {
 	.name = "ova",
 	.ext = "ova",
-	.desc = "OVF package (tar), read-only: serves one of its disks; -O ova writes one",
+	.desc = "OVF package (tar): serves one of its disks; -O ova writes one",
 	.instance_size = sizeof(struct ova_state),
 	.flags = BLK_DRV_SELECT,
 	.probe = ova_probe,

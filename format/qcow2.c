@@ -1127,7 +1127,7 @@ out:
 const struct blk_driver blk_qcow2_driver = {
 	.name = "qcow2",
 	.ext = "qcow2",
-	.desc = "QEMU copy-on-write v2/v3 (compression, backing files, snapshots read)",
+	.desc = "QEMU v2/v3: compression, backing files, snapshots (read)",
 	.create_help =
 		"  cluster_size=512..2M       cluster size, a power of two (64K)\n"
 		"  compression_type=zlib|zstd how compressed clusters are stored (zlib;\n"

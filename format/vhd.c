@@ -2042,8 +2042,7 @@ out:
 const struct blk_driver blk_vhd_driver = {
 	.name = "vhd",
 	.ext = "vhd",
-	.desc = "Microsoft VHD (Virtual PC, Hyper-V, Azure; qemu 'vpc'): fixed, dynamic, "
-		"differencing",
+	.desc = "Hyper-V/Azure VHD (qemu 'vpc'): fixed, dynamic, differencing",
 	.create_help =
 		"  subformat=dynamic|fixed    sparse with a block table, or flat (dynamic)\n"
 		"  block_size=4K..256M        dynamic disks' block size, a power of two (2M)\n"

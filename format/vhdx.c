@@ -1621,7 +1621,8 @@ const struct blk_driver blk_vhdx_driver = {
 	.ext = "vhdx",
 	.desc = "Hyper-V VHDX (fixed, dynamic, differencing; log replay)",
 	.create_help =
-		"  subformat=dynamic|fixed    sparse with a block table, or fully present (dynamic)\n"
+		"  subformat=dynamic|fixed    sparse with a block table, or every block\n"
+		"                             present (dynamic)\n"
 		"  block_size=1M..256M        payload block size, a power of two (by disk size as\n"
 		"                             qemu-img: 8M up to 1 GiB, 16M up to 100 GiB, 32M\n"
 		"                             up to 32 TiB, then 64M; differencing disks 2M)\n"

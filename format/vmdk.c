@@ -947,7 +947,7 @@ static int vmdk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, 
 const struct blk_driver blk_vmdk_driver = {
 	.name = "vmdk",
 	.ext = "vmdk",
-	.desc = "VMware VMDK: monolithicSparse, streamOptimized, twoGb*/flat descriptors",
+	.desc = "VMware: monolithicSparse, streamOptimized, twoGb* and flat",
 	.create_help =
 		"  subformat=monolithicSparse|streamOptimized\n"
 		"                             one sparse extent, or the compressed\n"
@@ -959,7 +959,8 @@ const struct blk_driver blk_vmdk_driver = {
 		"  hwversion=N                virtual hardware version in the descriptor (4)\n"
 		"  compat6                    hwversion=6\n"
 		"  toolsversion=N             ddb.toolsVersion (2147483647)\n"
-		"  zeroed_grain=on|off        version 2 extent with zero grains, sparse only (off)\n"
+		"  zeroed_grain=on|off        version 2 extent with zero grains; sparse only\n"
+		"                             (off)\n"
 		"  grain_size=4K..2M          grain size, a power of two (64K; also cluster_size)\n",
 	.instance_size = sizeof(struct vmdk_state),
 	.flags = BLK_DRV_CAN_CREATE | BLK_DRV_HAS_PARENT,

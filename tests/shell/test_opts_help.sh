@@ -3,7 +3,8 @@
 # -O FMT, keel measure -O FMT) lists each output format's -o keys, and every
 # key it lists is real: creating an image (or package) with the key set to
 # the first value the help shows succeeds. A key the help invents, misspells
-# or gives a wrong value range for fails here.
+# or gives a wrong value range for fails here. Also: every help text (keel
+# help CMD, keel help formats, each -o help) fits an 80-column terminal.
 . "$(dirname "$0")/lib.sh"
 
 cd "$TMP"
@@ -57,6 +58,16 @@ for p in $packages; do
 			keel convert -O "$p" -o "$k=$v" src.raw "o.$p"
 	done
 done
+# 80 columns
+wide() { awk -v w="$1" 'length > 80 { print w ": " length ": " $0 }'; }
+cmds=$(keel help | awk '/^  [a-z]/ { print $1 }')
+t "keel help lists the commands ($(echo $cmds | wc -w))" test "$(echo $cmds | wc -w)" -ge 20
+: >wide.out
+for c in $cmds formats; do keel help "$c" | wide "$c" >>wide.out; done
+for f in $creatable $packages; do wide "-o help $f" <"help.$f" >>wide.out; done
+keel help | wide "keel help" >>wide.out
+t "every help text fits 80 columns" test ! -s wide.out
+cat wide.out
 expect_rc 2 "create -o help of a package is a usage error" keel create -f ova -o help
 expect_rc 2 "create -o help of an unknown format is a usage error" keel create -f nope -o help
 expect_rc 2 "convert -o help without -O is a usage error" keel convert -o help a b
