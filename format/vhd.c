@@ -1899,16 +1899,26 @@ static int vhd_create(const char *path, const struct blk_create_opts *o)
 			      (unsigned long long)size);
 	size = KL_ALIGN_UP(size, VHD_SECTOR);
 	if (o->parent) {
+		uint64_t psize, rounded = size;
+
 		rc = vhd_load_parent(path, o, &pi);
 		if (rc < 0)
 			goto out;
-		if (size != get_be64(pi.footer + F_CUR_SIZE)) {
+		/*
+		 * The parent may have been made from this same size, rounded up
+		 * to a CHS geometry (keel and qemu-img do that by default: convert
+		 * --keep-chain makes the base from the source's size, then this
+		 * layer from the same size): the child takes the parent's size.
+		 */
+		psize = get_be64(pi.footer + F_CUR_SIZE);
+		vhd_size_geometry(&rounded, force, &c, &h, &spt);
+		if (size != psize && rounded != psize) {
 			rc = kl_err(-EINVAL, "vhd: a differencing disk has its parent's size (%llu "
-				    "bytes), not %llu", (unsigned long long)get_be64(pi.footer +
-										  F_CUR_SIZE),
+				    "bytes), not %llu", (unsigned long long)psize,
 				    (unsigned long long)size);
 			goto out;
 		}
+		size = psize;
 		c = get_be16(pi.footer + F_CYL);
 		h = pi.footer[F_HEADS];
 		spt = pi.footer[F_SPT];

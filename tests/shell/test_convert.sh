@@ -151,6 +151,22 @@ for f in $formats; do
 	t "--keep-chain top reads as new ($f)" keel compare new.raw "out.$f/top.$f"
 	t "--keep-chain base reads as old ($f)" keel compare src.raw "out.$f/base.$f"
 done
+# ...and across formats: a qcow2 chain of src.raw's odd size into each
+# format, where VHD rounds the base up to a CHS geometry (a child of the
+# unrounded size was refused: "a differencing disk has its parent's size")
+mkdir -p xchain
+keel convert -f raw -O qcow2 src.raw xchain/base.qcow2 >/dev/null
+keel convert -f raw -O qcow2 -B base.qcow2 -F qcow2 new.raw xchain/top.qcow2 >/dev/null
+for f in $formats; do
+	[ "$f" = qcow2 ] && continue
+	# formats with parents (of their own format)
+	keel create -f "$f" xprobe.$f 1M >/dev/null 2>&1 &&
+		keel create -f "$f" -b "xprobe.$f" "xprobe-c.$f" >/dev/null 2>&1 || continue
+	mkdir -p "xout.$f"
+	t "--keep-chain qcow2 -> $f" keel convert --keep-chain -O "$f" xchain/top.qcow2 "xout.$f/top.$f"
+	t "--keep-chain qcow2 -> $f: top reads as new" keel compare new.raw "xout.$f/top.$f"
+	t "--keep-chain qcow2 -> $f: base reads as old" keel compare src.raw "xout.$f/base.$f"
+done
 
 # signals: a slowed conversion interrupted with SIGINT/SIGTERM leaves nothing
 for sig in INT TERM; do
