@@ -9,7 +9,10 @@
  * format allocates in (its cluster or block size); SRC's data counted in
  * those units is added, plus 1/256 of it for mapping tables.
  * With -c the data is read and encoded by the copy pipeline without
- * writing anything, so the compressed size is measured, not guessed.
+ * writing anything, so the compressed size is measured, not guessed; each
+ * cluster is counted as the format would store it (blk_encoded_footprint:
+ * keel's whole blocks, qcow2's packing into host clusters), so the
+ * prediction is never below the file.
  */
 #define _GNU_SOURCE
 #include "convert/conv_int.h"

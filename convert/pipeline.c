@@ -273,9 +273,11 @@ static int write_run(struct conv_pipe *p, enum conv_act act, uint64_t off, const
 	switch (act) {
 	case ACT_DATA:
 		p->st->bytes_written += len;
-		p->st->bytes_stored += len;
-		if (p->c->count_only)
+		if (p->c->count_only) {
+			p->st->bytes_stored += blk_encoded_footprint(dst, 0, len);
 			return 0;
+		}
+		p->st->bytes_stored += len;
 		if (p->flip) {
 			/* test hook: prove that --verify notices a wrong byte */
 			p->flip = false;
@@ -327,7 +329,9 @@ static int job_commit(struct conv_pipe *p, struct conv_job *j)
 						 run_len));
 			run_len = 0;
 			p->st->bytes_written += ul;
-			p->st->bytes_stored += (uint64_t)j->enc_len[u];
+			p->st->bytes_stored += c->count_only ?
+				blk_encoded_footprint(c->dst, (size_t)j->enc_len[u], ul) :
+				(uint64_t)j->enc_len[u];
 			if (!c->count_only)
 				KL_TRY(blk_write_encoded(c->dst, j->off + uo, j->enc + u * p->enc_cap,
 							 (size_t)j->enc_len[u], j->buf + uo,

@@ -841,6 +841,13 @@ ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *bu
 	return n;
 }
 
+uint64_t blk_encoded_footprint(struct blk_dev *d, size_t enc_len, size_t raw_len)
+{
+	if (d->drv->encoded_footprint)
+		return d->drv->encoded_footprint(d, enc_len, raw_len);
+	return enc_len ? enc_len : raw_len;
+}
+
 int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
 		      const void *raw, size_t raw_len)
 {

@@ -152,6 +152,12 @@ ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *bu
 			   void *out, size_t cap);
 int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
 		      const void *raw, size_t raw_len);
+/*
+ * Counting instead of writing (keel measure -c): the file bytes the next
+ * cluster would take, encoded (enc_len > 0) or plain (enc_len 0, raw_len
+ * bytes); called in offset order, writes nothing.
+ */
+uint64_t blk_encoded_footprint(struct blk_dev *d, size_t enc_len, size_t raw_len);
 
 /* Status of this layer alone at off: DATA, ZERO or UNALLOC, with its length. */
 int blk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e);

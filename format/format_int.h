@@ -218,6 +218,16 @@ struct blk_driver {
 				  void *out, size_t cap);
 	int (*write_encoded)(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
 			     const void *raw, size_t raw_len);
+	/*
+	 * Optional, for keel measure -c (a copy that counts instead of
+	 * writing): the file bytes that storing the next cluster would add,
+	 * in offset order, with nothing written: an encoded one (enc_len > 0)
+	 * or raw_len plain bytes (enc_len 0). Drivers whose allocation is not
+	 * just the sum of lengths (blocks a blob is rounded up to, compressed
+	 * clusters packed into host clusters) keep what they need to simulate
+	 * it in their state. Without it, the bytes themselves are counted.
+	 */
+	uint64_t (*encoded_footprint)(struct blk_dev *d, size_t enc_len, size_t raw_len);
 
 	/*
 	 * Optional: predict the size of the file create(o) would make once it

@@ -1434,6 +1434,14 @@ static ssize_t kf_encode_cluster(const struct blk_dev *d, uint64_t off, const vo
 	return n;
 }
 
+/* measure -c: a blob takes whole blocks; a plain cluster is cluster_size bytes (§4.1) */
+static uint64_t kf_encoded_footprint(struct blk_dev *d, size_t enc_len, size_t raw_len)
+{
+	if (enc_len)
+		return KL_ALIGN_UP((uint64_t)enc_len, KF_BLOCK);
+	return KL_DIV_ROUND_UP((uint64_t)raw_len, d->cluster_size) * d->cluster_size;
+}
+
 static int kf_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
 			    const void *raw, size_t raw_len)
 {
@@ -1514,6 +1522,7 @@ const struct blk_driver blk_keel_driver = {
 	.dedup = kf_dedup_offline,
 	.encode_cluster = kf_encode_cluster,
 	.write_encoded = kf_write_encoded,
+	.encoded_footprint = kf_encoded_footprint,
 	.snapshot_create_guid = kf_snapshot_create_guid,
 	.recv_begin = kf_recv_begin,
 	.recv_status = kf_recv_status,

@@ -700,6 +700,36 @@ int qcow2_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned 
 	return 0;
 }
 
+/*
+ * measure -c: what qcow2_alloc_bytes would do, in whole host clusters.
+ * Compressed clusters pack into the open host cluster, spill into the
+ * next one only when that is the next cluster allocated, and otherwise
+ * start a new one, leaving the rest of the open one unused; plain clusters
+ * take a cluster each, after the open one. (Metadata clusters allocated in
+ * between are the prediction's part, not simulated here.)
+ */
+uint64_t qcow2_encoded_footprint(struct blk_dev *d, size_t enc_len, size_t raw_len)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint64_t cs = s->cluster_size;
+
+	if (enc_len == 0) {
+		s->sim_contig = false;
+		return KL_DIV_ROUND_UP(raw_len, cs) * cs;
+	}
+	if (s->sim_used && cs - s->sim_used >= enc_len) {
+		s->sim_used = (s->sim_used + enc_len) % cs;
+		return 0;
+	}
+	if (s->sim_used && s->sim_contig) {
+		s->sim_used = (s->sim_used + enc_len) % cs; /* spill: the tail in a new cluster */
+		return cs;
+	}
+	s->sim_used = enc_len % cs;
+	s->sim_contig = true;
+	return cs;
+}
+
 int qcow2_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
 			const void *raw, size_t raw_len)
 {

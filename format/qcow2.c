@@ -1158,4 +1158,5 @@ const struct blk_driver blk_qcow2_driver = {
 	.measure = qcow2_measure,
 	.encode_cluster = qcow2_encode_cluster,
 	.write_encoded = qcow2_write_encoded,
+	.encoded_footprint = qcow2_encoded_footprint,
 };

@@ -242,6 +242,8 @@ struct qcow2_state {
 	uint64_t pend_ci;	 /* its guest cluster index */
 	bool pend;		 /* pbuf holds data not yet stored */
 	uint64_t free_byte_offset; /* where the next compressed cluster is packed, 0 = none */
+	uint64_t sim_used;	 /* measure -c: bytes used in the open compressed cluster, 0 none */
+	bool sim_contig;	 /* ...and it is the last cluster allocated (a spill may follow) */
 	uint64_t free_hint;	 /* no free cluster below this index */
 	uint64_t alloc_end;	 /* one past the highest cluster allocated by this handle */
 	struct qcow2_free *frees; /* references dropped, applied after the L2 tables are durable */
@@ -331,6 +333,7 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len);
 int qcow2_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsigned flags);
 int qcow2_discard(struct blk_dev *d, uint64_t off, uint64_t len);
 /* The driver's write_encoded: place what qcow2_encode_cluster made. */
+uint64_t qcow2_encoded_footprint(struct blk_dev *d, size_t enc_len, size_t raw_len);
 int qcow2_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
 			const void *raw, size_t raw_len);
 /* Store the cluster compress=on is still filling (every entry point calls this first). */

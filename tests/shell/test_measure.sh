@@ -26,11 +26,21 @@ for f in $formats; do
 	t "$f: required is not wildly above it" test "$req" -le $((actual * 2 + 4 * 1048576))
 	t "$f: fully allocated >= required" test "$full" -ge "$req"
 done
-if keel help formats | awk '$1 == "qcow2" && $2 == "yes"' | grep -q .; then
-	keel convert -f raw -O qcow2 -c src.raw c.qcow2 >/dev/null
-	creq=$(keel measure -f raw -O qcow2 -c src.raw | awk '/required/ { print $3 }')
-	echo "# qcow2 -c: actual $(stat -c %s c.qcow2), measured $creq"
-	t "qcow2 -c: measured compressed size covers the file" test "$(stat -c %s c.qcow2)" -le $((creq + creq / 50 + 65536))
-	t "qcow2 -c: and is below the uncompressed prediction" test "$creq" -lt "$(keel measure -f raw -O qcow2 src.raw | awk '/required/ { print $3 }')"
-fi
+# -c: the compressed data is measured (encoded, not written) and counted the
+# way each format stores it: keel blobs in whole 4 KiB blocks, qcow2
+# compressed clusters packed into host clusters (a plain cluster between
+# them leaves the rest of the open one unused), VMDK grains with their
+# markers. The file then never exceeds the prediction (it did by 5 % for
+# keel and 0.4 % for qcow2 on make-nightlies' disk when the bytes were summed).
+for f in qcow2 keel vmdk; do
+	keel help formats | awk -v f="$f" '$1 == f && $2 == "yes"' | grep -q . || continue
+	keel convert -f raw -O "$f" -c src.raw "c.$f" >/dev/null
+	cact=$(stat -c %s "c.$f")
+	creq=$(keel measure -f raw -O "$f" -c src.raw | awk '/required/ { print $3 }')
+	echo "# $f -c: actual $cact, measured $creq"
+	t "$f -c: the measured size covers the file" test "$cact" -le "$creq"
+	t "$f -c: ...closely" test "$creq" -le $((cact + cact / 20 + 262144))
+	t "$f -c: ...and is below the uncompressed prediction" \
+		test "$creq" -lt "$(keel measure -f raw -O "$f" src.raw | awk '/required/ { print $3 }')"
+done
 finish
