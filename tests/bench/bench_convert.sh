@@ -23,6 +23,11 @@
 # wall-time ratio also measures the scheduler's share, the CPU time does
 # not. This virtual machine's disk and memory timings drift by +-30 %
 # from minute to minute; compare ratios within one run, not across runs.
+# Its balloon also hands free memory back to the host a few seconds after
+# it is freed, so the page cache a tool fills may be cold (host page faults
+# on every byte): 2 MiB-aligned buffered writes get exactly that memory and
+# ran 4x slower (lib/io.c has the numbers). That is why the unflushed
+# columns depended on which tool happened to write 2 MiB-aligned blocks.
 #
 #   KEEL=build/keel tests/bench/bench_convert.sh
 #   BENCH_IMG=/path/to/image.raw   another source image
