@@ -693,7 +693,6 @@ static int vdi_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, unsi
 	return 0;
 }
 
-/* Sync the data, then the map sectors and blocks_allocated that point at it. */
 /*
  * Metadata after data, and blocks_allocated before the map entries that
  * use new blocks: VirtualBox and qemu put their next block at index
@@ -751,18 +750,6 @@ static int vdi_flush(struct blk_dev *d)
 
 /* ------------------------------------------------------------------ info */
 
-/*
- * keel check. Opening already proved the structure (every map entry inside
- * the file, no data block named by two entries), so what is left is
- * bookkeeping. blocks_allocated is where VirtualBox and qemu put their next
- * block: below a block in use it is a corruption (their next write lands
- * on it); above the blocks in use, like data blocks no entry points to,
- * it is a leak (an allocation cut off before its map entry was written).
- * VirtualBox keeps the data area dense (discard and compaction move the
- * last block into the hole), so any unreferenced block is a leak. -r all
- * raises a low count; -r leaks (and all) gives back the blocks after the
- * last one in use. Holes between blocks in use stay (reported).
- */
 static int vdi_cmp_u32(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -790,6 +777,18 @@ static void vdi_check_gap(struct blk_dev *d, struct blk_check_report *r, uint64_
 	r->leaks += to - from;
 }
 
+/*
+ * keel check. Opening already proved the structure (every map entry inside
+ * the file, no data block named by two entries), so what is left is
+ * bookkeeping. blocks_allocated is where VirtualBox and qemu put their next
+ * block: below a block in use it is a corruption (their next write lands
+ * on it); above the blocks in use, like data blocks no entry points to,
+ * it is a leak (an allocation cut off before its map entry was written).
+ * VirtualBox keeps the data area dense (discard and compaction move the
+ * last block into the hole), so any unreferenced block is a leak. -r all
+ * raises a low count; -r leaks (and all) gives back the blocks after the
+ * last one in use. Holes between blocks in use stay (reported).
+ */
 static int vdi_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 {
 	struct vdi_state *s = d->priv;

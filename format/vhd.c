@@ -1567,7 +1567,6 @@ static int vhd_check(struct blk_dev *d, struct blk_check_report *r, unsigned fla
 				      UINT32_MAX };
 	for (int i = 0; i < VHD_NLOC; i++) {
 		const struct vhd_locator *l = &s->loc[i];
-
 		uint64_t lend = l->off + KL_MAX(l->space, (uint64_t)l->len);
 
 		if (l->code && l->off < s->file_size)
