@@ -734,8 +734,7 @@ static int vmdk_check(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 
 	if (s->stream_w)
 		return refuse_stream_read(d);
-	if (flags & BLK_CHECK_REPAIR_ALL)
-		return kl_err(-ENOTSUP, "%s: keel does not repair VMDK images", d->filename);
+	/* -r all repairs redundant grain tables only; there is nothing else to do */
 	for (size_t i = 0; i < s->next; i++) {
 		if (s->ext[i].sp)
 			KL_TRY(vmdk_sparse_check(&s->ext[i], r, flags));
