@@ -1534,7 +1534,6 @@ static int vhd_check(struct blk_dev *d, struct blk_check_report *r, unsigned fla
 	uint8_t copy[VHD_FOOTER_SIZE];
 	struct vhd_range *rg = NULL;
 	size_t n = 0;
-	int rc = 0;
 
 	for (const char *p = s->damage, *nl; p && *p; p = nl ? nl + 1 : NULL) {
 		size_t len;
@@ -1616,7 +1615,7 @@ static int vhd_check(struct blk_dev *d, struct blk_check_report *r, unsigned fla
 			r->repaired += lost;
 		}
 	}
-	return rc;
+	return 0;
 }
 
 static int vhd_info(struct blk_dev *d, struct blk_info *out)

@@ -333,25 +333,6 @@ static int gt_store(struct vmdk_extent *x, struct vmdk_gt_slot *c, uint32_t i0, 
 }
 
 
-/* check -r all: the whole table c, synced, at sector (the redundant copy's place). */
-static int gt_copy_to(struct vmdk_extent *x, const struct vmdk_gt_slot *c, uint32_t sector)
-{
-	struct vmdk_sparse *s = x->sp;
-	size_t bytes = (size_t)s->h.gtes * 4;
-	uint8_t *raw = kl_malloc(bytes);
-	int rc;
-
-	if (!raw)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < s->h.gtes; i++)
-		put_le32(raw + 4 * (size_t)i, c->ent[i]);
-	rc = kl_io_pwrite(x->file, (uint64_t)sector * VMDK_SECTOR, raw, bytes);
-	kl_free(raw);
-	if (rc == 0)
-		rc = kl_io_sync(x->file);
-	return rc;
-}
-
 /* Write back a changed table: the data it names first becomes durable. */
 static int gt_writeback(struct vmdk_extent *x, struct vmdk_gt_slot *c)
 {
@@ -1036,13 +1017,16 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 				/*
 				 * Tables are written primary first, then the copy, so a
 				 * crash between the two leaves them apart (readers use the
-				 * primary). -r all copies the primary over the copy.
+				 * primary). -r all writes the whole table again, to
+				 * both places (the writable open loaded s->rgd).
 				 */
 				blk_check_msg(r, "%s: redundant grain table %u differs from the primary",
 					      x->name, gdi);
 				r->corruptions++;
 				if ((flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL) {
-					rc = gt_copy_to(x, c, rgd[gdi]);
+					rc = gt_store(x, c, 0, s->h.gtes);
+					if (rc == 0)
+						rc = kl_io_sync(x->file);
 					if (rc < 0)
 						goto out;
 					r->repaired++;
