@@ -189,7 +189,9 @@ done
 for sig in INT TERM; do
 	KEEL_CONV_SLOW_MS=200 "$KEEL" convert -j 2 -f raw -O raw src.raw "sig$sig.raw" 2>/dev/null &
 	pid=$!
-	sleep 0.6
+	# signal it once it has its temporary (a fixed sleep races a slow start)
+	for _ in $(seq 100); do ls -a | grep -q "sig$sig.raw.keel-tmp" && break; sleep 0.05; done
+	sleep 0.2
 	kill -s "$sig" "$pid"
 	wait "$pid"
 	rc=$?
@@ -200,7 +202,8 @@ done
 # SIGKILL leaves a temp file; the next run removes it
 KEEL_CONV_SLOW_MS=200 "$KEEL" convert -j 2 -f raw -O raw src.raw kill.raw 2>/dev/null &
 pid=$!
-sleep 0.6
+for _ in $(seq 100); do ls -a | grep -q "kill.raw.keel-tmp" && break; sleep 0.05; done
+sleep 0.2
 { kill -KILL "$pid"; wait "$pid"; } 2>/dev/null
 t "SIGKILL: no output" test ! -e kill.raw
 t "SIGKILL: a temporary remains" sh -c "ls -a | grep -q '^\.kill\.raw\.keel-tmp\.$pid'"

@@ -58,13 +58,18 @@ t "drill log keeps history" sh -c "[ \$(wc -l < drills.jsonl) -eq 2 ] && python3
 # --- one writer at a time
 keel -q create big.keel 2G
 ("$KEEL" -q io -c 'write -P 1 0 1536M' big.keel; echo done > big.done) &
-for i in $(seq 50); do [ -e big.done ] && break; sleep 0.1; "$KEEL" -q io -c 'read 0 4k' big.keel 2>/dev/null && break; done
+big_ino=$(stat -c %i big.keel)
+for i in $(seq 200); do grep -q "OFDLCK.*:$big_ino " /proc/locks && break; sleep 0.05; done
 expect_err "second writer fails at once" "being written by another" keel io -c 'write 0 4k' big.keel
 t "second writer with --wait gets its turn" keel -q io --wait -c 'write -P 2 0 4k' big.keel
 wait
 t "both writes landed" keel -q io -c 'read -P 2 0 4k' -c 'read -P 1 4k 1M' big.keel
 # a writer killed with SIGKILL leaves no stale lock
-("$KEEL" -q io -c 'write -P 3 0 1536M' big.keel &) ; sleep 0.5; pkill -9 -f "write -P 3 0 1536M"; sleep 0.2
+# (wait for its lock to show in /proc/locks and reap it before probing: a
+# fixed sleep raced with a slow ASan start-up and teardown in CI)
+"$KEEL" -q io -c 'write -P 3 0 1536M' big.keel & kpid=$!
+for i in $(seq 200); do grep -q "OFDLCK.*:$big_ino " /proc/locks && break; sleep 0.05; done
+kill -9 $kpid; wait $kpid 2>/dev/null
 t "lock of a killed writer is gone" keel -q io -c 'write -P 4 0 4k' big.keel
 t "image fine after the killed writer" keel check big.keel
 rm -f big.keel
