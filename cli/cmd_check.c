@@ -18,7 +18,7 @@ const char cmd_check_usage[] =
 	"(every block inside the file, none overlapping another); check then\n"
 	"reports damage that opening tolerated (a bad checksum, a lost VHD end\n"
 	"footer), header counts that disagree with the tables, and file space no\n"
-	"block uses (leaks; VHD and VDI: VHDX files may keep free space).\n"
+	"block uses (leaks; not VHDX, whose files may keep free space).\n"
 	"There, -r leaks cuts leaked space off the end of the file, and -r all\n"
 	"also rebuilds a lost VHD end footer from its copy at offset 0, raises a\n"
 	"VDI allocated-block count that is below a block in use, and copies a\n"
