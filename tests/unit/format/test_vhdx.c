@@ -998,6 +998,18 @@ START_TEST(crash_during_allocation)
 				ck_assert_int_lt(rc, 0);
 				d = open_img(img, false);
 				ck_assert_ok(blk_pread(d, off, got, len));
+				{
+					/* keel check agrees: nothing corrupt, counts sane */
+					struct blk_check_report cr;
+
+					ck_assert_ok(blk_check(d, &cr, 0));
+					ck_assert_msg(cr.corruptions == 0 && cr.leaks == 0 &&
+							      cr.allocated_clusters <= cr.total_clusters,
+						      "diff=%d mode %zu point %llu: check: %s", diff,
+						      m, (unsigned long long)at,
+						      cr.nmsgs ? cr.msgs[0] : "counts");
+					blk_check_report_release(&cr);
+				}
 				blk_close(d);
 				/* [512K, 1M): block 0, in place (bitmap bits in the child) */
 				for (uint64_t o = 0; o < MiB - off; o += 512)
