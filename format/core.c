@@ -1195,6 +1195,11 @@ int blk_identity(struct blk_dev *d, struct blk_identity *id)
 	return d->drv->identity(d, id);
 }
 
+int blk_can_set_parent(struct blk_dev *d)
+{
+	return need_snap_op(d, (const void *)d->drv->set_parent, "changing the parent");
+}
+
 int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned flags)
 {
 	struct blk_chain chain = { .n = 0 };
@@ -1204,7 +1209,7 @@ int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned
 	int rc;
 
 	KL_TRY(check_writable(d));
-	KL_TRY(need_snap_op(d, (const void *)d->drv->set_parent, "changing the parent"));
+	KL_TRY(blk_can_set_parent(d));
 	if (!ref) {
 		rc = d->drv->set_parent(d, NULL, NULL);
 		if (rc == 0) {

@@ -310,6 +310,8 @@ int blk_identity(struct blk_dev *d, struct blk_identity *id);
  * The new parent is opened and its identity recorded where the format can.
  */
 int blk_set_parent(struct blk_dev *d, const char *ref, const char *fmt, unsigned flags);
+/* 0 if d's format can change its parent reference, else -ENOTSUP (message set). */
+int blk_can_set_parent(struct blk_dev *d);
 /* Drops every cluster of d so it reads entirely from its parent (commit). */
 int blk_make_empty(struct blk_dev *d);
 /* Before writing d's data into its parent: tell d to accept the changed parent. */

@@ -25,6 +25,20 @@ int snap_rebase(const char *spec, const struct blk_open_opts *o, const char *new
 	int rc;
 
 	memset(st, 0, sizeof(*st));
+	/*
+	 * Ask the format first, on a read-only open: safe mode would otherwise
+	 * copy clusters into an image whose parent then cannot be switched, and
+	 * a writable open without the parent fails with a message about
+	 * something else for formats that refuse it.
+	 */
+	oo.flags = (oo.flags & ~(unsigned)BLK_OPEN_RDWR) | BLK_OPEN_NO_PARENT;
+	KL_TRY(blk_open(spec, &oo, &d));
+	rc = blk_can_set_parent(d);
+	blk_close(d);
+	d = NULL;
+	if (rc < 0)
+		return rc;
+	oo = *o;
 	oo.flags |= BLK_OPEN_RDWR;
 	if (unsafe)
 		oo.flags |= BLK_OPEN_NO_PARENT;

@@ -34,6 +34,18 @@ keel -q io -c 'write -P 5 0 64M' other.keel
 t "rebase keeps content" sh -c "'$KEEL' -q convert -O raw o.keel before.raw && '$KEEL' -q rebase -b other.keel o.keel && '$KEEL' compare before.raw o.keel"
 t "rebased parent recorded" sh -c "'$KEEL' info o.keel | grep -q 'parent: other.keel'"
 t "rebase -u" keel -q rebase -u -b v.keel o.keel
+# formats whose parent reference keel cannot rewrite say so before touching
+# anything (safe mode used to copy the old chain's clusters in first)
+for f in vmdk vhd vdi; do
+	keel -q create -f $f rb.$f 8M
+	keel -q io -c 'write -P 3 0 1M' rb.$f
+	keel -q create -f $f rb2.$f 8M
+	keel -q create -f $f -b rb.$f rc.$f
+	sum=$(sha256sum rc.$f)
+	expect_err "$f: rebase refused up front" "does not support changing the parent" keel rebase -b rb2.$f rc.$f
+	expect_err "$f: rebase -u refused with the same reason" "does not support changing the parent" keel rebase -u -b rb2.$f rc.$f
+	t "$f: the image is untouched" test "$sum" = "$(sha256sum rc.$f)"
+done
 expect_err "modified parent refused" "changed since" sh -c "'$KEEL' -q io -c 'write 0 4k' v.keel && '$KEEL' io -c 'read 0 4k' o.keel"
 mkdir -p sub
 expect_err "parent outside the directory refused" "outside" keel create -b ../v.keel sub/x.keel
