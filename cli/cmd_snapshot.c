@@ -11,6 +11,7 @@ const char cmd_snapshot_usage[] =
 	"       keel snapshot list [--output json] FILE\n"
 	"       keel snapshot delete FILE NAME\n"
 	"       keel snapshot revert FILE NAME\n"
+	"       keel snapshot -c|-d|-a NAME FILE, keel snapshot -l FILE (qemu-img's)\n"
 	"\n"
 	"Internal snapshots. create records the current state under NAME (it\n"
 	"shares every cluster with it: no data is copied); delete frees what no\n"
@@ -77,14 +78,22 @@ int cmd_snapshot(int argc, char **argv)
 	};
 	struct cli_open co = { 0 };
 	struct blk_dev *d;
-	const char *verb, *file, *name = NULL;
+	const char *verb = NULL, *file, *name = NULL;
 	bool json = false, list;
 	int opt, rc;
 
-	while ((opt = getopt_long(argc, argv, "f:h", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "f:hc:d:a:l", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;
-		if (opt == CLI_OPT_OUTPUT) {
+		if (strchr("cdal", opt)) {
+			/* qemu-img snapshot's spelling: -c NAME FILE and so on */
+			static const char *const verbs[] = { "create", "delete", "revert", "list" };
+
+			if (verb)
+				return cli_usage("snapshot", "-c, -d, -a and -l exclude each other");
+			verb = verbs[strchr("cdal", opt) - "cdal"];
+			name = optarg;
+		} else if (opt == CLI_OPT_OUTPUT) {
 			if (cli_parse_output(optarg, &json) < 0)
 				return cli_usage("snapshot", "bad --output '%s'", optarg);
 		} else if (opt == 'h') {
@@ -94,15 +103,23 @@ int cmd_snapshot(int argc, char **argv)
 			return cli_usage("snapshot", NULL);
 		}
 	}
-	if (argc - optind < 2)
-		return cli_usage("snapshot", "expected a verb and FILE");
-	verb = argv[optind];
-	file = argv[optind + 1];
-	list = !strcmp(verb, "list");
-	if (list ? argc - optind != 2 : argc - optind != 3)
-		return cli_usage("snapshot", "wrong number of arguments for '%s'", verb);
-	if (!list)
-		name = argv[optind + 2];
+	if (verb) {
+		if (argc - optind != 1)
+			return cli_usage("snapshot", "expected one FILE after -%c", verb[0] == 'r' ? 'a' :
+								     verb[0]);
+		file = argv[optind];
+		list = !strcmp(verb, "list");
+	} else {
+		if (argc - optind < 2)
+			return cli_usage("snapshot", "expected a verb and FILE");
+		verb = argv[optind];
+		file = argv[optind + 1];
+		list = !strcmp(verb, "list");
+		if (list ? argc - optind != 2 : argc - optind != 3)
+			return cli_usage("snapshot", "wrong number of arguments for '%s'", verb);
+		if (!list)
+			name = argv[optind + 2];
+	}
 	if (!list && strcmp(verb, "create") && strcmp(verb, "delete") && strcmp(verb, "revert"))
 		return cli_usage("snapshot", "unknown verb '%s'", verb);
 	rc = cli_open_image(&co, file, list ? 0 : BLK_OPEN_RDWR, &d);

@@ -18,6 +18,15 @@ t "info json lists snapshots" sh -c "'$KEEL' info --output json v.keel | python3
 t "check clean with data" keel check --verify-data v.keel
 t "revert to s1" keel -q snapshot revert v.keel s1
 t "reverted content" keel -q io -c 'read -P 1 0 4M' v.keel
+# qemu-img snapshot's spelling works too
+t "snapshot -c (qemu-img's create)" keel -q snapshot -c s3 v.keel
+t "snapshot -l lists it" sh -c "'$KEEL' snapshot -l v.keel | grep -q ' s3 '"
+t "snapshot -a reverts to s2" sh -c "'$KEEL' -q snapshot -a s2 v.keel && '$KEEL' -q io -c 'read -P 2 1M 1M' v.keel"
+t "snapshot -d deletes s3" sh -c "'$KEEL' -q snapshot -d s3 v.keel && ! '$KEEL' snapshot -l v.keel | grep -q ' s3 '"
+expect_rc 2 "snapshot -c with -d is a usage error" keel snapshot -c a -d b v.keel
+expect_rc 2 "snapshot -c with two files is a usage error" keel snapshot -c a v.keel v.keel
+t "...and created nothing" sh -c "! '$KEEL' snapshot -l v.keel | grep -q ' a '"
+t "back to s1 for what follows" keel -q snapshot revert v.keel s1
 t "delete s1" keel -q snapshot delete v.keel s1
 expect_err "delete missing snapshot" "no snapshot named" keel snapshot delete v.keel nope
 t "check after delete" keel check v.keel
