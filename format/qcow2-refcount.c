@@ -926,6 +926,22 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 	if (rc < 0)
 		goto out;
 
+	/*
+	 * Everything found so far is structural (a table past the end of the
+	 * file, misaligned, unreadable, overlapping): -r cannot fix it, and
+	 * what a damaged table no longer reaches shows up as leaks. Freeing
+	 * those would give the clusters holding the lost tables and data to
+	 * the next write, so nothing is repaired while such damage remains
+	 * (qemu-img check -r does free them).
+	 */
+	if (r->corruptions && (flags & BLK_CHECK_REPAIR_LEAKS)) {
+		blk_check_msg(r, "nothing repaired: %llu error(s) in the table structure cannot "
+			      "be, and the clusters they cut off (reported as leaked) may hold "
+			      "the data; copy what still reads with keel convert",
+			      (unsigned long long)r->corruptions);
+		flags = 0;
+	}
+
 	/* compare with what is stored, repairing when asked */
 	s->check_refs = k.refs;
 	s->check_nclusters = k.nclusters;

@@ -949,20 +949,21 @@ static int span_add(struct vmdk_spans *sp, uint32_t sec, uint32_t n, uint8_t wha
 
 /*
  * Sorted spans: two that overlap corrupt each other on the next write
- * through either. Space past the header's overhead (where everything is
- * appended) that no span covers was allocated by a writer that crashed
- * before its table entry or directory entry reached the disk: a leak. A
- * leak at the end of the file is cut off by -r leaks; the writer appends
- * past the end, so one inside the file stays (reported only).
+ * through either. Space past the header's overhead
+ * (where everything is appended) that no span covers was allocated by a
+ * writer that crashed before its table entry or directory entry reached
+ * the disk: a leak. *tail is where a leak at the end of the file starts (0
+ * when there is none): -r leaks cuts that off; the writer appends past the
+ * end, so a leak inside the file stays (reported only).
  */
-static int check_spans(struct vmdk_extent *x, struct blk_check_report *r, unsigned flags,
-		       struct vmdk_spans *sp)
+static void check_spans(struct vmdk_extent *x, struct blk_check_report *r, unsigned flags,
+			struct vmdk_spans *sp, uint64_t *tail)
 {
 	struct vmdk_sparse *s = x->sp;
 	uint64_t end = KL_DIV_ROUND_UP(x->file_size, VMDK_SECTOR);
-	uint64_t cur = s->h.overhead, leaked = 0;
-	int rc;
+	uint64_t cur = s->h.overhead;
 
+	*tail = 0;
 	if (sp->n > 1)
 		qsort(sp->v, sp->n, sizeof(*sp->v), span_cmp);
 	for (size_t i = 0; i < sp->n; i++) {
@@ -978,31 +979,18 @@ static int check_spans(struct vmdk_extent *x, struct blk_check_report *r, unsign
 			blk_check_msg(r, "%s: sectors %llu-%llu are used by nothing (leaked)",
 				      x->name, (unsigned long long)cur,
 				      (unsigned long long)a->sec - 1);
-			leaked += KL_DIV_ROUND_UP(a->sec - cur, s->h.grain);
+			r->leaks += KL_DIV_ROUND_UP(a->sec - cur, s->h.grain);
 		}
 		cur = KL_MAX(cur, (uint64_t)a->sec + a->n);
 	}
-	if (end <= cur) {
-		r->leaks += leaked;
-		return 0;
-	}
+	if (end <= cur)
+		return;
 	blk_check_msg(r, "%s: the %llu sectors at the end of the file (from sector %llu) are "
 		      "used by nothing (leaked)%s", x->name, (unsigned long long)(end - cur),
 		      (unsigned long long)cur,
 		      flags & BLK_CHECK_REPAIR_LEAKS ? "" : "; -r leaks cuts them off");
-	leaked += KL_DIV_ROUND_UP(end - cur, s->h.grain);
-	r->leaks += leaked;
-	if (!(flags & BLK_CHECK_REPAIR_LEAKS))
-		return 0;
-	rc = kl_io_truncate(x->file, cur * VMDK_SECTOR);
-	if (rc == 0)
-		rc = kl_io_sync(x->file);
-	if (rc < 0)
-		return rc;
-	x->file_size = cur * VMDK_SECTOR;
-	s->next_sector = KL_MAX(s->h.overhead, cur);
-	r->repaired += KL_DIV_ROUND_UP(end - cur, s->h.grain);
-	return 0;
+	r->leaks += KL_DIV_ROUND_UP(end - cur, s->h.grain);
+	*tail = cur;
 }
 
 static void check_grain(struct vmdk_extent *x, struct blk_check_report *r, unsigned flags,
@@ -1053,13 +1041,58 @@ static void check_grain(struct vmdk_extent *x, struct blk_check_report *r, unsig
 	}
 }
 
+/*
+ * -r: copy primary grain tables over redundant copies that differ (a crash
+ * between the two writes leaves them apart; readers use the primary), then
+ * cut a leaked tail off. Neither while the tables have damage -r cannot
+ * fix: then the primary may be the broken copy, and the "leaked" space may
+ * be grains a damaged entry no longer names.
+ */
+static int check_repair(struct vmdk_extent *x, struct blk_check_report *r, unsigned flags,
+			const uint8_t *differs, uint64_t structural, uint64_t tail)
+{
+	struct vmdk_sparse *s = x->sp;
+	uint64_t end = KL_DIV_ROUND_UP(x->file_size, VMDK_SECTOR);
+	bool all = (flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL;
+
+	if (!(flags & BLK_CHECK_REPAIR_LEAKS) || (!tail && !(all && differs)))
+		return 0;
+	if (structural) {
+		blk_check_msg(r, "%s: nothing repaired: %llu error(s) in the grain tables cannot "
+			      "be, so the redundant tables and the space the damage cut off "
+			      "(reported as leaked) may hold the data", x->name,
+			      (unsigned long long)structural);
+		return 0;
+	}
+	for (uint32_t gdi = 0; all && differs && gdi < s->ngd; gdi++) {
+		struct vmdk_gt_slot *c;
+
+		if (!differs[gdi])
+			continue;
+		KL_TRY(gt_get(x, gdi, &c));
+		KL_TRY(gt_store(x, c, 0, s->h.gtes));
+		KL_TRY(kl_io_sync(x->file));
+		r->repaired++;
+	}
+	if (!tail)
+		return 0;
+	KL_TRY(kl_io_truncate(x->file, tail * VMDK_SECTOR));
+	KL_TRY(kl_io_sync(x->file));
+	x->file_size = tail * VMDK_SECTOR;
+	s->next_sector = KL_MAX(s->h.overhead, tail);
+	r->repaired += KL_DIV_ROUND_UP(end - tail, s->h.grain);
+	return 0;
+}
+
 int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigned flags)
 {
 	struct vmdk_sparse *s = x->sp;
 	uint64_t ngrains = KL_DIV_ROUND_UP(x->len, s->grain_bytes);
 	uint32_t *rgd = NULL, *rgt = NULL;
+	uint8_t *differs = NULL; /* per directory entry: the redundant table differs */
 	struct vmdk_spans sp = { 0 };
 	uint32_t gt_secs = (uint32_t)(s->gt_bytes / VMDK_SECTOR);
+	uint64_t corrupt0 = r->corruptions, ndiffer = 0, tail = 0;
 	int rc = 0;
 
 	r->total_clusters += ngrains;
@@ -1092,23 +1125,15 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 				blk_check_msg(r, "%s", kl_errmsg());
 				r->corruptions++;
 			} else if (memcmp(rgt, c->ent, (size_t)s->h.gtes * 4) != 0) {
-				/*
-				 * Tables are written primary first, then the copy, so a
-				 * crash between the two leaves them apart (readers use the
-				 * primary). -r all writes the whole table again, to
-				 * both places (the writable open loaded s->rgd).
-				 */
 				blk_check_msg(r, "%s: redundant grain table %u differs from the primary",
 					      x->name, gdi);
 				r->corruptions++;
-				if ((flags & BLK_CHECK_REPAIR_ALL) == BLK_CHECK_REPAIR_ALL) {
-					rc = gt_store(x, c, 0, s->h.gtes);
-					if (rc == 0)
-						rc = kl_io_sync(x->file);
-					if (rc < 0)
-						goto out;
-					r->repaired++;
+				if (!differs && !(differs = kl_calloc(s->ngd, 1))) {
+					rc = -ENOMEM;
+					goto out;
 				}
+				differs[gdi] = 1;
+				ndiffer++;
 			}
 		}
 		for (uint32_t i = 0; i < s->h.gtes; i++) {
@@ -1138,10 +1163,14 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 				goto out;
 		}
 	}
-	if (!s->compressed)
-		rc = check_spans(x, r, flags, &sp);
+	if (s->compressed)
+		goto out;
+	check_spans(x, r, flags, &sp, &tail);
+	/* all corruptions but the differing redundant tables are beyond -r */
+	rc = check_repair(x, r, flags, differs, r->corruptions - corrupt0 - ndiffer, tail);
 out:
 	kl_free(sp.v);
+	kl_free(differs);
 	kl_free(rgd);
 	kl_free(rgt);
 	kl_err_clear();

@@ -152,6 +152,22 @@ expect_rc 3 "vmdk: a leaked grain inside the file exits 3" keel check vin.vmdk
 t "vmdk: ...named by its sectors" grep -q "sectors [0-9]*-[0-9]* are used by nothing (leaked)" <(out vin.vmdk)
 expect_rc 3 "vmdk: -r leaks cannot give it back" keel check -r leaks vin.vmdk
 t "vmdk: ...and the data is intact" keel io -c 'read -P 0x55 50M 64k' -c 'read -P 0x11 0 1M' vin.vmdk
+# a table entry damaged to point past the end: the grain it lost is among
+# the "leaked" space, so -r leaks keeps it
+cp k.vmdk vdmg.vmdk
+python3 - <<'PY'
+import struct
+f = open('vdmg.vmdk', 'r+b')
+f.seek(56); gd = struct.unpack('<Q', f.read(8))[0]
+f.seek(gd * 512); gt = struct.unpack('<I', f.read(4))[0]
+f.seek(gt * 512); f.write(struct.pack('<I', 1 << 30))    # grain 0 -> far past the end
+PY
+truncate -s +65536 vdmg.vmdk   # and a leaked tail
+sum=$(sha256sum <vdmg.vmdk)
+expect_rc 3 "vmdk: a grain entry past the end exits 3, even with -r all" keel check -r all vdmg.vmdk
+t "vmdk: ...-r says why it repairs nothing" grep -q "nothing repaired: 1 error(s) in the grain tables cannot be" <(keel check -r all vdmg.vmdk 2>&1)
+t "vmdk: ...the file is untouched: the redundant table still has grain 0" test "$sum" = "$(sha256sum <vdmg.vmdk)"
+
 # grain overlapping a grain table: writes through one corrupt the other
 python3 - <<'PY'
 import struct

@@ -176,4 +176,21 @@ keel -q create -f qcow2 outer/base.qcow2 1M
 keel -q create -f qcow2 --allow-external-backing -b ../outer/base.qcow2 inner/esc.qcow2
 expect_err "backing file outside the directory" "inner/esc.qcow2.*outside the image's directory.*allow-external-backing" rd inner/esc.qcow2
 t "...accepted with --allow-external-backing" keel -q convert --allow-external-backing -O raw inner/esc.qcow2 esc.raw
+
+# A header whose L1 offset was damaged to another cluster inside the file:
+# the real L1, L2 and data clusters are no longer reached and show up as
+# leaks. -r must not free them (they are the data), and it must not call
+# the image clean. Once the header is put right, everything reads again.
+fresh l1moved.qcow2
+"$KEEL" -q io -c 'write -P 0x33 128k 64k' l1moved.qcow2
+l1=$(python3 -c "import struct; f=open('l1moved.qcow2','rb'); f.seek(40); print(struct.unpack('>Q', f.read(8))[0])")
+rb=$(python3 -c "import struct; f=open('l1moved.qcow2','rb'); f.seek(48); rt=struct.unpack('>Q', f.read(8))[0]; f.seek(rt); print(struct.unpack('>Q', f.read(8))[0])")
+patch l1moved.qcow2 "w64(40, $rb)"   # the L1 now reads the refcount block
+sum=$(sha256sum <l1moved.qcow2)
+expect_rc 3 "L1 offset on the refcount block: -r all exits 3" keel check -r all l1moved.qcow2
+t "...says nothing was repaired, and why" grep -q "nothing repaired: [0-9]* error(s) in the table structure" <("$KEEL" check -r all l1moved.qcow2 2>&1)
+t "...and did not touch the file (the leaked clusters are the data)" test "$sum" = "$(sha256sum <l1moved.qcow2)"
+patch l1moved.qcow2 "w64(40, $l1)"
+t "...which reads back once the header is fixed" keel -q io -c 'read -P 0x5a 0 64k' -c 'read -P 0x33 128k 64k' l1moved.qcow2
+t "...and checks clean" keel check l1moved.qcow2
 finish
