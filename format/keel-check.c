@@ -165,6 +165,8 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 	uint32_t *stored = NULL;
 	uint64_t nstored = 0;
 	bool repair_any = false;
+	uint64_t structural;
+	bool was_broken;
 	int rc;
 
 	if (s->view)
@@ -181,6 +183,12 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		rc = -ENOMEM;
 		goto out;
 	}
+	/*
+	 * Damage the walk reads marks a writable handle broken (kf_corrupt), so
+	 * that a writer stops; check only reports it, and repairs nothing over
+	 * it (below), so a check that ran leaves the handle as usable as it was.
+	 */
+	was_broken = s->broken;
 	/* header slots */
 	x.exp[0] = x.exp[1] = 1;
 	x.tree = "current";
@@ -210,6 +218,7 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		ref(&x, s->crypto_hdr.addr, 1, "key-slot table");
 	if (s->dedup_root.addr)
 		ref(&x, s->dedup_root.addr, kf_blocks_of(s->dedup_root.aux), "dedup index");
+	structural = r->corruptions;
 	if (s->dedup) {
 		kf_dedup_each(s, check_dedup_rec, &x);
 		if (r->repaired)
@@ -218,7 +227,21 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 	rc = kf_rc_walk_nodes(d, ref_rc_node, &x);
 	if (rc < 0) {
 		r->corruptions++;
+		structural++;
 		blk_check_msg(r, "refcount tree: %s", kl_errmsg());
+	}
+	/*
+	 * A map node that does not read, or a pointer out of the image, cuts
+	 * off what it referenced, which then counts as leaked. Freeing it
+	 * would hand the data a repair of the node could still find to the
+	 * next write, so refcounts stay as they are (dedup records a blob does
+	 * not back are still dropped: that loses nothing).
+	 */
+	if (structural && (flags & BLK_CHECK_REPAIR_LEAKS)) {
+		blk_check_msg(r, "refcounts not repaired: %llu error(s) in the map cannot be, and "
+			      "what they cut off (reported as leaked) may be the data; copy what "
+			      "still reads with keel convert", (unsigned long long)structural);
+		flags = 0;
 	}
 	if (s->rc_loaded) {
 		stored = s->rc;
@@ -273,6 +296,8 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		rc = kf_commit(d);
 	}
 out:
+	if (rc == 0)
+		s->broken = was_broken;
 	if (stored != s->rc)
 		kl_free(stored);
 	kl_free(x.exp);

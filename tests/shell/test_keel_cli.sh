@@ -18,6 +18,28 @@ t "info json lists snapshots" sh -c "'$KEEL' info --output json v.keel | python3
 t "check clean with data" keel check --verify-data v.keel
 t "revert to s1" keel -q snapshot revert v.keel s1
 t "reverted content" keel -q io -c 'read -P 1 0 4M' v.keel
+# a map node that fails its checksum cuts off the data under it, which
+# then counts as leaked: check -r must free none of it, and say why
+keel -q create nd.keel 64M
+keel -q io -c 'write -P 7 0 4M' nd.keel
+python3 - <<'PY'
+import struct
+f = open('nd.keel', 'r+b')
+slots = []
+for i in (0, 1):
+    f.seek(i * 4096); h = f.read(512)
+    if h[:8] == b'KEELIMG\n':
+        slots.append((struct.unpack_from('<Q', h, 40)[0], h))
+h = max(slots)[1]
+root = struct.unpack_from('<Q', h, 88)[0]        # map_root.addr
+f.seek(root + 100); b = f.read(1)
+f.seek(root + 100); f.write(bytes([b[0] ^ 0xff]))
+PY
+sum=$(sha256sum <nd.keel)
+expect_rc 3 "damaged map node: check -r all exits 3" keel check -r all nd.keel
+t "...naming the node and why nothing was repaired" sh -c "'$KEEL' check -r all nd.keel | grep -q 'map node (level [0-9]) at offset [0-9]* fails its checksum' && '$KEEL' check -r all nd.keel | grep -q 'refcounts not repaired: 1 error(s) in the map'"
+t "...and the file is untouched" test "$sum" = "$(sha256sum <nd.keel)"
+
 # qemu-img snapshot's spelling works too
 t "snapshot -c (qemu-img's create)" keel -q snapshot -c s3 v.keel
 t "snapshot -l lists it" sh -c "'$KEEL' snapshot -l v.keel | grep -q ' s3 '"
