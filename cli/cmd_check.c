@@ -6,13 +6,15 @@
 #include <string.h>
 
 const char cmd_check_usage[] =
-	"usage: keel check [-f FMT] [--verify-data] [-r leaks|all] [--output json] FILE\n"
+	"usage: keel check [-f FMT] [--verify-data] [-p] [-r leaks|all] [--output json]\n"
+	"                  FILE\n"
 	"\n"
 	"Checks an image's metadata: every reference is counted and compared with\n"
 	"the stored refcounts (corruptions: a block used more often than counted;\n"
 	"leaks: counted but unused). --verify-data also reads every cluster and\n"
-	"verifies its checksum. -r leaks frees leaked space; -r all also fixes\n"
-	"counts that are too low (keel and qcow2 images). Nothing is repaired\n"
+	"verifies its checksum, with a progress bar on a terminal (or with -p).\n"
+	"-r leaks frees leaked space; -r all also fixes counts that are too low\n"
+	"(keel and qcow2 images). Nothing is repaired\n"
 	"without -r, nor while the tables have damage -r cannot repair (what it\n"
 	"cut off shows as leaked and may be the data).\n"
 	"VHD, VHDX, VDI and VMDK images have their structure checked as they open\n"
@@ -38,6 +40,7 @@ int cmd_check(int argc, char **argv)
 		{ "allow-external-backing", no_argument, NULL, CLI_OPT_ALLOW_EXTERNAL },
 		{ "key-file", required_argument, NULL, CLI_OPT_KEY_FILE },
 		{ "key-env", required_argument, NULL, CLI_OPT_KEY_ENV },
+		{ "progress", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -45,16 +48,19 @@ int cmd_check(int argc, char **argv)
 	struct blk_check_report r;
 	struct blk_dev *d;
 	struct kl_json j;
-	unsigned flags = 0;
+	unsigned flags = cli_force_progress ? BLK_CHECK_PROGRESS : 0;
 	bool json = false, problems;
 	int opt, rc;
 
-	while ((opt = getopt_long(argc, argv, "f:r:h", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "f:r:ph", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;
 		switch (opt) {
 		case 'V':
 			flags |= BLK_CHECK_DATA;
+			break;
+		case 'p':
+			flags |= BLK_CHECK_PROGRESS;
 			break;
 		case 'r':
 			if (!strcmp(optarg, "leaks"))

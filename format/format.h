@@ -231,6 +231,7 @@ int blk_info_add_kv(struct blk_info *info, const char *key, const char *fmt, ...
 #define BLK_CHECK_DATA 0x1	    /* read every cluster and verify its checksum */
 #define BLK_CHECK_REPAIR_LEAKS 0x2
 #define BLK_CHECK_REPAIR_ALL 0x6
+#define BLK_CHECK_PROGRESS 0x8	    /* with DATA: a progress bar even off a terminal */
 
 #define BLK_CHECK_MAX_MSGS 64
 

@@ -24,6 +24,7 @@ struct chk {
 	unsigned flags;
 	const char *tree; /* "current" or the snapshot name, for messages */
 	uint8_t *cbuf;
+	struct kl_progress *prog; /* --verify-data: bytes of blobs read */
 };
 
 /* Count one reference to n blocks at addr; true when the first block was unseen. */
@@ -50,6 +51,7 @@ static void verify_cluster(struct chk *x, uint64_t c, const struct kf_ptr *e)
 	struct kf_state *s = x->d->priv;
 
 	x->r->checked++;
+	kl_progress_add(x->prog, kf_blocks_of(e->aux & KF_LEN_MASK) * KF_BLOCK);
 	if (kf_read_blob(x->d, c, e, x->cbuf) < 0) {
 		x->r->data_errors++;
 		blk_check_msg(x->r, "%s: %s", x->tree, kl_errmsg());
@@ -189,6 +191,9 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 	 * it (below), so a check that ran leaves the handle as usable as it was.
 	 */
 	was_broken = s->broken;
+	if (flags & BLK_CHECK_DATA)
+		x.prog = kl_progress_start("verifying", (uint64_t)x.nblocks * KF_BLOCK,
+					   flags & BLK_CHECK_PROGRESS);
 	/* header slots */
 	x.exp[0] = x.exp[1] = 1;
 	x.tree = "current";
@@ -296,6 +301,7 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		rc = kf_commit(d);
 	}
 out:
+	kl_progress_finish(x.prog);
 	if (rc == 0)
 		s->broken = was_broken;
 	if (stored != s->rc)

@@ -1093,9 +1093,12 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 	struct vmdk_spans sp = { 0 };
 	uint32_t gt_secs = (uint32_t)(s->gt_bytes / VMDK_SECTOR);
 	uint64_t corrupt0 = r->corruptions, ndiffer = 0, tail = 0;
+	struct kl_progress *prog = NULL;
 	int rc = 0;
 
 	r->total_clusters += ngrains;
+	if (flags & BLK_CHECK_DATA)
+		prog = kl_progress_start("verifying", x->len, flags & BLK_CHECK_PROGRESS);
 	if ((s->h.flags & VMDK_FLAG_RGD) && s->h.rgd_off && s->ngd && !s->compressed) {
 		if (load_dir(x, s->h.rgd_off, "redundant grain directory", &rgd) < 0) {
 			blk_check_msg(r, "%s", kl_errmsg());
@@ -1110,6 +1113,7 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 	for (uint32_t gdi = 0; gdi < s->ngd; gdi++) {
 		struct vmdk_gt_slot *c;
 
+		kl_progress_set(prog, KL_MIN(x->len, (uint64_t)gdi * s->h.gtes * s->grain_bytes));
 		if (s->gd[gdi] == 0)
 			continue;
 		if (gt_get(x, gdi, &c) < 0) {
@@ -1169,6 +1173,8 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 	/* all corruptions but the differing redundant tables are beyond -r */
 	rc = check_repair(x, r, flags, differs, r->corruptions - corrupt0 - ndiffer, tail);
 out:
+	kl_progress_set(prog, x->len);
+	kl_progress_finish(prog);
 	kl_free(sp.v);
 	kl_free(differs);
 	kl_free(rgd);

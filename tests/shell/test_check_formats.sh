@@ -144,6 +144,9 @@ t "vmdk: ...and clean" keel check vleak.vmdk
 t "vmdk: ...same content" keel compare k.vmdk vleak.vmdk
 t "vmdk: ...and writable" keel io -c 'write -P 0x44 30M 64k' vleak.vmdk
 t "vmdk: ...clean after that write" keel check vleak.vmdk
+qemu-img convert -q -f vmdk -O vmdk -o subformat=streamOptimized k.vmdk ks.vmdk 2>/dev/null ||
+	keel -q convert -O vmdk -o subformat=streamOptimized k.vmdk ks.vmdk
+t "vmdk: check -p --verify-data draws a progress bar to 100%" sh -c "'$KEEL' check -p --verify-data ks.vmdk 2>&1 >/dev/null | grep -q 'verifying \[#*\] 100.0%'"
 # a leak that a later write buried inside the file is reported, not moved
 cp k.vmdk vin.vmdk
 truncate -s +65536 vin.vmdk

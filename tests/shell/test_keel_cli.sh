@@ -18,6 +18,11 @@ t "info json lists snapshots" sh -c "'$KEEL' info --output json v.keel | python3
 t "check clean with data" keel check --verify-data v.keel
 t "revert to s1" keel -q snapshot revert v.keel s1
 t "reverted content" keel -q io -c 'read -P 1 0 4M' v.keel
+# --verify-data reads everything: a progress bar with -p (stderr), none off a terminal without
+t "check -p --verify-data draws a progress bar to 100%" sh -c "'$KEEL' check -p --verify-data v.keel 2>&1 >/dev/null | grep -q 'verifying \[#*\] 100.0%'"
+t "...and keel -p check too" sh -c "'$KEEL' -p check --verify-data v.keel 2>&1 >/dev/null | grep -q 'verifying \[#*\] 100.0%'"
+t "...none without -p off a terminal" sh -c "[ -z \"\$('$KEEL' check --verify-data v.keel 2>&1 >/dev/null)\" ]"
+
 # a map node that fails its checksum cuts off the data under it, which
 # then counts as leaked: check -r must free none of it, and say why
 keel -q create nd.keel 64M
