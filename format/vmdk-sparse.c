@@ -1114,6 +1114,19 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 		struct vmdk_gt_slot *c;
 
 		kl_progress_set(prog, KL_MIN(x->len, (uint64_t)gdi * s->h.gtes * s->grain_bytes));
+		if (s->gd[gdi] == 0 && rgd && rgd[gdi] && rgd[gdi] < s->h.overhead) {
+			/*
+			 * Tables inside the overhead were laid out at create and are
+			 * never unlinked; a writer that crashed while linking a new
+			 * one leaves it past the overhead. So this is a damaged
+			 * directory (a flipped header offset reads one full of
+			 * zeros), and the grains it lost would look leaked.
+			 */
+			blk_check_msg(r, "%s: grain directory entry %u names no table, but the "
+				      "redundant directory names one at sector %u", x->name, gdi,
+				      rgd[gdi]);
+			r->corruptions++;
+		}
 		if (s->gd[gdi] == 0)
 			continue;
 		if (gt_get(x, gdi, &c) < 0) {

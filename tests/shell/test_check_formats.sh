@@ -171,6 +171,21 @@ expect_rc 3 "vmdk: a grain entry past the end exits 3, even with -r all" keel ch
 t "vmdk: ...-r says why it repairs nothing" grep -q "nothing repaired: 1 error(s) in the grain tables cannot be" <(keel check -r all vdmg.vmdk 2>&1)
 t "vmdk: ...the file is untouched: the redundant table still has grain 0" test "$sum" = "$(sha256sum <vdmg.vmdk)"
 
+# the header's directory offset damaged onto zeros: every grain looks
+# leaked; the redundant directory shows the damage, and -r keeps the data
+cp k.vmdk vgd.vmdk
+python3 - <<'PY'
+import struct
+f = open('vgd.vmdk', 'r+b')
+f.seek(28); desc_off, desc_size = struct.unpack("<QQ", f.read(16))
+f.seek((desc_off + desc_size - 1) * 512); assert f.read(512) == bytes(512)
+f.seek(56); f.write(struct.pack('<Q', desc_off + desc_size - 1))   # the descriptor's zero padding
+PY
+sum=$(sha256sum <vgd.vmdk)
+expect_rc 3 "vmdk: a directory offset onto zeros exits 3 under -r all" keel check -r all vgd.vmdk
+t "vmdk: ...naming the directory entry the redundant copy still has" grep -q "grain directory entry 0 names no table, but the redundant directory names one" <(keel check vgd.vmdk 2>&1)
+t "vmdk: ...and the grains it lost are still in the file" test "$sum" = "$(sha256sum <vgd.vmdk)"
+
 # grain overlapping a grain table: writes through one corrupt the other
 python3 - <<'PY'
 import struct
