@@ -532,13 +532,25 @@ int qcow2_apply_frees(struct blk_dev *d)
 
 /* ------------------------------------------------------------------ check */
 
-/* One 32-bit counter per host cluster: 1 GiB of memory at most */
+/* A 32-bit counter and a kind byte per host cluster: 1.25 GiB of memory at most */
 #define QCOW2_CHECK_MAX_CLUSTERS (1u << 28)
+
+/*
+ * What a reference uses a cluster as. Data, compressed data and L2 tables
+ * may be shared (internal snapshots); every other structure owns its
+ * clusters. A cluster used as two different things, or a second time as an
+ * owned one, is structural damage, not a refcount to raise.
+ */
+enum ck_kind { CK_NONE, CK_DATA, CK_COMPRESSED, CK_L2, CK_OWNED };
+
+static const char *const ck_kind_name[] = { "nothing", "data", "compressed data", "an L2 table",
+					    "metadata" };
 
 struct check_ctx {
 	struct blk_dev *d;
 	struct blk_check_report *r;
 	uint32_t *refs;
+	uint8_t *kind; /* enum ck_kind per cluster */
 	uint64_t nclusters;
 	uint64_t guest_allocated;
 };
@@ -557,7 +569,8 @@ static void ck_corrupt(struct check_ctx *k, const char *fmt, ...)
 }
 
 /* Count one reference to every cluster touched by [off, off+len). */
-static void ck_ref(struct check_ctx *k, uint64_t off, uint64_t len, const char *what)
+static void ck_ref(struct check_ctx *k, uint64_t off, uint64_t len, const char *what,
+		   enum ck_kind kind)
 {
 	struct qcow2_state *s = qcow2_s(k->d);
 	uint64_t first, last;
@@ -574,6 +587,12 @@ static void ck_ref(struct check_ctx *k, uint64_t off, uint64_t len, const char *
 		}
 		if (k->refs[c] != UINT32_MAX)
 			k->refs[c]++;
+		if (k->kind[c] == CK_NONE) {
+			k->kind[c] = (uint8_t)kind;
+		} else if (k->kind[c] != kind || kind == CK_OWNED) {
+			ck_corrupt(k, "cluster %llu is used twice: as %s, and already as %s",
+				   (unsigned long long)c, what, ck_kind_name[k->kind[c]]);
+		}
 	}
 }
 
@@ -608,7 +627,7 @@ static int ck_l2(struct check_ctx *k, uint64_t l2_off, bool active)
 				ck_corrupt(k, "compressed cluster in L2 table %llu entry %u has the "
 					   "copied flag", (unsigned long long)l2_off, i);
 			qcow2_compressed_range(s, ent, &coff, &clen);
-			ck_ref(k, coff, clen, "compressed cluster");
+			ck_ref(k, coff, clen, "compressed cluster", CK_COMPRESSED);
 			if (active)
 				k->guest_allocated++;
 			continue;
@@ -629,7 +648,7 @@ static int ck_l2(struct check_ctx *k, uint64_t l2_off, bool active)
 				   "entry %u)", (unsigned long long)host, (unsigned long long)l2_off, i);
 			continue;
 		}
-		ck_ref(k, host, s->cluster_size, "data cluster");
+		ck_ref(k, host, s->cluster_size, "data cluster", CK_DATA);
 		if (active)
 			k->guest_allocated++;
 	}
@@ -677,7 +696,7 @@ static int ck_l1(struct check_ctx *k, const uint64_t *l1, uint32_t n, bool activ
 				   "header", i, (unsigned long long)l2);
 			continue;
 		}
-		ck_ref(k, l2, s->cluster_size, "L2 table");
+		ck_ref(k, l2, s->cluster_size, "L2 table", CK_L2);
 		if ((l2 >> s->cluster_bits) < k->nclusters)
 			rc = ck_l2(k, l2, active);
 	}
@@ -737,7 +756,7 @@ static int ck_bitmaps(struct check_ctx *k)
 			   (unsigned long long)s->bitmap_dir_size);
 		return 0;
 	}
-	ck_ref(k, s->bitmap_dir_offset, s->bitmap_dir_size, "bitmap directory");
+	ck_ref(k, s->bitmap_dir_offset, s->bitmap_dir_size, "bitmap directory", CK_OWNED);
 	dir = kl_malloc((size_t)s->bitmap_dir_size);
 	if (!dir)
 		return -ENOMEM;
@@ -755,7 +774,7 @@ static int ck_bitmaps(struct check_ctx *k)
 				   (unsigned long long)toff);
 			break;
 		}
-		ck_ref(k, toff, (uint64_t)tsize * 8, "bitmap table");
+		ck_ref(k, toff, (uint64_t)tsize * 8, "bitmap table", CK_OWNED);
 		tab = kl_malloc((size_t)tsize * 8 + 1);
 		if (!tab) {
 			rc = -ENOMEM;
@@ -766,7 +785,7 @@ static int ck_bitmaps(struct check_ctx *k)
 			uint64_t o = get_be64(tab + (size_t)i * 8) & QCOW2_OFFSET_MASK;
 
 			if (o)
-				ck_ref(k, o, s->cluster_size, "bitmap data");
+				ck_ref(k, o, s->cluster_size, "bitmap data", CK_OWNED);
 		}
 		kl_free(tab);
 		pos = KL_ALIGN_UP(pos + 24 + xlen + nlen, 8);
@@ -879,9 +898,13 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 			      d->filename, (unsigned long long)k.nclusters,
 			      QCOW2_CHECK_MAX_CLUSTERS);
 	k.refs = kl_calloc((size_t)(k.nclusters ? k.nclusters : 1), sizeof(uint32_t));
-	if (!k.refs)
+	k.kind = kl_calloc((size_t)(k.nclusters ? k.nclusters : 1), 1);
+	if (!k.refs || !k.kind) {
+		kl_free(k.refs);
+		kl_free(k.kind);
 		return -ENOMEM;
-	ck_ref(&k, 0, s->cluster_size, "header");
+	}
+	ck_ref(&k, 0, s->cluster_size, "header", CK_OWNED);
 	if (s->cur_snap < 0) {
 		active = s->l1;
 	} else {
@@ -890,7 +913,7 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 			goto out;
 		own_active = true;
 	}
-	ck_ref(&k, s->active_l1_offset, (uint64_t)s->active_l1_size * 8, "L1 table");
+	ck_ref(&k, s->active_l1_offset, (uint64_t)s->active_l1_size * 8, "L1 table", CK_OWNED);
 	if (active) {
 		rc = ck_l1(&k, active, s->active_l1_size, true);
 		if (rc < 0)
@@ -900,7 +923,7 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 		uint64_t *l1;
 
 		ck_ref(&k, s->snaps[i].l1_offset, (uint64_t)s->snaps[i].l1_size * 8,
-		       "snapshot L1 table");
+		       "snapshot L1 table", CK_OWNED);
 		rc = ck_read_l1(&k, s->snaps[i].l1_offset, s->snaps[i].l1_size, &l1);
 		if (rc == 0 && l1)
 			rc = ck_l1(&k, l1, s->snaps[i].l1_size, false);
@@ -908,8 +931,9 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 		if (rc < 0)
 			goto out;
 	}
-	ck_ref(&k, s->snapshots_offset, s->snapshots_size, "snapshot table");
-	ck_ref(&k, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size, "refcount table");
+	ck_ref(&k, s->snapshots_offset, s->snapshots_size, "snapshot table", CK_OWNED);
+	ck_ref(&k, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size, "refcount table",
+	       CK_OWNED);
 	for (uint64_t i = 0; i < s->rt_entries; i++) {
 		uint64_t b = s->rt[i] & QCOW2_RT_OFFSET_MASK;
 
@@ -920,7 +944,7 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 				   (unsigned long long)i, (unsigned long long)b);
 			continue;
 		}
-		ck_ref(&k, b, s->cluster_size, "refcount block");
+		ck_ref(&k, b, s->cluster_size, "refcount block", CK_OWNED);
 	}
 	rc = ck_bitmaps(&k);
 	if (rc < 0)
@@ -990,6 +1014,7 @@ out:
 	if (own_active)
 		kl_free(active);
 	kl_free(k.refs);
+	kl_free(k.kind);
 	return rc;
 }
 

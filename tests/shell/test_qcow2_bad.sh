@@ -193,4 +193,14 @@ t "...and did not touch the file (the leaked clusters are the data)" test "$sum"
 patch l1moved.qcow2 "w64(40, $l1)"
 t "...which reads back once the header is fixed" keel -q io -c 'read -P 0x5a 0 64k' -c 'read -P 0x33 128k 64k' l1moved.qcow2
 t "...and checks clean" keel check l1moved.qcow2
+
+# A refcount table entry damaged to name a data cluster as a refcount
+# block: "referenced twice, counted once" is not a count to raise (that
+# was -r all's old answer, after which qemu-img check still saw the error)
+fresh rtdup.qcow2
+patch rtdup.qcow2 "w64(u64(48) + 8 * 5, l2_of(0) + 0)"   # entry 5 -> the L2 table
+sum=$(sha256sum <rtdup.qcow2)
+expect_rc 3 "refcount table entry on the L2 table: exits 3" keel check -r all rtdup.qcow2
+t "...as a cluster used twice" grep -q "cluster [0-9]* is used twice: as refcount block, and already as an L2 table" <("$KEEL" check rtdup.qcow2)
+t "...and -r all left the file alone" test "$sum" = "$(sha256sum <rtdup.qcow2)"
 finish
