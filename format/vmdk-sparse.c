@@ -949,10 +949,9 @@ static int span_add(struct vmdk_spans *sp, uint32_t sec, uint32_t n, uint8_t wha
 
 /*
  * Sorted spans: two that overlap corrupt each other on the next write
- * through either. Space past the header's overhead
- * (where everything is appended) that no span covers was allocated by a
- * writer that crashed before its table entry or directory entry reached
- * the disk: a leak. *tail is where a leak at the end of the file starts (0
+ * through either. Space past the header's overhead (where everything is
+ * appended) that no span covers was allocated by a writer that crashed
+ * before its table entry or directory entry reached the disk: a leak. *tail is where a leak at the end of the file starts (0
  * when there is none): -r leaks cuts that off; the writer appends past the
  * end, so a leak inside the file stays (reported only).
  */
@@ -962,19 +961,22 @@ static void check_spans(struct vmdk_extent *x, struct blk_check_report *r, unsig
 	struct vmdk_sparse *s = x->sp;
 	uint64_t end = KL_DIV_ROUND_UP(x->file_size, VMDK_SECTOR);
 	uint64_t cur = s->h.overhead;
+	size_t far = 0; /* the span reaching furthest so far */
 
 	*tail = 0;
 	if (sp->n > 1)
 		qsort(sp->v, sp->n, sizeof(*sp->v), span_cmp);
 	for (size_t i = 0; i < sp->n; i++) {
-		const struct vmdk_span *a = &sp->v[i];
+		const struct vmdk_span *a = &sp->v[i], *f = &sp->v[far];
 
-		if (i > 0 && a->sec < (uint64_t)sp->v[i - 1].sec + sp->v[i - 1].n) {
+		if (i > 0 && a->sec < (uint64_t)f->sec + f->n) {
 			blk_check_msg(r, "%s: %s at sector %llu overlaps %s at sector %llu", x->name,
 				      span_what[a->what], (unsigned long long)a->sec,
-				      span_what[sp->v[i - 1].what], (unsigned long long)sp->v[i - 1].sec);
+				      span_what[f->what], (unsigned long long)f->sec);
 			r->corruptions++;
 		}
+		if ((uint64_t)a->sec + a->n > (uint64_t)f->sec + f->n)
+			far = i;
 		if (a->sec > cur && a->sec < end) {
 			blk_check_msg(r, "%s: sectors %llu-%llu are used by nothing (leaked)",
 				      x->name, (unsigned long long)cur,

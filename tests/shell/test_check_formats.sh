@@ -195,6 +195,16 @@ gt = struct.unpack_from('<I', d, gd * 512)[0]
 struct.pack_into('<I', d, gt * 512 + 4 * 3, gt)   # grain 3 -> the table itself
 open('ovl.vmdk', 'wb').write(d)
 PY
+python3 - <<'PY'
+import struct
+d = bytearray(open('k.vmdk', 'rb').read())
+gd = struct.unpack_from('<Q', d, 56)[0]
+gt0 = struct.unpack_from('<I', d, gd * 512)[0]
+struct.pack_into('<I', d, gt0 * 512 + 4 * 3, gt0 - 1)   # grain 3 spans both tables and more
+open('ovl2.vmdk', 'wb').write(d)
+PY
+t "vmdk: one grain over two tables and a grain: three overlaps" \
+	test "$(keel check ovl2.vmdk 2>&1 | grep -c 'overlaps grain at sector')" = 3
 expect_rc 3 "vmdk: a grain over its own table exits 3" keel check ovl.vmdk
 t "vmdk: ...as corruption" test "$(field ovl.vmdk corruptions)" -ge 1
 t "vmdk: ...and named" grep -q "grain table at sector [0-9]* overlaps grain\|grain at sector [0-9]* overlaps grain table" <(out ovl.vmdk)
