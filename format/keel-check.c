@@ -246,7 +246,7 @@ int kf_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 		blk_check_msg(r, "refcounts not repaired: %llu error(s) in the map cannot be, and "
 			      "what they cut off (reported as leaked) may be the data; copy what "
 			      "still reads with keel convert", (unsigned long long)structural);
-		flags = 0;
+		flags &= ~(unsigned)BLK_CHECK_REPAIR_ALL;
 	}
 	if (s->rc_loaded) {
 		stored = s->rc;

@@ -963,7 +963,7 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 			      "be, and the clusters they cut off (reported as leaked) may hold "
 			      "the data; copy what still reads with keel convert",
 			      (unsigned long long)r->corruptions);
-		flags = 0;
+		flags &= ~(unsigned)BLK_CHECK_REPAIR_ALL;
 	}
 
 	/* compare with what is stored, repairing when asked */
