@@ -1138,10 +1138,15 @@ int blk_check(struct blk_dev *d, struct blk_check_report *r, unsigned flags)
 
 static int need_snap_op(struct blk_dev *d, const void *op, const char *what)
 {
-	if (!op)
-		return kl_err(-ENOTSUP, "%s: format %s does not support %s", d->filename,
-			      d->drv->name, what);
-	return 0;
+	if (op)
+		return 0;
+	/* qcow2: keel reads snapshots qemu made, so say what is missing */
+	if (d->drv->snapshot_list && strstr(what, "internal snapshots"))
+		return kl_err(-ENOTSUP, "%s: keel reads %s internal snapshots (FILE@NAME) but "
+			      "cannot create, delete or revert them; use qemu-img snapshot, or "
+			      "convert to .keel", d->filename, d->drv->name);
+	return kl_err(-ENOTSUP, "%s: format %s does not support %s", d->filename,
+		      d->drv->name, what);
 }
 
 int blk_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *n)
