@@ -13,12 +13,15 @@ const char cmd_snapshot_usage[] =
 	"       keel snapshot revert FILE NAME\n"
 	"       keel snapshot -c|-d|-a NAME FILE, keel snapshot -l FILE (qemu-img's)\n"
 	"\n"
-	"Internal snapshots. create records the current state under NAME (it\n"
-	"shares every cluster with it: no data is copied); delete frees what no\n"
-	"other snapshot or the current state still uses; revert makes the current\n"
-	"state that of NAME. Read a snapshot with FILE@NAME in any command.\n"
+	"Internal snapshots of .keel and qcow2 images. create records the\n"
+	"current state under NAME (it shares every cluster with it: no data is\n"
+	"copied); delete frees what no other snapshot or the current state still\n"
+	"uses; revert makes the current state that of NAME. Read a snapshot with\n"
+	"FILE@NAME in any command; qcow2 snapshots are found by name or ID.\n"
 	"Each is one atomic metadata update: after a crash the image is in the\n"
-	"state before or after it.\n"
+	"state before or after it. In qcow2 a crash can leave clusters with a\n"
+	"refcount above their uses (and copied flags behind them), which\n"
+	"'keel check -r all' repairs, as for qemu-img snapshot.\n"
 	"\n"
 	"example: keel snapshot create vault.keel 2026-11-21\n"
 	"         keel snapshot list --output json vault.keel\n";
@@ -80,18 +83,19 @@ int cmd_snapshot(int argc, char **argv)
 	struct blk_dev *d;
 	const char *verb = NULL, *file, *name = NULL;
 	bool json = false, list;
-	int opt, rc;
+	int opt, rc, letter = 0;
 
 	while ((opt = getopt_long(argc, argv, "f:hc:d:a:l", lo, NULL)) != -1) {
 		if (cli_open_option(&co, opt, optarg))
 			continue;
-		if (strchr("cdal", opt)) {
+		if (opt > 0 && opt < 128 && strchr("cdal", opt)) {
 			/* qemu-img snapshot's spelling: -c NAME FILE and so on */
 			static const char *const verbs[] = { "create", "delete", "revert", "list" };
 
 			if (verb)
 				return cli_usage("snapshot", "-c, -d, -a and -l exclude each other");
 			verb = verbs[strchr("cdal", opt) - "cdal"];
+			letter = opt;
 			name = optarg;
 		} else if (opt == CLI_OPT_OUTPUT) {
 			if (cli_parse_output(optarg, &json) < 0)
@@ -105,8 +109,7 @@ int cmd_snapshot(int argc, char **argv)
 	}
 	if (verb) {
 		if (argc - optind != 1)
-			return cli_usage("snapshot", "expected one FILE after -%c", verb[0] == 'r' ? 'a' :
-								     verb[0]);
+			return cli_usage("snapshot", "expected one FILE after -%c", letter);
 		file = argv[optind];
 		list = !strcmp(verb, "list");
 	} else {

@@ -1140,11 +1140,6 @@ static int need_snap_op(struct blk_dev *d, const void *op, const char *what)
 {
 	if (op)
 		return 0;
-	/* qcow2: keel reads snapshots qemu made, so say what is missing */
-	if (d->drv->snapshot_list && strstr(what, "internal snapshots"))
-		return kl_err(-ENOTSUP, "%s: keel reads %s internal snapshots (FILE@NAME) but "
-			      "cannot create, delete or revert them; use qemu-img snapshot, or "
-			      "convert to .keel", d->filename, d->drv->name);
 	return kl_err(-ENOTSUP, "%s: format %s does not support %s", d->filename,
 		      d->drv->name, what);
 }

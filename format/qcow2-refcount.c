@@ -342,10 +342,19 @@ int qcow2_update_refcount(struct blk_dev *d, uint64_t off, uint64_t len, int64_t
 			return qcow2_corrupt(d, "%s: refcount of cluster %llu (offset %llu) would drop "
 					     "below zero", d->filename, (unsigned long long)c,
 					     (unsigned long long)(c << s->cluster_bits));
-		if (delta > 0 && s->refcount_max - v < (uint64_t)delta)
-			return qcow2_corrupt(d, "%s: refcount of cluster %llu would pass the maximum "
-					     "%llu", d->filename, (unsigned long long)c,
-					     (unsigned long long)s->refcount_max);
+		if (delta > 0 && s->refcount_max - v < (uint64_t)delta) {
+			/*
+			 * Not damage: a snapshot shared a cluster more often than
+			 * refcount_bits can count. What this update changed so far
+			 * must never reach the file, so the handle stops writing.
+			 */
+			s->broken = true;
+			return kl_err(-EOVERFLOW, "%s: cluster %llu (offset %llu) would be shared by "
+				      "more than %llu references, the most refcount_bits=%u counts; "
+				      "the image keeps its last saved state", d->filename,
+				      (unsigned long long)c, (unsigned long long)(c << s->cluster_bits),
+				      (unsigned long long)s->refcount_max, s->refcount_bits);
+		}
 		v += (uint64_t)delta;
 		KL_TRY(set_refcount(d, c, v));
 		if (v == 0) {

@@ -1,7 +1,8 @@
 /*
- * format/qcow2-snapshot.c - the qcow2 internal snapshot table, read-only:
- * parse and validate it, list it for `keel info`, and find the snapshot
- * that `image.qcow2@NAME` selects (qcow2.rst "Snapshots").
+ * format/qcow2-snapshot.c - qcow2 internal snapshots (qcow2.rst
+ * "Snapshots"): parse and validate the table, list it for `keel info`,
+ * find the snapshot that `image.qcow2@NAME` selects, and create, delete
+ * and revert to snapshots (`keel snapshot`, as qemu-img snapshot).
  *
  * Entry: u64 L1 offset, u32 L1 entries, u16 id length, u16 name length,
  * u32 date seconds, u32 date nanoseconds, u64 VM clock ns, u32 VM state
@@ -10,7 +11,9 @@
  */
 #include "format/qcow2.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define QCOW2_SNAP_FIXED 40
 #define QCOW2_SNAP_MAX_EXTRA 1024 /* qemu's QCOW_MAX_SNAPSHOT_EXTRA_DATA */
@@ -177,4 +180,473 @@ int qcow2_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_
 	*out = l;
 	*n = s->nb_snapshots;
 	return 0;
+}
+
+/* ------------------------------------------------------------------ writing */
+
+/*
+ * Every update below keeps the file openable, to the old state or the new
+ * one, at each write: the new structures (an L1 copy, a snapshot table)
+ * go to newly allocated clusters, the reference counts are raised before
+ * anything new points at a cluster and dropped only after nothing does,
+ * and one write of adjacent header fields (at most 12 bytes inside the
+ * first sector) switches to the new state. A cut between those steps
+ * leaves clusters with a refcount above their references (leaks, which
+ * `keel check -r leaks` returns) and, for a moment, copied flags that do
+ * not match their refcount (`check -r all`); the guest data is intact in
+ * either state. qemu updates the active L1 table in place when it reverts;
+ * keel writes a new table and switches the header to it, so a torn write
+ * cannot mix two states.
+ */
+
+#define QCOW2_HDR_L1_SIZE 36 /* u32, then the u64 L1 offset at 40 */
+#define QCOW2_HDR_NB_SNAPSHOTS 60 /* u32, then the u64 table offset at 64 */
+#define QCOW2_SNAP_EXTRA 24 /* VM state size, disk size, instruction count */
+
+/* The snapshot table's bytes, as validated when the image was opened. */
+static int table_read(struct blk_dev *d, uint8_t **out, size_t *len)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint8_t *t;
+	int rc;
+
+	*out = NULL;
+	*len = 0;
+	if (!s->nb_snapshots)
+		return 0;
+	t = kl_malloc((size_t)s->snapshots_size);
+	if (!t)
+		return -ENOMEM;
+	rc = kl_io_pread_full(d->file, s->snapshots_offset, t, (size_t)s->snapshots_size,
+			      "snapshot table");
+	if (rc < 0) {
+		kl_free(t);
+		return rc;
+	}
+	*out = t;
+	*len = (size_t)s->snapshots_size;
+	return 0;
+}
+
+/* Bytes of the table entry at p (padded), 0 when it does not fit in avail. */
+static size_t entry_size(const uint8_t *p, size_t avail)
+{
+	uint64_t n;
+
+	if (avail < QCOW2_SNAP_FIXED)
+		return 0;
+	n = KL_ALIGN_UP((uint64_t)QCOW2_SNAP_FIXED + get_be32(p + 36) + get_be16(p + 12) +
+				get_be16(p + 14), 8);
+	return n <= avail ? (size_t)n : 0;
+}
+
+/* Store buf (len bytes) in newly allocated clusters; *off is where. */
+static int write_new(struct blk_dev *d, const void *buf, size_t len, uint64_t *off)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint64_t n = (len + s->cluster_size - 1) >> s->cluster_bits;
+
+	*off = 0;
+	if (!len)
+		return 0;
+	KL_TRY(qcow2_alloc_clusters(d, n, off, NULL));
+	return qcow2_file_write(d, *off, buf, len);
+}
+
+/* A snapshot's L1 table, host-endian, in n >= its size entries (zeros past it). */
+static int read_snap_l1(struct blk_dev *d, const struct qcow2_snap *sn, uint32_t n, uint64_t **out)
+{
+	uint64_t *l1 = kl_calloc((size_t)n + 1, sizeof(uint64_t));
+	int rc = 0;
+
+	*out = NULL;
+	if (!l1)
+		return -ENOMEM;
+	if (sn->l1_size)
+		rc = kl_io_pread_full(d->file, sn->l1_offset, l1, (size_t)sn->l1_size * 8,
+				      "snapshot L1 table");
+	if (rc < 0) {
+		kl_free(l1);
+		return rc;
+	}
+	for (uint32_t i = 0; i < sn->l1_size; i++)
+		l1[i] = get_be64((const uint8_t *)&l1[i]);
+	*out = l1;
+	return 0;
+}
+
+/*
+ * Add delta to the refcount of every cluster an L1 table reaches: its L2
+ * tables and the clusters they name. With unshare, the entries of those
+ * L2 tables lose their copied flags too (what a new snapshot makes shared).
+ */
+static int l1_refs(struct blk_dev *d, const uint64_t *l1, uint32_t n, int delta, bool unshare)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	struct qcow2_cache_entry *e;
+	uint8_t *t = kl_malloc(s->cluster_size);
+	int rc = 0;
+
+	if (!t)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
+		uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
+		bool changed = false;
+
+		if (!l2)
+			continue;
+		if (l2 + s->cluster_size > s->file_size) {
+			rc = qcow2_corrupt(d, "%s: L1 entry %u names an L2 table at %llu, past the end "
+					   "of the file", d->filename, i, (unsigned long long)l2);
+			break;
+		}
+		/* a copy: refcount updates may drop cache entries under us */
+		rc = qcow2_l2_load(d, l2, &e);
+		if (rc < 0)
+			break;
+		memcpy(t, e->buf, s->cluster_size);
+		for (uint32_t j = 0; j < s->l2_entries && rc == 0; j++) {
+			uint64_t ent = qcow2_l2_entry(s, t, j), off, len;
+
+			if (ent & QCOW2_OFLAG_COMPRESSED) {
+				qcow2_compressed_range(s, ent, &off, &len);
+			} else {
+				off = ent & QCOW2_OFFSET_MASK;
+				len = s->cluster_size;
+				if (off && off % s->cluster_size)
+					off = UINT64_MAX;
+			}
+			if (!off)
+				continue;
+			if (off == UINT64_MAX || off + len > s->file_size) {
+				rc = qcow2_corrupt(d, "%s: L2 table at %llu entry %u names a cluster "
+						   "that is misaligned or past the end of the file",
+						   d->filename, (unsigned long long)l2, j);
+				break;
+			}
+			rc = qcow2_update_refcount(d, off, len, delta);
+			if (rc == 0 && unshare && (ent & QCOW2_OFLAG_COPIED)) {
+				qcow2_set_l2(s, t, j, ent & ~QCOW2_OFLAG_COPIED, qcow2_l2_bitmap(s, t, j));
+				changed = true;
+			}
+		}
+		if (rc == 0)
+			rc = qcow2_update_refcount(d, l2, s->cluster_size, delta);
+		if (rc == 0 && changed) {
+			rc = qcow2_l2_load(d, l2, &e);
+			if (rc == 0) {
+				memcpy(e->buf, t, s->cluster_size);
+				qcow2_cache_dirty(e);
+			}
+		}
+	}
+	kl_free(t);
+	return rc;
+}
+
+static void l1_dirty(struct qcow2_state *s, uint32_t i)
+{
+	s->l1_dirty_lo = KL_MIN(s->l1_dirty_lo, i);
+	s->l1_dirty_hi = KL_MAX(s->l1_dirty_hi, i);
+}
+
+/*
+ * After refcounts dropped: the copied flags of the active tables say
+ * "refcount is 1" again (qemu-img check insists). Entries of an L2 table
+ * still shared with a snapshot stay as they are: the snapshot's view.
+ */
+static int active_copied(struct blk_dev *d)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	struct qcow2_cache_entry *e;
+
+	for (uint32_t i = 0; i < s->l1_size; i++) {
+		uint64_t l2 = s->l1[i] & QCOW2_OFFSET_MASK, rc1;
+
+		if (!l2)
+			continue;
+		KL_TRY(qcow2_get_refcount(d, l2 >> s->cluster_bits, &rc1));
+		if ((rc1 == 1) != !!(s->l1[i] & QCOW2_OFLAG_COPIED)) {
+			s->l1[i] ^= QCOW2_OFLAG_COPIED;
+			l1_dirty(s, i);
+		}
+		if (rc1 != 1)
+			continue;
+		KL_TRY(qcow2_l2_load(d, l2, &e));
+		for (uint32_t j = 0; j < s->l2_entries; j++) {
+			uint64_t ent = qcow2_l2_entry(s, e->buf, j), host = ent & QCOW2_OFFSET_MASK, rc;
+
+			if ((ent & QCOW2_OFLAG_COMPRESSED) || !host)
+				continue;
+			KL_TRY(qcow2_get_refcount(d, host >> s->cluster_bits, &rc));
+			/* refcount lookups use the other cache: e stays valid */
+			if ((rc == 1) == !!(ent & QCOW2_OFLAG_COPIED))
+				continue;
+			qcow2_set_l2(s, e->buf, j, ent ^ QCOW2_OFLAG_COPIED, qcow2_l2_bitmap(s, e->buf, j));
+			qcow2_cache_dirty(e);
+		}
+	}
+	return 0;
+}
+
+/* Switch the header to nb snapshots in the table at off (one 12-byte write), synced. */
+static int commit_table(struct blk_dev *d, uint32_t nb, uint64_t off)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint8_t h[12];
+
+	put_be32(h, nb);
+	put_be64(h + 4, off);
+	KL_TRY(kl_io_event("qcow2.snapshot"));
+	KL_TRY(qcow2_file_write(d, QCOW2_HDR_NB_SNAPSHOTS, h, sizeof(h)));
+	KL_TRY(kl_io_sync(d->file));
+	s->unsynced = false;
+	qcow2_snapshots_free(d);
+	s->nb_snapshots = nb;
+	s->snapshots_offset = off;
+	s->snapshots_size = 0;
+	return qcow2_snapshots_load(d, d->size);
+}
+
+static int find_for_write(struct blk_dev *d, const char *name)
+{
+	int i = qcow2_snapshot_find(d, name);
+
+	if (i < 0)
+		return kl_err(-ENOENT, "%s: no snapshot named '%s' (keel snapshot -l lists them)",
+			      d->filename, name);
+	return i;
+}
+
+int qcow2_snapshot_create(struct blk_dev *d, const char *name)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	size_t nlen = strlen(name), olen = 0, elen, tlen;
+	uint8_t *old = NULL, *tab = NULL, *l1b = NULL, *p;
+	uint64_t l1_off = 0, t_off, old_off = s->snapshots_offset, id = 0;
+	struct timespec now;
+	char idbuf[24];
+	int rc;
+
+	for (uint32_t i = 0; s->snaps && i < s->nb_snapshots; i++) {
+		if (!strcmp(s->snaps[i].name, name))
+			return kl_err(-EEXIST, "%s: a snapshot named '%s' exists", d->filename, name);
+		id = KL_MAX(id, strtoull(s->snaps[i].id, NULL, 10));
+	}
+	if (s->nb_snapshots >= QCOW2_MAX_SNAPSHOTS)
+		return kl_err(-ENOSPC, "%s: already %u snapshots, the most qcow2 allows", d->filename,
+			      s->nb_snapshots);
+	if (nlen > UINT16_MAX)
+		return kl_err(-EINVAL, "%s: a snapshot name of %zu bytes; at most %u", d->filename,
+			      nlen, UINT16_MAX);
+	if (s->refcount_max < 2)
+		return kl_err(-ENOTSUP, "%s: refcount_bits=1: a cluster cannot be shared, so this "
+			      "image cannot hold snapshots", d->filename);
+	KL_TRY(qcow2_prepare_write(d));
+	KL_TRY(qcow2_flush(d));
+	snprintf(idbuf, sizeof(idbuf), "%llu", (unsigned long long)id + 1);
+	elen = KL_ALIGN_UP(QCOW2_SNAP_FIXED + QCOW2_SNAP_EXTRA + strlen(idbuf) + nlen, 8);
+	rc = table_read(d, &old, &olen);
+	if (rc < 0)
+		return rc;
+	tlen = olen + elen;
+	if (tlen > QCOW2_MAX_SNAPSHOT_TABLE) {
+		rc = kl_err(-ENOSPC, "%s: the snapshot table would pass qemu's %u-byte limit",
+			    d->filename, QCOW2_MAX_SNAPSHOT_TABLE);
+		goto out;
+	}
+	/* the snapshot's L1 table: a copy of the active one */
+	if (s->l1_size) {
+		rc = -ENOMEM;
+		l1b = kl_malloc((size_t)s->l1_size * 8);
+		if (!l1b)
+			goto out;
+		for (uint32_t i = 0; i < s->l1_size; i++)
+			put_be64(l1b + (size_t)i * 8, s->l1[i] & ~QCOW2_OFLAG_COPIED);
+		rc = write_new(d, l1b, (size_t)s->l1_size * 8, &l1_off);
+		if (rc < 0)
+			goto out;
+	}
+	/* everything the active tables reach is now shared with it */
+	rc = l1_refs(d, s->l1, s->l1_size, 1, true);
+	if (rc < 0)
+		goto out;
+	for (uint32_t i = 0; i < s->l1_size; i++) {
+		if (s->l1[i] & QCOW2_OFLAG_COPIED) {
+			s->l1[i] &= ~QCOW2_OFLAG_COPIED;
+			l1_dirty(s, i);
+		}
+	}
+	rc = -ENOMEM;
+	tab = kl_calloc(1, tlen);
+	if (!tab)
+		goto out;
+	if (olen)
+		memcpy(tab, old, olen);
+	p = tab + olen;
+	clock_gettime(CLOCK_REALTIME, &now);
+	put_be64(p, l1_off);
+	put_be32(p + 8, s->l1_size);
+	put_be16(p + 12, (uint16_t)strlen(idbuf));
+	put_be16(p + 14, (uint16_t)nlen);
+	put_be32(p + 16, (uint32_t)now.tv_sec);
+	put_be32(p + 20, (uint32_t)now.tv_nsec);
+	put_be64(p + 24, 0);		  /* VM clock: no VM ran */
+	put_be32(p + 32, 0);		  /* no VM state */
+	put_be32(p + 36, QCOW2_SNAP_EXTRA);
+	put_be64(p + 40, 0);		  /* VM state size, 64-bit */
+	put_be64(p + 48, d->size);	  /* disk size */
+	put_be64(p + 56, UINT64_MAX);	  /* instruction count: not recorded */
+	memcpy(p + 64, idbuf, strlen(idbuf));
+	memcpy(p + 64 + strlen(idbuf), name, nlen);
+	rc = write_new(d, tab, tlen, &t_off);
+	if (rc < 0)
+		goto out;
+	/* refcounts first, then the L2 tables and L1 without copied flags, synced */
+	rc = qcow2_flush(d);
+	if (rc == 0)
+		rc = commit_table(d, s->nb_snapshots + 1, t_off);
+	/* the old table is garbage now; a cut before this only leaks it */
+	if (rc == 0 && olen)
+		rc = qcow2_update_refcount(d, old_off, olen, -1);
+	if (rc == 0)
+		rc = qcow2_flush(d);
+out:
+	kl_free(old);
+	kl_free(tab);
+	kl_free(l1b);
+	return rc;
+}
+
+int qcow2_snapshot_delete(struct blk_dev *d, const char *name)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint8_t *old = NULL, *tab = NULL;
+	size_t olen = 0, pos = 0, at = 0, elen = 0;
+	uint64_t *l1 = NULL, t_off = 0, old_off = s->snapshots_offset;
+	struct qcow2_snap sn;
+	int i = find_for_write(d, name), rc;
+
+	if (i < 0)
+		return i;
+	KL_TRY(qcow2_prepare_write(d));
+	KL_TRY(qcow2_flush(d));
+	sn = s->snaps[i];
+	KL_TRY(read_snap_l1(d, &sn, sn.l1_size, &l1));
+	rc = table_read(d, &old, &olen);
+	if (rc < 0)
+		goto out;
+	for (int k = 0; k <= i; k++) {
+		elen = entry_size(old + pos, olen - pos);
+		if (!elen) {
+			rc = qcow2_corrupt(d, "%s: snapshot table entry %d runs past the table",
+					   d->filename, k);
+			goto out;
+		}
+		at = pos;
+		pos += elen;
+	}
+	if (olen > elen) {
+		rc = -ENOMEM;
+		tab = kl_malloc(olen - elen);
+		if (!tab)
+			goto out;
+		memcpy(tab, old, at);
+		memcpy(tab + at, old + at + elen, olen - at - elen);
+		rc = write_new(d, tab, olen - elen, &t_off);
+		if (rc == 0)
+			rc = qcow2_flush(d);
+		if (rc < 0)
+			goto out;
+	}
+	rc = commit_table(d, s->nb_snapshots - 1, t_off);
+	if (rc < 0)
+		goto out;
+	/* gone from the table: what only it referenced is free; a cut below leaks */
+	rc = l1_refs(d, l1, sn.l1_size, -1, false);
+	if (rc == 0)
+		rc = qcow2_update_refcount(d, sn.l1_offset, (uint64_t)sn.l1_size * 8, -1);
+	if (rc == 0)
+		rc = qcow2_update_refcount(d, old_off, olen, -1);
+	if (rc == 0)
+		rc = active_copied(d);
+	if (rc == 0)
+		rc = qcow2_flush(d);
+out:
+	kl_free(l1);
+	kl_free(old);
+	kl_free(tab);
+	return rc;
+}
+
+int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint64_t *nl1 = NULL, *ol1, new_off, old_off = s->l1_offset;
+	uint8_t *buf = NULL, h[12];
+	struct qcow2_snap sn;
+	int i = find_for_write(d, name), rc;
+
+	if (i < 0)
+		return i;
+	sn = s->snaps[i];
+	if (sn.vsize != d->size)
+		return kl_err(-ENOTSUP, "%s: snapshot '%s' was taken at a virtual size of %llu, the "
+			      "image is %llu now; reverting across a resize is not supported",
+			      d->filename, sn.name, (unsigned long long)sn.vsize,
+			      (unsigned long long)d->size);
+	/* qemu's savevm keeps VM state past the disk, in a longer L1 table */
+	if (sn.l1_size > s->l1_size)
+		return kl_err(-ENOTSUP, "%s: snapshot '%s' has an L1 table of %u entries, the image "
+			      "%u (VM state saved past the disk?); use qemu-img snapshot -a",
+			      d->filename, sn.name, sn.l1_size, s->l1_size);
+	KL_TRY(qcow2_prepare_write(d));
+	KL_TRY(qcow2_flush(d));
+	KL_TRY(read_snap_l1(d, &sn, s->l1_size, &nl1));
+	/* the active state will reference all the snapshot does */
+	rc = l1_refs(d, nl1, s->l1_size, 1, false);
+	if (rc < 0)
+		goto out;
+	rc = -ENOMEM;
+	buf = kl_malloc((size_t)s->l1_size * 8 + 8);
+	if (!buf)
+		goto out;
+	for (uint32_t k = 0; k < s->l1_size; k++) {
+		nl1[k] &= QCOW2_OFFSET_MASK; /* shared with the snapshot: not copied */
+		put_be64(buf + (size_t)k * 8, nl1[k]);
+	}
+	/* a new active L1 table, so a torn write cannot mix the two states */
+	rc = write_new(d, buf, (size_t)s->l1_size * 8, &new_off);
+	if (rc == 0)
+		rc = qcow2_flush(d);
+	if (rc == 0)
+		rc = kl_io_event("qcow2.snapshot");
+	if (rc < 0)
+		goto out;
+	put_be32(h, s->l1_size);
+	put_be64(h + 4, new_off);
+	rc = qcow2_file_write(d, QCOW2_HDR_L1_SIZE, h, sizeof(h));
+	if (rc == 0)
+		rc = kl_io_sync(d->file);
+	if (rc < 0)
+		goto out;
+	s->unsynced = false;
+	ol1 = s->l1;
+	s->l1 = nl1;
+	nl1 = ol1;
+	s->l1_offset = s->active_l1_offset = new_off;
+	s->l1_dirty_lo = UINT32_MAX;
+	s->l1_dirty_hi = 0;
+	/* the old active tables lose a reference; a cut below leaks */
+	rc = l1_refs(d, ol1, s->l1_size, -1, false);
+	if (rc == 0)
+		rc = qcow2_update_refcount(d, old_off, (uint64_t)s->l1_size * 8, -1);
+	if (rc == 0)
+		rc = active_copied(d);
+	if (rc == 0)
+		rc = qcow2_flush(d);
+out:
+	kl_free(nl1);
+	kl_free(buf);
+	return rc;
 }

@@ -143,6 +143,9 @@ void qcow2_snapshots_free(struct blk_dev *d);
 /* Index of the snapshot called name (matched by name first, then by id), or -ENOENT. */
 int qcow2_snapshot_find(struct blk_dev *d, const char *name);
 int qcow2_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_t *n);
+int qcow2_snapshot_create(struct blk_dev *d, const char *name);
+int qcow2_snapshot_delete(struct blk_dev *d, const char *name);
+int qcow2_snapshot_revert(struct blk_dev *d, const char *name);
 
 /* ------------------------------------------------------------------ state */
 

@@ -3,7 +3,8 @@
  * shared read walk (header, extensions, L1/L2/refcount/snapshot tables,
  * zlib and zstd clusters, extended L2 bitmaps), then a write pass over a
  * writable copy: allocation, copy-on-write and refcount updates driven by
- * hostile tables, a flush and a check. Seeds: tests/fuzz/corpus.d/qcow2.sh.
+ * hostile tables, internal snapshots created, reverted to and deleted over
+ * them, a flush and a check. Seeds: tests/fuzz/corpus.d/qcow2.sh.
  */
 #include "tests/fuzz/fuzz_common.h"
 
@@ -36,6 +37,25 @@ static void fuzz_writes(const uint8_t *data, size_t size)
 		blk_pwrite(d, vs - sizeof(buf), buf, sizeof(buf));
 	}
 	blk_flush(d);
+	/* snapshot updates walk (and count references of) every hostile table */
+	{
+		struct blk_snapshot_info *l = NULL;
+		size_t n = 0;
+
+		if (blk_snapshot_list(d, &l, &n) == 0 && n > 0) {
+			char first[64];
+
+			snprintf(first, sizeof(first), "%s", l[0].id);
+			blk_snapshot_revert(d, first);
+			blk_snapshot_delete(d, first);
+		}
+		blk_snapshot_list_free(l, n);
+		blk_snapshot_create(d, "fz");
+		if (vs >= 4096)
+			blk_pwrite(d, 0, buf, 4096);
+		blk_snapshot_revert(d, "fz");
+		blk_flush(d);
+	}
 	blk_check(d, &r, 0);
 	blk_check_report_release(&r);
 	blk_close(d);

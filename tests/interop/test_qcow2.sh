@@ -294,6 +294,29 @@ done
 t "kw3: snapshots keep their data after keel's writes" sh -c \
 	"qemu-img convert -O raw -l snapshot.name=first kw3.qcow2 kw3-first.raw && cmp kw3-first.raw snap-first.raw && qemu-img convert -O raw -l snapshot.name=second kw3.qcow2 kw3-second.raw && cmp kw3-second.raw snap-second.raw"
 
+# keel's own snapshots, as qemu sees them; qemu's, deleted and reverted by keel
+cp snap.qcow2 ks.qcow2
+qemu-img convert -O raw ks.qcow2 ks-now.raw
+t "keel snapshot -c on a qemu image with snapshots" keel -q snapshot -c third ks.qcow2
+t "qemu-img snapshot -l lists keel's snapshot" sh -c "qemu-img snapshot -l ks.qcow2 | grep -q ' third '"
+t "...and qemu-img check is clean" qemu-img check -q ks.qcow2
+keel -q io -c "write -P 0x71 0 200000" -c "write -P 0x72 3M 70000" ks.qcow2
+t "qemu reads keel's snapshot as taken, after writes" sh -c \
+	"qemu-img convert -O raw -l snapshot.name=third ks.qcow2 ks-third.raw && cmp ks-third.raw ks-now.raw"
+t "keel snapshot -d deletes qemu's 'first'" keel -q snapshot -d first ks.qcow2
+t "...qemu-img check clean, no leaks" qemu-img check -q ks.qcow2
+t "...'second' still reads as qemu took it" sh -c \
+	"qemu-img convert -O raw -l snapshot.name=second ks.qcow2 ks-second.raw && cmp ks-second.raw snap-second.raw"
+t "keel snapshot -a reverts to qemu's 'second'" keel -q snapshot -a second ks.qcow2
+t "...the current state is 'second'" qemu-img compare -q -f raw -F qcow2 snap-second.raw ks.qcow2
+t "...qemu-img check clean" qemu-img check -q ks.qcow2
+t "qemu-img snapshot -a back to keel's 'third'" qemu-img snapshot -a third ks.qcow2
+t "...keel reads what qemu reverted to" sh -c "'$KEEL' -q convert -O raw ks.qcow2 ks-back.raw && cmp ks-back.raw ks-now.raw"
+t "keel deletes every snapshot; keel and qemu checks clean" sh -c \
+	"'$KEEL' -q snapshot -d second ks.qcow2 && '$KEEL' -q snapshot -d third ks.qcow2 && qemu-img check -q ks.qcow2 && '$KEEL' -q check ks.qcow2 && [ -z \"\$(qemu-img snapshot -l ks.qcow2)\" ]"
+expect_err "a duplicate snapshot name is refused" "a snapshot named 'second' exists" \
+	sh -c "'$KEEL' -q snapshot -c second snap.qcow2"
+
 # the refcount table has to grow: 512-byte clusters, 64-bit refcounts
 t "refcount table growth" keel -q create -f qcow2 -o cluster_size=512,refcount_bits=64 grow.qcow2 64M
 t "refcount table growth: 8 MiB of writes" keel -q io -c "write -P 0x91 0 8M" -c "write -P 0x92 20M 3M" grow.qcow2

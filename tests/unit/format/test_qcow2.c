@@ -4,7 +4,8 @@
  * writes, backing-file copy-on-write, geometry variants, refcount table
  * growth, bad input, and a power-cut loop over every I/O point of an
  * allocating write (the image must open with no corruption and every
- * byte old or new).
+ * byte old or new); internal snapshots created, deleted and reverted to,
+ * with a power cut at every I/O point of each of those.
  */
 #include "tests/common/testutil.h"
 
@@ -647,6 +648,305 @@ START_TEST(power_cut_every_point)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------ internal snapshots */
+
+#define SN_SIZE (4 * MIB)
+
+/* Opens p@snap (NULL: the current state) and compares it with a model. */
+static void verify_state(const char *p, const char *snap, const uint8_t *model)
+{
+	struct blk_open_opts o = { .format = "qcow2", .snapshot = snap };
+	struct blk_dev *d = NULL;
+
+	ck_assert_ok(blk_open(p, &o, &d));
+	verify(d, model, SN_SIZE);
+	blk_close(d);
+}
+
+static void sn_write(struct blk_dev *d, uint8_t *model, uint64_t off, uint64_t len, uint64_t seed)
+{
+	uint8_t *buf = malloc(len);
+
+	tu_fill(buf, len, seed, off);
+	ck_assert_ok(blk_pwrite(d, off, buf, len));
+	memcpy(model + off, buf, len);
+	free(buf);
+}
+
+static size_t snap_count(const char *p)
+{
+	struct blk_dev *d = open_img(p, 0);
+	struct blk_snapshot_info *l;
+	size_t n;
+
+	ck_assert_ok(blk_snapshot_list(d, &l, &n));
+	blk_snapshot_list_free(l, n);
+	blk_close(d);
+	return n;
+}
+
+static void snap_case(const char *opts, const char *name)
+{
+	const char *p = tu_path(name);
+	uint8_t *m1 = calloc(1, SN_SIZE), *m2, *cur;
+	struct blk_dev *d;
+
+	create_img(p, SN_SIZE, opts, NULL, NULL);
+	d = open_img(p, BLK_OPEN_RDWR);
+	sn_write(d, m1, 0, 300000, 1);
+	sn_write(d, m1, 2 * MIB - 5000, 70000, 2);
+	ck_assert_ok(blk_snapshot_create(d, "s1"));
+	ck_assert_int_eq(blk_snapshot_create(d, "s1"), -EEXIST);
+	kl_err_clear();
+	m2 = malloc(SN_SIZE);
+	memcpy(m2, m1, SN_SIZE);
+	/* in place over shared clusters, across a shared L2 table, and fresh */
+	sn_write(d, m2, 4096, 100000, 3);
+	sn_write(d, m2, 3 * MIB, 65536, 4);
+	ck_assert_ok(blk_pwrite_zeroes(d, 2 * MIB, 4096, 0));
+	memset(m2 + 2 * MIB, 0, 4096);
+	ck_assert_ok(blk_snapshot_create(d, "s2"));
+	cur = malloc(SN_SIZE);
+	memcpy(cur, m2, SN_SIZE);
+	sn_write(d, cur, 0, SN_SIZE / 2, 5);
+	verify(d, cur, SN_SIZE);
+	check_clean(d, false);
+	blk_close(d);
+	qemu_check(p);
+	verify_state(p, "s1", m1);
+	verify_state(p, "s2", m2);
+	verify_state(p, NULL, cur);
+
+	/* revert: the current state becomes s1's, s2 keeps its own */
+	d = open_img(p, BLK_OPEN_RDWR);
+	ck_assert_ok(blk_snapshot_revert(d, "s1"));
+	verify(d, m1, SN_SIZE);
+	sn_write(d, m1, MIB, 10000, 6); /* and writing after it leaves s1 alone */
+	check_clean(d, false);
+	blk_close(d);
+	qemu_check(p);
+	verify_state(p, "s2", m2);
+	verify_state(p, NULL, m1);
+
+	/* delete both: every cluster only they held is free again */
+	d = open_img(p, BLK_OPEN_RDWR);
+	ck_assert_ok(blk_snapshot_delete(d, "s2"));
+	ck_assert_int_eq(blk_snapshot_delete(d, "s2"), -ENOENT);
+	kl_err_clear();
+	ck_assert_ok(blk_snapshot_delete(d, "1")); /* by id, as qemu-img -d */
+	check_clean(d, false);
+	blk_close(d);
+	ck_assert_uint_eq(snap_count(p), 0);
+	verify_state(p, NULL, m1);
+	qemu_check(p);
+	free(m1);
+	free(m2);
+	free(cur);
+}
+
+START_TEST(snapshots_default)
+{
+	snap_case(NULL, "snap.qcow2");
+}
+END_TEST
+
+START_TEST(snapshots_geometries)
+{
+	snap_case("cluster_size=4096,refcount_bits=4", "snap-4k.qcow2");
+	snap_case("compat=0.10,cluster_size=512", "snap-v2.qcow2");
+	snap_case("extended_l2=on", "snap-ext.qcow2");
+	snap_case("compress=on,compression_type=zstd", "snap-z.qcow2");
+}
+END_TEST
+
+START_TEST(snapshots_refused)
+{
+	const char *p = tu_path("snap-rb1.qcow2");
+	struct blk_dev *d;
+
+	create_img(p, MIB, "refcount_bits=1", NULL, NULL);
+	d = open_img(p, BLK_OPEN_RDWR);
+	ck_assert_int_eq(blk_snapshot_create(d, "s1"), -ENOTSUP);
+	ck_assert(strstr(kl_errmsg(), "cannot hold snapshots"));
+	kl_err_clear();
+	blk_close(d);
+	create_img(p, MIB, NULL, NULL, NULL);
+	d = open_img(p, 0);
+	ck_assert_int_eq(blk_snapshot_create(d, "s1"), -EROFS);
+	kl_err_clear();
+	blk_close(d);
+	ck_assert_uint_eq(snap_count(p), 0);
+
+	/* refcount_bits=2 counts three references: the third snapshot overflows */
+	{
+		uint8_t *m = calloc(1, SN_SIZE);
+
+		create_img(p, SN_SIZE, "refcount_bits=2", NULL, NULL);
+		d = open_img(p, BLK_OPEN_RDWR);
+		sn_write(d, m, 0, 200000, 21);
+		ck_assert_ok(blk_snapshot_create(d, "s1"));
+		ck_assert_ok(blk_snapshot_create(d, "s2"));
+		ck_assert_int_eq(blk_snapshot_create(d, "s3"), -EOVERFLOW);
+		ck_assert(strstr(kl_errmsg(), "refcount_bits=2"));
+		kl_err_clear();
+		blk_close(d);
+		ck_assert_uint_eq(snap_count(p), 2);
+		verify_state(p, NULL, m);
+		verify_state(p, "s2", m);
+		d = open_img(p, 0);
+		check_clean(d, true);
+		blk_close(d);
+		free(m);
+	}
+}
+END_TEST
+
+/*
+ * Power cuts inside snapshot operations. The setup: data A, snapshot
+ * "keep", data B over part of it. Then op runs. After a cut the image
+ * opens; the current state is wholly the old one or the new one; each
+ * snapshot listed reads back as taken; `check -r all` leaves it clean.
+ */
+enum sn_op { SN_CREATE, SN_DELETE, SN_REVERT };
+
+static uint8_t *sn_keep, *sn_cur;
+
+static void sn_setup(const char *p)
+{
+	struct blk_dev *d;
+
+	free(sn_keep);
+	free(sn_cur);
+	sn_keep = calloc(1, SN_SIZE);
+	create_img(p, SN_SIZE, NULL, NULL, NULL);
+	d = open_img(p, BLK_OPEN_RDWR);
+	sn_write(d, sn_keep, 0, 700000, 11);
+	ck_assert_ok(blk_snapshot_create(d, "keep"));
+	sn_cur = malloc(SN_SIZE);
+	memcpy(sn_cur, sn_keep, SN_SIZE);
+	sn_write(d, sn_cur, 100000, 200000, 12);
+	sn_write(d, sn_cur, 3 * MIB, 100000, 13);
+	blk_close(d);
+}
+
+static int sn_run(const char *p, enum sn_op op)
+{
+	struct blk_open_opts o = { .format = "qcow2", .flags = BLK_OPEN_RDWR };
+	struct blk_dev *d = NULL;
+	int rc = blk_open(p, &o, &d);
+
+	if (rc == 0)
+		rc = op == SN_CREATE   ? blk_snapshot_create(d, "new")
+		     : op == SN_DELETE ? blk_snapshot_delete(d, "keep")
+				       : blk_snapshot_revert(d, "keep");
+	if (rc == 0)
+		rc = blk_flush(d);
+	blk_close(d);
+	return rc;
+}
+
+static void sn_verify(const char *p, enum sn_op op, uint64_t n)
+{
+	struct blk_open_opts o = { .format = "qcow2", .flags = BLK_OPEN_RDWR };
+	struct blk_snapshot_info *l;
+	struct blk_check_report r;
+	struct blk_dev *d = NULL;
+	uint8_t *buf = malloc(SN_SIZE);
+	size_t nsn;
+
+	ck_assert_msg(blk_open(p, &o, &d) == 0, "point %llu: %s", (unsigned long long)n,
+		      kl_errmsg());
+	ck_assert_ok(blk_pread(d, 0, buf, SN_SIZE));
+	ck_assert_msg(!memcmp(buf, sn_cur, SN_SIZE) ||
+			      (op == SN_REVERT && !memcmp(buf, sn_keep, SN_SIZE)),
+		      "point %llu: the current state is neither the old nor the new one",
+		      (unsigned long long)n);
+	ck_assert_ok(blk_snapshot_list(d, &l, &nsn));
+	for (size_t i = 0; i < nsn; i++) {
+		ck_assert_msg(!strcmp(l[i].name, "keep") || (op == SN_CREATE && !strcmp(l[i].name, "new")),
+			      "point %llu: snapshot '%s'", (unsigned long long)n, l[i].name);
+	}
+	ck_assert_uint_ge(nsn, op == SN_DELETE ? 0 : 1);
+	blk_snapshot_list_free(l, nsn);
+	/*
+	 * Allowed: leaks, and copied flags that disagree with a refcount for
+	 * the moment between the two writes (what -r all repairs). Never a
+	 * refcount below its references: the next write would reuse a cluster
+	 * still in use.
+	 */
+	ck_assert_ok(blk_check(d, &r, 0));
+	ck_assert_uint_lt(r.nmsgs, BLK_CHECK_MAX_MSGS);
+	for (size_t i = 0; i < r.nmsgs; i++)
+		ck_assert_msg(strncmp(r.msgs[i], "ERROR", 5) || strstr(r.msgs[i], "copied flag"),
+			      "point %llu: %s", (unsigned long long)n, r.msgs[i]);
+	blk_check_report_release(&r);
+	ck_assert_ok(blk_check(d, &r, BLK_CHECK_REPAIR_ALL));
+	blk_check_report_release(&r);
+	check_clean(d, false);
+	blk_close(d);
+	/* what the table lists reads back as it was taken */
+	d = open_img(p, 0);
+	ck_assert_ok(blk_snapshot_list(d, &l, &nsn));
+	blk_close(d);
+	for (size_t i = 0; i < nsn; i++)
+		verify_state(p, l[i].name, !strcmp(l[i].name, "keep") ? sn_keep : sn_cur);
+	blk_snapshot_list_free(l, nsn);
+	free(buf);
+}
+
+static void sn_power_cuts(enum sn_op op)
+{
+	const char *p = tu_path("snapcut.qcow2");
+	struct kl_fault_rule count = { .mode = KL_FAULT_ERROR, .at = 0 };
+	uint64_t points;
+
+	sn_setup(p);
+	kl_fault_arm(&count);
+	ck_assert_ok(sn_run(p, op));
+	points = kl_fault_points();
+	kl_fault_reset();
+	ck_assert_uint_gt(points, 5);
+	sn_verify(p, op, 0);
+	for (int mode = 0; mode < 3; mode++) {
+		for (uint64_t n = 1; n <= points; n++) {
+			struct kl_fault_rule r = { .at = n, .seed = n * 13 + (uint64_t)mode };
+
+			r.mode = mode == 0 ? KL_FAULT_ERROR : mode == 1 ? KL_FAULT_CRASH
+									  : KL_FAULT_CRASH_TORN;
+			sn_setup(p);
+			kl_fault_arm(&r);
+			ck_assert(sn_run(p, op) < 0 || n == points);
+			ck_assert(kl_fault_fired());
+			kl_fault_settle();
+			kl_fault_reset();
+			kl_err_clear();
+			sn_verify(p, op, n);
+		}
+	}
+	free(sn_keep);
+	free(sn_cur);
+	sn_keep = sn_cur = NULL;
+}
+
+START_TEST(snapshot_create_power_cuts)
+{
+	sn_power_cuts(SN_CREATE);
+}
+END_TEST
+
+START_TEST(snapshot_delete_power_cuts)
+{
+	sn_power_cuts(SN_DELETE);
+}
+END_TEST
+
+START_TEST(snapshot_revert_power_cuts)
+{
+	sn_power_cuts(SN_REVERT);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("qcow2");
@@ -671,6 +971,12 @@ int main(void)
 	tcase_add_test(tc, bad_input);
 	tcase_add_test(tc, dirty_and_corrupt_bits);
 	tcase_add_test(tc, power_cut_every_point);
+	tcase_add_test(tc, snapshots_default);
+	tcase_add_test(tc, snapshots_geometries);
+	tcase_add_test(tc, snapshots_refused);
+	tcase_add_test(tc, snapshot_create_power_cuts);
+	tcase_add_test(tc, snapshot_delete_power_cuts);
+	tcase_add_test(tc, snapshot_revert_power_cuts);
 	suite_add_tcase(s, tc);
 	return tu_run_suite(s);
 }
