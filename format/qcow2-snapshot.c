@@ -38,7 +38,7 @@ static bool overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 }
 
 static int load_one(struct blk_dev *d, uint32_t i, uint64_t pos, uint64_t limit, uint64_t vsize,
-		    uint64_t *next)
+		    uint64_t *next, uint64_t *end)
 {
 	struct qcow2_state *s = qcow2_s(d);
 	struct qcow2_snap *sn = &s->snaps[i];
@@ -95,14 +95,16 @@ static int load_one(struct blk_dev *d, uint32_t i, uint64_t pos, uint64_t limit,
 		return kl_err(-EUCLEAN, "%s: snapshot '%s' (id %s): L1 table at %llu with %u entries "
 			      "is misaligned, too large or past the end of the file", d->filename,
 			      sn->name, sn->id, (unsigned long long)sn->l1_offset, sn->l1_size);
-	*next = KL_ALIGN_UP(pos + QCOW2_SNAP_FIXED + varlen, 8);
+	/* entries start 8-aligned; qemu does not pad the last one */
+	*end = pos + QCOW2_SNAP_FIXED + varlen;
+	*next = KL_ALIGN_UP(*end, 8);
 	return 0;
 }
 
 int qcow2_snapshots_load(struct blk_dev *d, uint64_t vsize)
 {
 	struct qcow2_state *s = qcow2_s(d);
-	uint64_t pos, limit;
+	uint64_t pos, limit, end = 0;
 	int rc;
 
 	if (s->nb_snapshots == 0)
@@ -124,11 +126,11 @@ int qcow2_snapshots_load(struct blk_dev *d, uint64_t vsize)
 		return -ENOMEM;
 	pos = s->snapshots_offset;
 	for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-		rc = load_one(d, i, pos, limit, vsize, &pos);
+		rc = load_one(d, i, pos, limit, vsize, &pos, &end);
 		if (rc < 0)
 			return rc;
 	}
-	s->snapshots_size = pos - s->snapshots_offset;
+	s->snapshots_size = end - s->snapshots_offset;
 	if (overlap(s->snapshots_offset, s->snapshots_size, s->rt_offset,
 		    (uint64_t)s->rt_clusters * s->cluster_size) ||
 	    overlap(s->snapshots_offset, s->snapshots_size, s->active_l1_offset,
@@ -228,16 +230,20 @@ static int table_read(struct blk_dev *d, uint8_t **out, size_t *len)
 	return 0;
 }
 
-/* Bytes of the table entry at p (padded), 0 when it does not fit in avail. */
+/*
+ * Bytes of the table entry at p with its padding (none after the last
+ * one, as qemu writes it), 0 when it does not fit in avail.
+ */
 static size_t entry_size(const uint8_t *p, size_t avail)
 {
 	uint64_t n;
 
 	if (avail < QCOW2_SNAP_FIXED)
 		return 0;
-	n = KL_ALIGN_UP((uint64_t)QCOW2_SNAP_FIXED + get_be32(p + 36) + get_be16(p + 12) +
-				get_be16(p + 14), 8);
-	return n <= avail ? (size_t)n : 0;
+	n = (uint64_t)QCOW2_SNAP_FIXED + get_be32(p + 36) + get_be16(p + 12) + get_be16(p + 14);
+	if (n > avail)
+		return 0;
+	return (size_t)KL_MIN(KL_ALIGN_UP(n, 8), (uint64_t)avail);
 }
 
 /* Store buf (len bytes) in newly allocated clusters; *off is where. */
@@ -449,7 +455,7 @@ int qcow2_snapshot_create(struct blk_dev *d, const char *name)
 	rc = table_read(d, &old, &olen);
 	if (rc < 0)
 		return rc;
-	tlen = olen + elen;
+	tlen = KL_ALIGN_UP(olen, 8) + elen; /* the new entry starts 8-aligned */
 	if (tlen > QCOW2_MAX_SNAPSHOT_TABLE) {
 		rc = kl_err(-ENOSPC, "%s: the snapshot table would pass qemu's %u-byte limit",
 			    d->filename, QCOW2_MAX_SNAPSHOT_TABLE);
@@ -483,7 +489,7 @@ int qcow2_snapshot_create(struct blk_dev *d, const char *name)
 		goto out;
 	if (olen)
 		memcpy(tab, old, olen);
-	p = tab + olen;
+	p = tab + KL_ALIGN_UP(olen, 8);
 	clock_gettime(CLOCK_REALTIME, &now);
 	put_be64(p, l1_off);
 	put_be32(p + 8, s->l1_size);
