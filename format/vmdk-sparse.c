@@ -1066,6 +1066,7 @@ static int check_repair(struct vmdk_extent *x, struct blk_check_report *r, unsig
 			      (unsigned long long)structural);
 		return 0;
 	}
+	/* each copy is whole by itself: one sync after all of them is enough */
 	for (uint32_t gdi = 0; all && differs && gdi < s->ngd; gdi++) {
 		struct vmdk_gt_slot *c;
 
@@ -1073,9 +1074,10 @@ static int check_repair(struct vmdk_extent *x, struct blk_check_report *r, unsig
 			continue;
 		KL_TRY(gt_get(x, gdi, &c));
 		KL_TRY(gt_store(x, c, 0, s->h.gtes));
-		KL_TRY(kl_io_sync(x->file));
 		r->repaired++;
 	}
+	if (all && differs)
+		KL_TRY(kl_io_sync(x->file));
 	if (!tail)
 		return 0;
 	KL_TRY(kl_io_truncate(x->file, tail * VMDK_SECTOR));
