@@ -8,10 +8,11 @@
 const char cmd_diff_usage[] =
 	"usage: keel diff [--output json] FILE SNAP_A [SNAP_B]\n"
 	"\n"
-	"Lists the extents that differ between two snapshots of FILE (SNAP_B\n"
-	"defaults to the current state; '.' also names it). Computed from metadata\n"
-	"alone: no data is read. Each extent is 'data' (changed content) or 'zero'\n"
-	"(now zero or unallocated).\n"
+	"Lists the extents that differ between two snapshots of FILE, a .keel or\n"
+	"qcow2 image (SNAP_B defaults to the current state; '.' also names it).\n"
+	"Computed from metadata alone: no data is read, so a cluster rewritten\n"
+	"with the bytes it held counts as changed. Each extent is 'data' (changed\n"
+	"content) or 'zero' (now zero, or unallocated without a backing file).\n"
 	"\n"
 	"example: keel diff --output json vault.keel night-1 night-2\n";
 

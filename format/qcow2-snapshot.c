@@ -1,8 +1,10 @@
 /*
  * format/qcow2-snapshot.c - qcow2 internal snapshots (qcow2.rst
  * "Snapshots"): parse and validate the table, list it for `keel info`,
- * find the snapshot that `image.qcow2@NAME` selects, and create, delete
- * and revert to snapshots (`keel snapshot`, as qemu-img snapshot).
+ * find the snapshot that `image.qcow2@NAME` selects, create, delete and
+ * revert to snapshots (`keel snapshot`, as qemu-img snapshot), and list
+ * what differs between two states from their tables (`keel diff`, and
+ * incremental send and replicate).
  *
  * Entry: u64 L1 offset, u32 L1 entries, u16 id length, u16 name length,
  * u32 date seconds, u32 date nanoseconds, u64 VM clock ns, u32 VM state
@@ -654,5 +656,175 @@ int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 out:
 	kl_free(nl1);
 	kl_free(buf);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ diff */
+
+struct qdiff {
+	struct blk_dev *d;
+	blk_extent_cb cb;
+	void *opaque;
+	struct blk_extent run;
+	bool have;
+};
+
+static int qdiff_flush(struct qdiff *x)
+{
+	int rc = 0;
+
+	if (x->have)
+		rc = x->cb(x->opaque, &x->run);
+	x->have = false;
+	return rc;
+}
+
+static int qdiff_add(struct qdiff *x, uint64_t off, uint64_t len, int type)
+{
+	if (x->have && x->run.type == type && x->run.off + x->run.len == off) {
+		x->run.len += len;
+		return 0;
+	}
+	KL_TRY(qdiff_flush(x));
+	memset(&x->run, 0, sizeof(x->run));
+	x->run.off = off;
+	x->run.len = len;
+	x->run.type = type;
+	x->run.host_off = BLK_NO_HOST_OFFSET;
+	x->have = true;
+	return 0;
+}
+
+/* NULL: the current state (its tables as flushed); else the snapshot's. */
+static int qdiff_l1(struct blk_dev *d, const char *name, uint32_t n, uint64_t **l1,
+		    uint64_t *vsize)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	int i;
+
+	if (!name) {
+		*l1 = kl_calloc((size_t)n + 1, sizeof(uint64_t));
+		if (!*l1)
+			return -ENOMEM;
+		memcpy(*l1, s->l1, (size_t)s->l1_size * 8);
+		*vsize = d->size;
+		return 0;
+	}
+	i = find_for_write(d, name);
+	if (i < 0)
+		return i;
+	*vsize = s->snaps[i].vsize;
+	return read_snap_l1(d, &s->snaps[i], n, l1);
+}
+
+/* The L2 table at off into t (zeros for none). */
+static int qdiff_l2(struct blk_dev *d, uint64_t off, uint8_t *t)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	struct qcow2_cache_entry *e;
+
+	if (!off) {
+		memset(t, 0, s->cluster_size);
+		return 0;
+	}
+	if (off + s->cluster_size > s->file_size)
+		return qcow2_corrupt(d, "%s: L2 table at %llu lies past the end of the file",
+				     d->filename, (unsigned long long)off);
+	KL_TRY(qcow2_l2_load(d, off, &e));
+	memcpy(t, e->buf, s->cluster_size);
+	return 0;
+}
+
+/*
+ * What entry eb of the newer state holds, for the consumer: ZERO only when
+ * it reads as zeros without looking further (a zero entry or subclusters,
+ * or nothing where there is no backing file); DATA otherwise.
+ */
+static int qdiff_type(const struct qcow2_state *s, uint64_t eb, uint64_t bm, bool backing)
+{
+	if (eb & QCOW2_OFLAG_COMPRESSED)
+		return BLK_DATA;
+	if (s->ext_l2) {
+		uint32_t alloc = (uint32_t)bm, zero = (uint32_t)(bm >> 32);
+
+		if (alloc && (eb & QCOW2_OFFSET_MASK))
+			return BLK_DATA;
+		return !backing || zero == UINT32_MAX ? BLK_ZERO : BLK_DATA;
+	}
+	if (eb & QCOW2_OFLAG_ZERO)
+		return BLK_ZERO;
+	if (eb & QCOW2_OFFSET_MASK)
+		return BLK_DATA;
+	return backing ? BLK_DATA : BLK_ZERO;
+}
+
+/*
+ * Guest clusters whose L2 entries differ between states a and b. A cluster
+ * both name identically holds the same bytes: a cluster two states share
+ * has a refcount above 1 and is never written in place. Tables shared
+ * whole (the same L2 offset) are skipped without being read.
+ */
+int qcow2_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
+			void *opaque)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	struct qdiff x = { .d = d, .cb = cb, .opaque = opaque };
+	uint64_t *la = NULL, *lb = NULL, va = 0, vb = 0;
+	uint8_t *ta = NULL, *tb = NULL;
+	bool backing = s->backing_file != NULL;
+	uint32_t n = s->l1_size;
+	int rc;
+
+	if (s->cur_snap >= 0)
+		return kl_err(-EINVAL, "%s: open the image, not a snapshot, to diff", d->filename);
+	if (!d->read_only)
+		KL_TRY(qcow2_flush(d));
+	for (uint32_t i = 0; s->snaps && i < s->nb_snapshots; i++)
+		n = KL_MAX(n, s->snaps[i].l1_size);
+	rc = qdiff_l1(d, a, n, &la, &va);
+	if (rc == 0)
+		rc = qdiff_l1(d, b, n, &lb, &vb);
+	if (rc == 0 && va != vb)
+		rc = kl_err(-ENOTSUP, "%s: states of different sizes (%llu, %llu) cannot be compared "
+			    "from metadata", d->filename, (unsigned long long)va,
+			    (unsigned long long)vb);
+	if (rc < 0)
+		goto out;
+	rc = -ENOMEM;
+	ta = kl_malloc(s->cluster_size);
+	tb = kl_malloc(s->cluster_size);
+	if (!ta || !tb)
+		goto out;
+	rc = 0;
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
+		uint64_t oa = la[i] & QCOW2_OFFSET_MASK, ob = lb[i] & QCOW2_OFFSET_MASK;
+		uint64_t base = (uint64_t)i << (s->l2_bits + s->cluster_bits);
+
+		if (oa == ob || base >= vb)
+			continue;
+		rc = qdiff_l2(d, oa, ta);
+		if (rc == 0)
+			rc = qdiff_l2(d, ob, tb);
+		for (uint32_t j = 0; j < s->l2_entries && rc == 0; j++) {
+			uint64_t off = base + ((uint64_t)j << s->cluster_bits);
+			uint64_t ea = qcow2_l2_entry(s, ta, j) & ~QCOW2_OFLAG_COPIED;
+			uint64_t eb = qcow2_l2_entry(s, tb, j) & ~QCOW2_OFLAG_COPIED;
+			uint64_t bb = qcow2_l2_bitmap(s, tb, j);
+
+			if (off >= vb)
+				break;
+			if (ea == eb && qcow2_l2_bitmap(s, ta, j) == bb)
+				continue;
+			rc = qdiff_add(&x, off, KL_MIN((uint64_t)s->cluster_size, vb - off),
+				       qdiff_type(s, eb, bb, backing));
+		}
+	}
+	if (rc == 0)
+		rc = qdiff_flush(&x);
+out:
+	kl_free(la);
+	kl_free(lb);
+	kl_free(ta);
+	kl_free(tb);
 	return rc;
 }

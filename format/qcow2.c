@@ -1157,6 +1157,7 @@ const struct blk_driver blk_qcow2_driver = {
 	.snapshot_create = qcow2_snapshot_create,
 	.snapshot_delete = qcow2_snapshot_delete,
 	.snapshot_revert = qcow2_snapshot_revert,
+	.snapshot_diff = qcow2_snapshot_diff,
 	.set_parent = qcow2_set_parent,
 	.measure = qcow2_measure,
 	.encode_cluster = qcow2_encode_cluster,

@@ -146,6 +146,8 @@ int qcow2_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_
 int qcow2_snapshot_create(struct blk_dev *d, const char *name);
 int qcow2_snapshot_delete(struct blk_dev *d, const char *name);
 int qcow2_snapshot_revert(struct blk_dev *d, const char *name);
+int qcow2_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
+			void *opaque);
 
 /* ------------------------------------------------------------------ state */
 

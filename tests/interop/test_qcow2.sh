@@ -294,6 +294,20 @@ done
 t "kw3: snapshots keep their data after keel's writes" sh -c \
 	"qemu-img convert -O raw -l snapshot.name=first kw3.qcow2 kw3-first.raw && cmp kw3-first.raw snap-first.raw && qemu-img convert -O raw -l snapshot.name=second kw3.qcow2 kw3-second.raw && cmp kw3-second.raw snap-second.raw"
 
+# keel diff over qemu's snapshots: every differing byte is inside a reported extent
+t "keel diff names every change between qemu's snapshots" sh -c "'$KEEL' diff --output json snap.qcow2 first second > diff.json && python3 - diff.json snap-first.raw snap-second.raw <<'PY'
+import json, sys
+ext = json.load(open(sys.argv[1]))
+a, b = open(sys.argv[2], 'rb').read(), open(sys.argv[3], 'rb').read()
+cover = bytearray(len(a))
+for e in ext:
+    cover[e['start']:e['start'] + e['length']] = b'\\x01' * e['length']
+    if e['type'] == 'zero':
+        assert b[e['start']:e['start'] + e['length']].count(0) == e['length'], e
+bad = [i for i in range(0, len(a), 512) if a[i:i + 512] != b[i:i + 512] and not cover[i]]
+assert ext and not bad, (len(ext), bad[:3])
+PY"
+
 # keel's own snapshots, as qemu sees them; qemu's, deleted and reverted by keel
 cp snap.qcow2 ks.qcow2
 qemu-img convert -O raw ks.qcow2 ks-now.raw

@@ -947,6 +947,105 @@ START_TEST(snapshot_revert_power_cuts)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ snapshot diff */
+
+#define DF_SIZE (8 * MIB)
+#define DF_CS 4096u /* 4 L2 tables of 2 MiB each */
+
+struct df_seen {
+	int8_t type[DF_SIZE / DF_CS]; /* -1: not reported */
+};
+
+static int df_cb(void *opaque, const struct blk_extent *e)
+{
+	struct df_seen *v = opaque;
+
+	ck_assert_uint_eq(e->off % DF_CS, 0);
+	ck_assert_uint_le(e->off + e->len, DF_SIZE);
+	for (uint64_t c = e->off / DF_CS; c < KL_DIV_ROUND_UP(e->off + e->len, DF_CS); c++) {
+		ck_assert_int_eq(v->type[c], -1); /* each cluster once */
+		v->type[c] = (int8_t)e->type;
+	}
+	return 0;
+}
+
+/* diff(a, b) must name every cluster whose bytes differ, as b holds them. */
+static void df_expect(struct blk_dev *d, const char *a, const char *b, const uint8_t *ma,
+		      const uint8_t *mb)
+{
+	static const uint8_t zero[DF_CS];
+	struct df_seen v;
+	size_t named = 0;
+
+	memset(v.type, -1, sizeof(v.type));
+	ck_assert_ok(blk_snapshot_diff(d, a, b, df_cb, &v));
+	for (size_t c = 0; c < DF_SIZE / DF_CS; c++) {
+		bool differs = memcmp(ma + c * DF_CS, mb + c * DF_CS, DF_CS) != 0;
+
+		if (v.type[c] < 0) {
+			ck_assert_msg(!differs, "%s..%s: cluster %zu differs but is not reported",
+				      a ? a : ".", b ? b : ".", c);
+			continue;
+		}
+		named++;
+		if (v.type[c] == BLK_ZERO)
+			ck_assert_msg(!memcmp(mb + c * DF_CS, zero, DF_CS),
+				      "%s..%s: cluster %zu reported zero but holds data", a ? a : ".",
+				      b ? b : ".", c);
+	}
+	ck_assert_uint_gt(named, 0);
+	ck_assert_uint_lt(named, DF_SIZE / DF_CS / 2); /* from metadata, not everything */
+}
+
+START_TEST(snapshot_diff)
+{
+	const char *p = tu_path("diff.qcow2");
+	uint8_t *m1 = calloc(1, DF_SIZE), *m2 = malloc(DF_SIZE), *m3 = malloc(DF_SIZE);
+	struct blk_dev *d;
+
+	create_img(p, DF_SIZE, "cluster_size=4096", NULL, NULL);
+	d = open_img(p, BLK_OPEN_RDWR);
+	tu_fill(m1, MIB, 31, 0);
+	ck_assert_ok(blk_pwrite(d, 0, m1, MIB));
+	tu_fill(m1 + 5 * MIB, 300000, 32, 5 * MIB);
+	ck_assert_ok(blk_pwrite(d, 5 * MIB, m1 + 5 * MIB, 300000));
+	ck_assert_ok(blk_snapshot_create(d, "s1"));
+	memcpy(m2, m1, DF_SIZE);
+	sn_write(d, m2, 100000, 5000, 33);		  /* inside a shared table */
+	sn_write(d, m2, 3 * MIB, 10000, 34);		  /* a table s1 lacks */
+	ck_assert_ok(blk_pwrite_zeroes(d, 5 * MIB, 8192, 0)); /* data -> zero */
+	memset(m2 + 5 * MIB, 0, 8192);
+	ck_assert_ok(blk_discard(d, 512 * 1024, 8192));
+	memset(m2 + 512 * 1024, 0, 8192);
+	ck_assert_ok(blk_snapshot_create(d, "s2"));
+	memcpy(m3, m2, DF_SIZE);
+	sn_write(d, m3, 7 * MIB, 4096, 35);
+	sn_write(d, m3, 100000, 100, 36);
+	df_expect(d, "s1", "s2", m1, m2);
+	df_expect(d, "s2", NULL, m2, m3);
+	df_expect(d, "s1", NULL, m1, m3);
+	df_expect(d, NULL, "s1", m3, m1); /* backwards: as s1 holds it */
+	blk_close(d);
+	/* read-only too, and s1..s1 is empty */
+	d = open_img(p, 0);
+	df_expect(d, "s2", "s1", m2, m1);
+	{
+		struct df_seen v;
+
+		memset(v.type, -1, sizeof(v.type));
+		ck_assert_ok(blk_snapshot_diff(d, "s1", "s1", df_cb, &v));
+		for (size_t c = 0; c < DF_SIZE / DF_CS; c++)
+			ck_assert_int_eq(v.type[c], -1);
+	}
+	ck_assert_int_eq(blk_snapshot_diff(d, "nope", NULL, df_cb, NULL), -ENOENT);
+	kl_err_clear();
+	blk_close(d);
+	free(m1);
+	free(m2);
+	free(m3);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("qcow2");
@@ -977,6 +1076,7 @@ int main(void)
 	tcase_add_test(tc, snapshot_create_power_cuts);
 	tcase_add_test(tc, snapshot_delete_power_cuts);
 	tcase_add_test(tc, snapshot_revert_power_cuts);
+	tcase_add_test(tc, snapshot_diff);
 	suite_add_tcase(s, tc);
 	return tu_run_suite(s);
 }
