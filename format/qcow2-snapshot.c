@@ -662,7 +662,6 @@ out:
 /* ------------------------------------------------------------------ diff */
 
 struct qdiff {
-	struct blk_dev *d;
 	blk_extent_cb cb;
 	void *opaque;
 	struct blk_extent run;
@@ -768,7 +767,7 @@ int qcow2_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_ext
 			void *opaque)
 {
 	struct qcow2_state *s = qcow2_s(d);
-	struct qdiff x = { .d = d, .cb = cb, .opaque = opaque };
+	struct qdiff x = { .cb = cb, .opaque = opaque };
 	uint64_t *la = NULL, *lb = NULL, va = 0, vb = 0;
 	uint8_t *ta = NULL, *tb = NULL;
 	bool backing = s->backing_file != NULL;
