@@ -336,6 +336,53 @@ t "keel snapshot -c after a table that ends the file mid-entry-padding" sh -c \
 expect_err "a duplicate snapshot name is refused" "a snapshot named 'second' exists" \
 	sh -c "'$KEEL' -q snapshot -c second snap.qcow2"
 
+# a power cut at every I/O point of keel snapshot -c, -a and -d, with torn
+# writes (2 seeds each): qemu-img sees the old or the new state; its check
+# finds nothing but leaks and copied flags behind a refcount, and -r all
+# leaves the image clean
+qemu-img create -q -f qcow2 -o cluster_size=4096 pc.qcow2 8M
+qemu-io -c "write -P 0x51 0 1M" pc.qcow2 >/dev/null
+qemu-img snapshot -c keep pc.qcow2
+qemu-io -c "write -P 0x52 64k 128k" -c "write -P 0x53 5M 64k" pc.qcow2 >/dev/null
+qemu-img convert -O raw pc.qcow2 pc-cur.raw
+qemu-img convert -O raw -l snapshot.name=keep pc.qcow2 pc-keep.raw
+cp pc.qcow2 pc.orig
+pc_runs=0 pc_good=0
+for op in "-c new" "-a keep" "-d keep"; do
+	n=1 finished=0
+	while [ $n -le 60 ] && [ $finished = 0 ]; do
+		for seed in 1 2; do
+			cp pc.orig pc.qcow2
+			# shellcheck disable=SC2086
+			KEEL_FAULT=torn@$n KEEL_FAULT_SEED=$seed "$KEEL" -q snapshot $op pc.qcow2 \
+				>/dev/null 2>&1 && finished=1
+			pc_runs=$((pc_runs + 1))
+			list=$(qemu-img snapshot -l pc.qcow2 | awk 'NR > 2 { print $2 }' | sort | tr '\n' ' ')
+			case "$op:$list" in
+			"-c new:keep " | "-c new:keep new " | "-a keep:keep " | "-d keep:keep " | "-d keep:") ;;
+			*) echo "    # $op cut at $n: snapshots '$list'"; continue ;;
+			esac
+			errs=$(qemu-img check pc.qcow2 2>&1 | grep '^ERROR' | grep -v 'OFLAG_COPIED')
+			[ -z "$errs" ] || { echo "    # $op cut at $n: $errs" | head -3; continue; }
+			qemu-img check -q -r all pc.qcow2 >/dev/null 2>&1
+			qemu-img check -q pc.qcow2 || { echo "    # $op cut at $n: not clean after -r all"; continue; }
+			qemu-img compare -q -F qcow2 pc-cur.raw pc.qcow2 ||
+				{ [ "$op" = "-a keep" ] && qemu-img compare -q -F qcow2 pc-keep.raw pc.qcow2; } ||
+				{ echo "    # $op cut at $n: current state is neither old nor new"; continue; }
+			for sn in $list; do
+				want=pc-keep.raw; [ "$sn" = new ] && want=pc-cur.raw
+				qemu-img convert -O raw -l snapshot.name=$sn pc.qcow2 pc-sn.raw && cmp -s pc-sn.raw $want ||
+					{ echo "    # $op cut at $n: snapshot $sn changed"; continue 2; }
+			done
+			pc_good=$((pc_good + 1))
+		done
+		n=$((n + 1))
+	done
+	[ $finished = 1 ] || echo "    # $op never completed in 60 I/O points"
+done
+t "qcow2 snapshot -c/-a/-d cut at each I/O point ($pc_runs runs): qemu-img sees old or new" \
+	test $pc_good -eq $pc_runs -a $pc_runs -gt 20
+
 # the refcount table has to grow: 512-byte clusters, 64-bit refcounts
 t "refcount table growth" keel -q create -f qcow2 -o cluster_size=512,refcount_bits=64 grow.qcow2 64M
 t "refcount table growth: 8 MiB of writes" keel -q io -c "write -P 0x91 0 8M" -c "write -P 0x92 20M 3M" grow.qcow2
