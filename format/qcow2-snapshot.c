@@ -291,6 +291,8 @@ static int read_snap_l1(struct blk_dev *d, const struct qcow2_snap *sn, uint32_t
 static int l1_refs(struct blk_dev *d, const uint64_t *l1, uint32_t n, int delta, bool unshare)
 {
 	struct qcow2_state *s = qcow2_s(d);
+	/* clusters are counted whole: the last one may end past the file's end */
+	uint64_t limit = KL_ALIGN_UP(s->file_size, s->cluster_size);
 	struct qcow2_cache_entry *e;
 	uint8_t *t = kl_malloc(s->cluster_size);
 	int rc = 0;
@@ -303,7 +305,7 @@ static int l1_refs(struct blk_dev *d, const uint64_t *l1, uint32_t n, int delta,
 
 		if (!l2)
 			continue;
-		if (l2 + s->cluster_size > s->file_size) {
+		if (l2 + s->cluster_size > limit) {
 			rc = qcow2_corrupt(d, "%s: L1 entry %u names an L2 table at %llu, past the end "
 					   "of the file", d->filename, i, (unsigned long long)l2);
 			break;
@@ -326,7 +328,7 @@ static int l1_refs(struct blk_dev *d, const uint64_t *l1, uint32_t n, int delta,
 			}
 			if (!off)
 				continue;
-			if (off == UINT64_MAX || off + len > s->file_size) {
+			if (off == UINT64_MAX || off + len > limit) {
 				rc = qcow2_corrupt(d, "%s: L2 table at %llu entry %u names a cluster "
 						   "that is misaligned or past the end of the file",
 						   d->filename, (unsigned long long)l2, j);
@@ -726,7 +728,7 @@ static int qdiff_l2(struct blk_dev *d, uint64_t off, uint8_t *t)
 		memset(t, 0, s->cluster_size);
 		return 0;
 	}
-	if (off + s->cluster_size > s->file_size)
+	if (off + s->cluster_size > KL_ALIGN_UP(s->file_size, s->cluster_size))
 		return qcow2_corrupt(d, "%s: L2 table at %llu lies past the end of the file",
 				     d->filename, (unsigned long long)off);
 	KL_TRY(qcow2_l2_load(d, off, &e));
