@@ -14,9 +14,8 @@
  */
 #define _GNU_SOURCE
 #include "convert/conv_int.h"
+#include "lib/lazy.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <openssl/evp.h>
 #include <string.h>
 
@@ -41,7 +40,7 @@ static la_ssize_t gce_write_cb(struct archive *a, void *opaque, const void *buf,
 
 	if (rc < 0) {
 		t->rc = rc;
-		archive_set_error(a, -rc, "%s", kl_errmsg());
+		kl_la.archive_set_error(a, -rc, "%s", kl_errmsg());
 		return -1;
 	}
 	t->pos += len;
@@ -53,7 +52,7 @@ static int gce_err(struct archive *a, struct gce_out *t, const char *what)
 	if (t->rc < 0)
 		return t->rc;
 	return kl_err(-EIO, "gce: %s: %s", what,
-		      archive_error_string(a) ? archive_error_string(a) : "libarchive error");
+		      kl_la.archive_error_string(a) ? kl_la.archive_error_string(a) : "libarchive error");
 }
 
 /* Data extents of src, merged when less than GCE_GRAIN apart, grain-aligned. */
@@ -128,7 +127,7 @@ static int gce_feed(struct archive *a, struct gce_out *t, struct blk_dev *src, u
 			p = buf;
 		}
 		for (size_t done = 0; done < n; done += (size_t)w) {
-			w = archive_write_data(a, p + done, n - done);
+			w = kl_la.archive_write_data(a, p + done, n - done);
 			if (w <= 0)
 				return gce_err(a, t, "writing disk.raw");
 		}
@@ -146,34 +145,37 @@ static int gce_feed(struct archive *a, struct gce_out *t, struct blk_dev *src, u
  */
 static int gce_digest(const char *path, uint64_t vsize, uint8_t out[32])
 {
-	struct archive *a = archive_read_new();
+	struct archive *a = NULL;
 	struct archive_entry *e;
 	EVP_MD_CTX *outer = EVP_MD_CTX_new();
 	uint8_t *blk = kl_calloc(1, CONV_BLOCK);
 	uint64_t cur = UINT64_MAX;
 	bool found = false;
-	int rc = 0;
+	int rc = kl_archive_load();
 
+	if (rc < 0)
+		goto out;
+	a = kl_la.archive_read_new();
 	if (!a || !outer || !blk || !EVP_DigestInit_ex(outer, EVP_sha256(), NULL)) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	archive_read_support_filter_gzip(a);
-	archive_read_support_format_tar(a);
-	if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
-		rc = kl_err(-EIO, "%s: %s", path, archive_error_string(a));
+	kl_la.archive_read_support_filter_gzip(a);
+	kl_la.archive_read_support_format_tar(a);
+	if (kl_la.archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
+		rc = kl_err(-EIO, "%s: %s", path, kl_la.archive_error_string(a));
 		goto out;
 	}
-	while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
+	while (kl_la.archive_read_next_header(a, &e) == ARCHIVE_OK) {
 		const void *p;
 		size_t len;
 		la_int64_t off;
 		int ar;
 
-		if (strcmp(archive_entry_pathname(e), "disk.raw") != 0)
+		if (strcmp(kl_la.archive_entry_pathname(e), "disk.raw") != 0)
 			continue;
 		found = true;
-		while ((ar = archive_read_data_block(a, &p, &len, &off)) == ARCHIVE_OK) {
+		while ((ar = kl_la.archive_read_data_block(a, &p, &len, &off)) == ARCHIVE_OK) {
 			const uint8_t *d = p;
 
 			while (len) {
@@ -202,7 +204,7 @@ static int gce_digest(const char *path, uint64_t vsize, uint8_t out[32])
 			}
 		}
 		if (ar != ARCHIVE_EOF) {
-			rc = kl_err(-EIO, "%s: %s", path, archive_error_string(a));
+			rc = kl_err(-EIO, "%s: %s", path, kl_la.archive_error_string(a));
 			goto out;
 		}
 		break;
@@ -228,7 +230,8 @@ static int gce_digest(const char *path, uint64_t vsize, uint8_t out[32])
 		EVP_DigestFinal_ex(outer, out, &dn);
 	}
 out:
-	archive_read_free(a);
+	if (a)
+		kl_la.archive_read_free(a);
 	EVP_MD_CTX_free(outer);
 	kl_free(blk);
 	return rc;
@@ -268,10 +271,13 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	vsize = blk_size(src);
 	msize = KL_ALIGN_UP(vsize, GCE_GIB);
 	st->virtual_size = vsize;
+	rc = kl_archive_load();
+	if (rc < 0)
+		goto out;
 	buf = kl_aligned_alloc(bufsz);
 	zeros = kl_calloc(1, bufsz);
-	a = archive_write_new();
-	e = archive_entry_new();
+	a = kl_la.archive_write_new();
+	e = kl_la.archive_entry_new();
 	if (!buf || !zeros || !a || !e) {
 		rc = -ENOMEM;
 		goto out;
@@ -294,25 +300,25 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	if (rc < 0)
 		goto out;
 	snprintf(lv, sizeof(lv), "%u", (unsigned)level);
-	if ((sparse ? archive_write_set_format_pax(a) : archive_write_set_format_gnutar(a)) !=
+	if ((sparse ? kl_la.archive_write_set_format_pax(a) : kl_la.archive_write_set_format_gnutar(a)) !=
 		    ARCHIVE_OK ||
-	    archive_write_add_filter_gzip(a) != ARCHIVE_OK ||
-	    archive_write_set_filter_option(a, "gzip", "compression-level", lv) != ARCHIVE_OK ||
-	    archive_write_set_filter_option(a, "gzip", "timestamp", NULL) != ARCHIVE_OK ||
-	    archive_write_open(a, &t, NULL, gce_write_cb, NULL) != ARCHIVE_OK) {
+	    kl_la.archive_write_add_filter_gzip(a) != ARCHIVE_OK ||
+	    kl_la.archive_write_set_filter_option(a, "gzip", "compression-level", lv) != ARCHIVE_OK ||
+	    kl_la.archive_write_set_filter_option(a, "gzip", "timestamp", NULL) != ARCHIVE_OK ||
+	    kl_la.archive_write_open(a, &t, NULL, gce_write_cb, NULL) != ARCHIVE_OK) {
 		rc = gce_err(a, &t, "setting up the archive");
 		goto out;
 	}
-	archive_entry_set_pathname(e, "disk.raw");
-	archive_entry_set_size(e, (la_int64_t)msize);
-	archive_entry_set_filetype(e, AE_IFREG);
-	archive_entry_set_perm(e, 0644);
-	archive_entry_set_mtime(e, (time_t)(kl_wallclock_ns() / 1000000000ULL), 0);
+	kl_la.archive_entry_set_pathname(e, "disk.raw");
+	kl_la.archive_entry_set_size(e, (la_int64_t)msize);
+	kl_la.archive_entry_set_filetype(e, AE_IFREG);
+	kl_la.archive_entry_set_perm(e, 0644);
+	kl_la.archive_entry_set_mtime(e, (time_t)(kl_wallclock_ns() / 1000000000ULL), 0);
 	for (size_t i = 0; sparse && i < nmap; i++)
-		archive_entry_sparse_add_entry(e, (la_int64_t)map[i].off, (la_int64_t)map[i].len);
+		kl_la.archive_entry_sparse_add_entry(e, (la_int64_t)map[i].off, (la_int64_t)map[i].len);
 	if (sparse && nmap == 0)
-		archive_entry_sparse_add_entry(e, (la_int64_t)msize, 0);
-	if (archive_write_header(a, e) != ARCHIVE_OK) {
+		kl_la.archive_entry_sparse_add_entry(e, (la_int64_t)msize, 0);
+	if (kl_la.archive_write_header(a, e) != ARCHIVE_OK) {
 		rc = gce_err(a, &t, "writing the header of disk.raw");
 		goto out;
 	}
@@ -334,7 +340,7 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	}
 	if (rc < 0)
 		goto out;
-	if (archive_write_close(a) != ARCHIVE_OK) {
+	if (kl_la.archive_write_close(a) != ARCHIVE_OK) {
 		rc = gce_err(a, &t, "finishing the archive");
 		goto out;
 	}
@@ -373,8 +379,9 @@ out:
 	if (prog)
 		kl_progress_finish(prog);
 	if (a)
-		archive_write_free(a);
-	archive_entry_free(e);
+		kl_la.archive_write_free(a);
+	if (e)
+		kl_la.archive_entry_free(e);
 	kl_io_close(t.f);
 	blk_close(src);
 	kl_free(map);

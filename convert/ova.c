@@ -18,9 +18,8 @@
  */
 #define _GNU_SOURCE
 #include "convert/conv_int.h"
+#include "lib/lazy.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <libgen.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -419,7 +418,7 @@ static la_ssize_t tar_write(struct archive *a, void *opaque, const void *buf, si
 
 	if (rc < 0) {
 		t->rc = rc;
-		archive_set_error(a, -rc, "%s", kl_errmsg());
+		kl_la.archive_set_error(a, -rc, "%s", kl_errmsg());
 		return -1;
 	}
 	t->pos += len;
@@ -431,26 +430,26 @@ static int tar_err(struct archive *a, struct tar_out *t, const char *tmp, const 
 	if (t->rc < 0)
 		return t->rc;
 	return kl_err(-EIO, "%s: writing %s: %s", tmp, what,
-		      archive_error_string(a) ? archive_error_string(a) : "libarchive error");
+		      kl_la.archive_error_string(a) ? kl_la.archive_error_string(a) : "libarchive error");
 }
 
 static int tar_entry(struct archive *a, struct tar_out *t, const char *tmp, const char *name,
 		     uint64_t size, time_t mtime)
 {
-	struct archive_entry *e = archive_entry_new();
+	struct archive_entry *e = kl_la.archive_entry_new();
 	int ar;
 
 	if (!e)
 		return -ENOMEM;
-	archive_entry_set_pathname(e, name);
-	archive_entry_set_size(e, (la_int64_t)size);
-	archive_entry_set_filetype(e, AE_IFREG);
-	archive_entry_set_perm(e, 0644);
-	archive_entry_set_uid(e, 0);
-	archive_entry_set_gid(e, 0);
-	archive_entry_set_mtime(e, mtime, 0);
-	ar = archive_write_header(a, e);
-	archive_entry_free(e);
+	kl_la.archive_entry_set_pathname(e, name);
+	kl_la.archive_entry_set_size(e, (la_int64_t)size);
+	kl_la.archive_entry_set_filetype(e, AE_IFREG);
+	kl_la.archive_entry_set_perm(e, 0644);
+	kl_la.archive_entry_set_uid(e, 0);
+	kl_la.archive_entry_set_gid(e, 0);
+	kl_la.archive_entry_set_mtime(e, mtime, 0);
+	ar = kl_la.archive_write_header(a, e);
+	kl_la.archive_entry_free(e);
 	if (ar != ARCHIVE_OK)
 		return tar_err(a, t, tmp, name);
 	return 0;
@@ -462,7 +461,7 @@ static int tar_data(struct archive *a, struct tar_out *t, const char *tmp, const
 	const uint8_t *p = buf;
 
 	while (len) {
-		la_ssize_t n = archive_write_data(a, p, len);
+		la_ssize_t n = kl_la.archive_write_data(a, p, len);
 
 		if (n <= 0)
 			return tar_err(a, t, tmp, name);
@@ -627,13 +626,16 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | conv_kl_cache_flags(o), &t.f);
 	if (rc < 0)
 		goto out;
-	a = archive_write_new();
+	rc = kl_archive_load();
+	if (rc < 0)
+		goto out;
+	a = kl_la.archive_write_new();
 	if (!a) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	if (archive_write_set_format_ustar(a) != ARCHIVE_OK ||
-	    archive_write_open(a, &t, NULL, tar_write, NULL) != ARCHIVE_OK) {
+	if (kl_la.archive_write_set_format_ustar(a) != ARCHIVE_OK ||
+	    kl_la.archive_write_open(a, &t, NULL, tar_write, NULL) != ARCHIVE_OK) {
 		rc = tar_err(a, &t, tmp, "the archive header");
 		goto out;
 	}
@@ -676,13 +678,13 @@ int conv_ova_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		kl_io_close(vf);
 		vf = NULL;
 	}
-	if (rc == 0 && archive_write_close(a) != ARCHIVE_OK)
+	if (rc == 0 && kl_la.archive_write_close(a) != ARCHIVE_OK)
 		rc = tar_err(a, &t, tmp, "the archive trailer");
 	if (rc == 0)
 		rc = kl_io_sync(t.f);
 out:
 	if (a)
-		archive_write_free(a);
+		kl_la.archive_write_free(a);
 	kl_io_close(t.f);
 	kl_io_close(vf);
 	for (size_t d = 0; dk && d < n; d++) {

@@ -8,19 +8,10 @@
  * 1.x and 2.x envelopes (different namespaces) both work.
  */
 #include "format/ova.h"
+#include "lib/lazy.h"
 
-#include <libxml/parser.h>
-#include <libxml/tree.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-static pthread_once_t ova_xml_once = PTHREAD_ONCE_INIT;
-
-static void ova_xml_init(void)
-{
-	xmlInitParser();
-}
 
 static bool is_elem(const xmlNode *n, const char *local)
 {
@@ -196,16 +187,16 @@ int ova_parse_ovf(const void *buf, size_t len, const char *name, struct ova_desc
 	if (len > OVA_MAX_OVF || len > INT32_MAX)
 		return kl_err(-EUCLEAN, "%s: descriptor of %zu bytes is larger than %u", name, len,
 			      OVA_MAX_OVF);
-	pthread_once(&ova_xml_once, ova_xml_init);
-	doc = xmlReadMemory(buf, (int)len, name, NULL,
+	KL_TRY(kl_xml_load()); /* once; it also runs xmlInitParser */
+	doc = kl_lx.xmlReadMemory(buf, (int)len, name, NULL,
 			    XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
 	if (!doc) {
-		const xmlError *e = xmlGetLastError();
+		const xmlError *e = kl_lx.xmlGetLastError();
 
 		return kl_err(-EUCLEAN, "%s: descriptor is not well-formed XML%s%s", name,
 			      e && e->message ? ": " : "", e && e->message ? e->message : "");
 	}
-	root = xmlDocGetRootElement(doc);
+	root = kl_lx.xmlDocGetRootElement(doc);
 	if (!root || !is_elem(root, "Envelope")) {
 		rc = kl_err(-EUCLEAN, "%s: the root element is not an OVF Envelope", name);
 		goto out;
@@ -285,7 +276,7 @@ int ova_parse_ovf(const void *buf, size_t len, const char *name, struct ova_desc
 					    dk->id);
 	}
 out:
-	xmlFreeDoc(doc);
+	kl_lx.xmlFreeDoc(doc);
 	if (rc < 0)
 		ova_desc_release(out);
 	return rc;

@@ -24,9 +24,8 @@
  */
 #define _GNU_SOURCE
 #include "format/ova.h"
+#include "lib/lazy.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <string.h>
@@ -104,7 +103,7 @@ static la_ssize_t tar_read(struct archive *a, void *opaque, const void **out)
 		return 0;
 	got = kl_io_pread(r->f, r->pos, r->buf, n);
 	if (got < 0) {
-		archive_set_error(a, EIO, "%s", kl_errmsg());
+		kl_la.archive_set_error(a, EIO, "%s", kl_errmsg());
 		return -1;
 	}
 	r->pos += (uint64_t)got;
@@ -134,10 +133,12 @@ static const char *member_base(const char *name)
 static int walk_tar(struct blk_dev *d, struct ova_state *s)
 {
 	struct tar_reader r = { .f = d->file };
-	struct archive *a = archive_read_new();
+	struct archive *a;
 	struct archive_entry *e;
 	int rc = 0, ar;
 
+	KL_TRY(kl_archive_load());
+	a = kl_la.archive_read_new();
 	if (!a)
 		return -ENOMEM;
 	r.buf = kl_malloc(OVA_READ_BUF);
@@ -148,21 +149,21 @@ static int walk_tar(struct blk_dev *d, struct ova_state *s)
 	rc = kl_io_size(d->file, &r.size);
 	if (rc < 0)
 		goto out;
-	archive_read_support_format_tar(a);
-	archive_read_set_read_callback(a, tar_read);
-	archive_read_set_skip_callback(a, tar_skip);
-	archive_read_set_callback_data(a, &r);
-	if (archive_read_open1(a) != ARCHIVE_OK) {
+	kl_la.archive_read_support_format_tar(a);
+	kl_la.archive_read_set_read_callback(a, tar_read);
+	kl_la.archive_read_set_skip_callback(a, tar_skip);
+	kl_la.archive_read_set_callback_data(a, &r);
+	if (kl_la.archive_read_open1(a) != ARCHIVE_OK) {
 		rc = kl_err(-EUCLEAN, "%s: not a tar archive: %s", d->filename,
-			    archive_error_string(a) ? archive_error_string(a) : "unknown");
+			    kl_la.archive_error_string(a) ? kl_la.archive_error_string(a) : "unknown");
 		goto out;
 	}
-	while ((ar = archive_read_next_header(a, &e)) == ARCHIVE_OK || ar == ARCHIVE_WARN) {
-		const char *name = archive_entry_pathname(e);
+	while ((ar = kl_la.archive_read_next_header(a, &e)) == ARCHIVE_OK || ar == ARCHIVE_WARN) {
+		const char *name = kl_la.archive_entry_pathname(e);
 		struct ova_member *nv, *m;
-		la_int64_t pos = archive_filter_bytes(a, -1);
+		la_int64_t pos = kl_la.archive_filter_bytes(a, -1);
 
-		if (archive_filter_count(a) != 1 || archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE) {
+		if (kl_la.archive_filter_count(a) != 1 || kl_la.archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE) {
 			rc = kl_err(-ENOTSUP, "%s: compressed tar: an OVA is an uncompressed tar "
 					      "(decompress it first)",
 				    d->filename);
@@ -173,7 +174,7 @@ static int walk_tar(struct blk_dev *d, struct ova_state *s)
 				    OVA_MAX_MEMBERS);
 			goto out;
 		}
-		if (!name || pos < 0 || archive_entry_size(e) < 0) {
+		if (!name || pos < 0 || kl_la.archive_entry_size(e) < 0) {
 			rc = kl_err(-EUCLEAN, "%s: tar member %zu has no name or size", d->filename,
 				    s->nm);
 			goto out;
@@ -193,9 +194,9 @@ static int walk_tar(struct blk_dev *d, struct ova_state *s)
 		}
 		s->nm++;
 		m->data_off = (uint64_t)pos;
-		m->size = (uint64_t)archive_entry_size(e);
-		m->contiguous = archive_entry_filetype(e) == AE_IFREG &&
-				archive_entry_sparse_count(e) == 0;
+		m->size = (uint64_t)kl_la.archive_entry_size(e);
+		m->contiguous = kl_la.archive_entry_filetype(e) == AE_IFREG &&
+				kl_la.archive_entry_sparse_count(e) == 0;
 		if (!kl_range_ok(m->data_off, m->size, r.size)) {
 			rc = kl_err(-EUCLEAN, "%s: tar member '%s' (%llu bytes at %llu) runs past the "
 					      "end of the file (%llu bytes)",
@@ -203,19 +204,19 @@ static int walk_tar(struct blk_dev *d, struct ova_state *s)
 				    (unsigned long long)m->data_off, (unsigned long long)r.size);
 			goto out;
 		}
-		if (archive_read_data_skip(a) != ARCHIVE_OK) {
+		if (kl_la.archive_read_data_skip(a) != ARCHIVE_OK) {
 			rc = kl_err(-EUCLEAN, "%s: tar member '%s': %s", d->filename, m->name,
-				    archive_error_string(a) ? archive_error_string(a) : "damaged");
+				    kl_la.archive_error_string(a) ? kl_la.archive_error_string(a) : "damaged");
 			goto out;
 		}
 	}
 	if (ar != ARCHIVE_EOF) {
 		rc = kl_err(-EUCLEAN, "%s: damaged tar after member %zu: %s", d->filename, s->nm,
-			    archive_error_string(a) ? archive_error_string(a) : "unknown");
+			    kl_la.archive_error_string(a) ? kl_la.archive_error_string(a) : "unknown");
 		goto out;
 	}
 out:
-	archive_read_free(a);
+	kl_la.archive_read_free(a);
 	kl_free(r.buf);
 	return rc;
 }

@@ -3,12 +3,18 @@
  * shared read walk (header, extensions, L1/L2/refcount/snapshot tables,
  * zlib and zstd clusters, extended L2 bitmaps), then a write pass over a
  * writable copy: allocation, copy-on-write and refcount updates driven by
- * hostile tables, internal snapshots created, reverted to and deleted over
- * them, a flush and a check. Seeds: tests/fuzz/corpus.d/qcow2.sh.
+ * hostile tables, internal snapshots diffed, created, reverted to and
+ * deleted over them, a flush and a check. Seeds: tests/fuzz/corpus.d/qcow2.sh.
  */
 #include "tests/fuzz/fuzz_common.h"
 
 #include <string.h>
+
+static int fuzz_extent(void *opaque, const struct blk_extent *e)
+{
+	(void)opaque;
+	return e->len ? 0 : -EINVAL;
+}
 
 static void fuzz_writes(const uint8_t *data, size_t size)
 {
@@ -46,6 +52,7 @@ static void fuzz_writes(const uint8_t *data, size_t size)
 			char first[64];
 
 			snprintf(first, sizeof(first), "%s", l[0].id);
+			blk_snapshot_diff(d, first, NULL, fuzz_extent, NULL);
 			blk_snapshot_revert(d, first);
 			blk_snapshot_delete(d, first);
 		}

@@ -15,11 +15,6 @@
 . "$(dirname "$0")/../shell/lib.sh"
 . "$(dirname "$0")/../s3/lib-s3.sh"
 
-# libcurl is loaded when an S3 target is opened, never at start-up (every
-# other command would pay ~13 ms for its 25 libraries); the S3 tests below
-# then prove the loaded library works
-t "keel does not link libcurl" sh -c "! ldd '$KEEL' | grep -q libcurl"
-
 s3_start   # installs Ceph (and curl) when missing, or SKIPs with the reason
 
 W=$TMP/work
