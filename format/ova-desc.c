@@ -189,7 +189,7 @@ int ova_parse_ovf(const void *buf, size_t len, const char *name, struct ova_desc
 			      OVA_MAX_OVF);
 	KL_TRY(kl_xml_load()); /* once; it also runs xmlInitParser */
 	doc = kl_lx.xmlReadMemory(buf, (int)len, name, NULL,
-			    XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+				  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
 	if (!doc) {
 		const xmlError *e = kl_lx.xmlGetLastError();
 

@@ -163,7 +163,8 @@ static int walk_tar(struct blk_dev *d, struct ova_state *s)
 		struct ova_member *nv, *m;
 		la_int64_t pos = kl_la.archive_filter_bytes(a, -1);
 
-		if (kl_la.archive_filter_count(a) != 1 || kl_la.archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE) {
+		if (kl_la.archive_filter_count(a) != 1 ||
+		    kl_la.archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE) {
 			rc = kl_err(-ENOTSUP, "%s: compressed tar: an OVA is an uncompressed tar "
 					      "(decompress it first)",
 				    d->filename);
@@ -205,8 +206,10 @@ static int walk_tar(struct blk_dev *d, struct ova_state *s)
 			goto out;
 		}
 		if (kl_la.archive_read_data_skip(a) != ARCHIVE_OK) {
+			const char *why = kl_la.archive_error_string(a);
+
 			rc = kl_err(-EUCLEAN, "%s: tar member '%s': %s", d->filename, m->name,
-				    kl_la.archive_error_string(a) ? kl_la.archive_error_string(a) : "damaged");
+				    why ? why : "damaged");
 			goto out;
 		}
 	}
