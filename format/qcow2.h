@@ -80,6 +80,8 @@
 #define QCOW2_COMP_ZLIB 0
 #define QCOW2_COMP_ZSTD 1
 #define QCOW2_ZSTD_LEVEL 2 /* writing: see w_compress */
+#define QCOW2_ZSTD_SMALL_CLUSTER (128u << 10)
+#define QCOW2_ZSTD_SMALL_HASHLOG 12
 
 /* ------------------------------------------------------------------ qcow2-cache.c */
 
