@@ -1177,6 +1177,32 @@ int blk_snapshot_revert(struct blk_dev *d, const char *name)
 	return d->drv->snapshot_revert(d, name);
 }
 
+int blk_merge_flush(struct blk_extent_merge *m)
+{
+	int rc = 0;
+
+	if (m->have)
+		rc = m->cb(m->opaque, &m->run);
+	m->have = false;
+	return rc;
+}
+
+int blk_merge_add(struct blk_extent_merge *m, uint64_t off, uint64_t len, int type)
+{
+	if (m->have && m->run.type == type && m->run.off + m->run.len == off) {
+		m->run.len += len;
+		return 0;
+	}
+	KL_TRY(blk_merge_flush(m));
+	memset(&m->run, 0, sizeof(m->run));
+	m->run.off = off;
+	m->run.len = len;
+	m->run.type = type;
+	m->run.host_off = BLK_NO_HOST_OFFSET;
+	m->have = true;
+	return 0;
+}
+
 int blk_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent_cb cb,
 		      void *opaque)
 {

@@ -285,6 +285,19 @@ static inline unsigned blk_create_kl_flags(const struct blk_create_opts *o)
 	return KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | ((o->flags & BLK_OPEN_UNSAFE) ? KL_O_NOSYNC : 0);
 }
 
+/*
+ * Snapshot diffs: extents handed over one cluster at a time, merged into
+ * runs of one type before they reach the caller's callback (format/core.c).
+ */
+struct blk_extent_merge {
+	blk_extent_cb cb;
+	void *opaque;
+	struct blk_extent run;
+	bool have;
+};
+int blk_merge_add(struct blk_extent_merge *m, uint64_t off, uint64_t len, int type);
+int blk_merge_flush(struct blk_extent_merge *m);
+
 /* The registry (format/registry.c), NULL-terminated, in probing order. */
 extern const struct blk_driver *const blk_drivers[];
 

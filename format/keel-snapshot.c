@@ -340,43 +340,18 @@ int kf_snapshot_revert(struct blk_dev *d, const char *name)
 
 struct diff_ctx {
 	struct blk_dev *d;
-	blk_extent_cb cb;
-	void *opaque;
-	struct blk_extent run;
-	bool have;
+	struct blk_extent_merge m;
 };
-
-static int diff_flush(struct diff_ctx *x)
-{
-	int rc = 0;
-
-	if (x->have)
-		rc = x->cb(x->opaque, &x->run);
-	x->have = false;
-	return rc;
-}
 
 static int diff_one(void *opaque, uint64_t c, const struct kf_ptr *a, const struct kf_ptr *b)
 {
 	struct diff_ctx *x = opaque;
 	struct kf_state *s = x->d->priv;
 	uint64_t off = c << s->cluster_bits;
-	uint64_t len = KL_MIN((uint64_t)s->cluster_size, s->vsize - off);
-	int type = kf_type(b->aux) == KF_T_DATA ? BLK_DATA : BLK_ZERO;
 
 	(void)a;
-	if (x->have && x->run.type == type && x->run.off + x->run.len == off) {
-		x->run.len += len;
-		return 0;
-	}
-	KL_TRY(diff_flush(x));
-	memset(&x->run, 0, sizeof(x->run));
-	x->run.off = off;
-	x->run.len = len;
-	x->run.type = type;
-	x->run.host_off = BLK_NO_HOST_OFFSET;
-	x->have = true;
-	return 0;
+	return blk_merge_add(&x->m, off, KL_MIN((uint64_t)s->cluster_size, s->vsize - off),
+			     kf_type(b->aux) == KF_T_DATA ? BLK_DATA : BLK_ZERO);
 }
 
 static int resolve_root(struct blk_dev *d, const char *name, struct kf_ptr *root, unsigned *h,
@@ -406,7 +381,7 @@ int kf_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent
 		     void *opaque)
 {
 	struct kf_state *s = d->priv;
-	struct diff_ctx x = { .d = d, .cb = cb, .opaque = opaque };
+	struct diff_ctx x = { .d = d, .m = { .cb = cb, .opaque = opaque } };
 	struct kf_ptr ra, rb;
 	unsigned ha, hb;
 	uint64_t va, vb, saved = s->vsize;
@@ -423,7 +398,7 @@ int kf_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_extent
 	s->vsize = KL_MAX(va, vb);
 	rc = kf_tree_diff(d, &ra, &rb, ha, diff_one, &x);
 	if (rc == 0)
-		rc = diff_flush(&x);
+		rc = blk_merge_flush(&x.m);
 	s->vsize = saved;
 	return rc;
 }

@@ -663,39 +663,6 @@ out:
 
 /* ------------------------------------------------------------------ diff */
 
-struct qdiff {
-	blk_extent_cb cb;
-	void *opaque;
-	struct blk_extent run;
-	bool have;
-};
-
-static int qdiff_flush(struct qdiff *x)
-{
-	int rc = 0;
-
-	if (x->have)
-		rc = x->cb(x->opaque, &x->run);
-	x->have = false;
-	return rc;
-}
-
-static int qdiff_add(struct qdiff *x, uint64_t off, uint64_t len, int type)
-{
-	if (x->have && x->run.type == type && x->run.off + x->run.len == off) {
-		x->run.len += len;
-		return 0;
-	}
-	KL_TRY(qdiff_flush(x));
-	memset(&x->run, 0, sizeof(x->run));
-	x->run.off = off;
-	x->run.len = len;
-	x->run.type = type;
-	x->run.host_off = BLK_NO_HOST_OFFSET;
-	x->have = true;
-	return 0;
-}
-
 /* NULL: the current state (its tables as flushed); else the snapshot's. */
 static int qdiff_l1(struct blk_dev *d, const char *name, uint32_t n, uint64_t **l1,
 		    uint64_t *vsize)
@@ -769,7 +736,7 @@ int qcow2_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_ext
 			void *opaque)
 {
 	struct qcow2_state *s = qcow2_s(d);
-	struct qdiff x = { .cb = cb, .opaque = opaque };
+	struct blk_extent_merge x = { .cb = cb, .opaque = opaque };
 	uint64_t *la = NULL, *lb = NULL, va = 0, vb = 0;
 	uint8_t *ta = NULL, *tb = NULL;
 	bool backing = s->backing_file != NULL;
@@ -816,12 +783,12 @@ int qcow2_snapshot_diff(struct blk_dev *d, const char *a, const char *b, blk_ext
 				break;
 			if (ea == eb && qcow2_l2_bitmap(s, ta, j) == bb)
 				continue;
-			rc = qdiff_add(&x, off, KL_MIN((uint64_t)s->cluster_size, vb - off),
-				       qdiff_type(s, eb, bb, backing));
+			rc = blk_merge_add(&x, off, KL_MIN((uint64_t)s->cluster_size, vb - off),
+					   qdiff_type(s, eb, bb, backing));
 		}
 	}
 	if (rc == 0)
-		rc = qdiff_flush(&x);
+		rc = blk_merge_flush(&x);
 out:
 	kl_free(la);
 	kl_free(lb);
