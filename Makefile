@@ -14,7 +14,7 @@ CC ?= cc
 SANITIZE ?= 0
 
 PKGS := zlib libzstd libcrypto libssl uuid libdeflate
-# libarchive, libxml2 and libcurl: headers at build time only; lib/lazy.c and
+# libarchive, libxml2 and libcurl: headers at build time only; lib/lazy.c
 # replicate/s3-http.c load them when a command first needs them (linked, they
 # and what they pull in took 27 of the 33 ms every command took to start)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) libarchive libxml-2.0 libcurl 2>/dev/null)

@@ -12,17 +12,13 @@
  * Object keys are restricted to unreserved characters and '/', so the
  * canonical URI curl signs is the path as sent.
  *
- * libcurl is loaded (dlopen) when the first S3 target is opened, not
- * linked: with its TLS, Kerberos, LDAP, IDN, SSH and RTMP libraries it is
- * about 25 shared objects, whose loading took 13 ms of every keel
- * command's 33 ms on the reference machine, S3 or not. The build still
- * compiles against its headers; `lc` holds the ten functions used.
+ * libcurl is loaded when the first S3 target is opened, not linked
+ * (lib/lazy.h); calls go through kl_lc.
  */
 #define _GNU_SOURCE
 #include "replicate/s3_int.h"
+#include "lib/lazy.h"
 
-#include <curl/curl.h>
-#include <dlfcn.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,64 +54,6 @@ struct repl_s3 {
 	struct s3_handle *free_list;
 	struct repl_s3_counters cnt;
 };
-
-static struct {
-	CURLcode (*global_init)(long);
-	CURL *(*easy_init)(void);
-	void (*easy_cleanup)(CURL *);
-	void (*easy_reset)(CURL *);
-	CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
-	CURLcode (*easy_perform)(CURL *);
-	CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
-	const char *(*easy_strerror)(CURLcode);
-	struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
-	void (*slist_free_all)(struct curl_slist *);
-} lc;
-
-static pthread_once_t s3_once = PTHREAD_ONCE_INIT;
-static char s3_load_err[300]; /* empty once libcurl is loaded and initialised */
-
-static void s3_global_init(void)
-{
-	static const char lib[] = "libcurl.so.4";
-	void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
-	const char *missing = NULL;
-	CURLcode rc;
-
-	if (!h) {
-		snprintf(s3_load_err, sizeof(s3_load_err), "S3 needs libcurl, which cannot be "
-			 "loaded (%s); install the libcurl4 package", dlerror());
-		return;
-	}
-	/* never unloaded: curl keeps global state for the life of the process */
-#define LC_SYM(field, name)                                                   \
-	do {                                                                  \
-		void *p_ = dlsym(h, name);                                    \
-		if (!p_ && !missing)                                          \
-			missing = name;                                       \
-		memcpy(&lc.field, &p_, sizeof(p_));                           \
-	} while (0)
-	LC_SYM(global_init, "curl_global_init");
-	LC_SYM(easy_init, "curl_easy_init");
-	LC_SYM(easy_cleanup, "curl_easy_cleanup");
-	LC_SYM(easy_reset, "curl_easy_reset");
-	LC_SYM(easy_setopt, "curl_easy_setopt");
-	LC_SYM(easy_perform, "curl_easy_perform");
-	LC_SYM(easy_getinfo, "curl_easy_getinfo");
-	LC_SYM(easy_strerror, "curl_easy_strerror");
-	LC_SYM(slist_append, "curl_slist_append");
-	LC_SYM(slist_free_all, "curl_slist_free_all");
-#undef LC_SYM
-	if (missing) {
-		snprintf(s3_load_err, sizeof(s3_load_err), "%s lacks %s; S3 needs libcurl 7.75 or "
-			 "newer", lib, missing);
-		return;
-	}
-	rc = lc.global_init(CURL_GLOBAL_DEFAULT);
-	if (rc != CURLE_OK)
-		snprintf(s3_load_err, sizeof(s3_load_err), "libcurl initialisation failed: %s",
-			 lc.easy_strerror(rc));
-}
 
 /* ------------------------------------------------------------------ URLs */
 
@@ -250,9 +188,7 @@ int repl_s3_new(const struct repl_s3_opts *o, const struct repl_s3_url *url, str
 	int rc = -ENOMEM;
 
 	*out = NULL;
-	pthread_once(&s3_once, s3_global_init);
-	if (s3_load_err[0])
-		return kl_err(-ENOTSUP, "%s", s3_load_err);
+	KL_TRY(kl_curl_load());
 	if (!ak || !sk)
 		return kl_err(-EINVAL, "no S3 credentials: set AWS_ACCESS_KEY_ID and "
 			      "AWS_SECRET_ACCESS_KEY (or --access-key / --secret-key-file)");
@@ -335,7 +271,7 @@ void repl_s3_free(struct repl_s3 *c)
 		struct s3_handle *h = c->free_list;
 
 		c->free_list = h->next;
-		lc.easy_cleanup(h->curl);
+		kl_lc.curl_easy_cleanup(h->curl);
 		kl_free(h);
 	}
 	if (c->userpwd)
@@ -390,7 +326,7 @@ static struct s3_handle *handle_get(struct repl_s3 *c)
 	h = kl_calloc(1, sizeof(*h));
 	if (!h)
 		return NULL;
-	h->curl = lc.easy_init();
+	h->curl = kl_lc.curl_easy_init();
 	if (!h->curl) {
 		kl_free(h);
 		kl_err(-ENOMEM, "curl_easy_init failed");
@@ -402,7 +338,7 @@ static struct s3_handle *handle_get(struct repl_s3 *c)
 static void handle_put(struct repl_s3 *c, struct s3_handle *h, bool keep)
 {
 	if (!keep) {
-		lc.easy_cleanup(h->curl);
+		kl_lc.curl_easy_cleanup(h->curl);
 		kl_free(h);
 		return;
 	}
@@ -567,7 +503,7 @@ static int once(struct repl_s3 *c, CURL *h, const struct repl_s3_req *rq, struct
 	else
 		sha256_hex("", 0, hash);
 	snprintf(hdr, sizeof(hdr), "x-amz-content-sha256: %s", hash);
-	t = lc.slist_append(hdrs, hdr);
+	t = kl_lc.curl_slist_append(hdrs, hdr);
 	if (t)
 		hdrs = t;
 	/*
@@ -575,55 +511,55 @@ static int once(struct repl_s3 *c, CURL *h, const struct repl_s3_req *rq, struct
 	 * curl 7.88 then signs an empty expect header it never sends.
 	 */
 	if (t && c->token_hdr) {
-		t = lc.slist_append(hdrs, c->token_hdr);
+		t = kl_lc.curl_slist_append(hdrs, c->token_hdr);
 		if (t)
 			hdrs = t;
 	}
 	if (!t) {
-		lc.slist_free_all(hdrs);
+		kl_lc.curl_slist_free_all(hdrs);
 		kl_free(url);
 		return kl_err(-ENOMEM, "out of memory building a request");
 	}
-	lc.easy_reset(h);
-	lc.easy_setopt(h, CURLOPT_URL, url);
-	lc.easy_setopt(h, CURLOPT_AWS_SIGV4, c->sigv4);
-	lc.easy_setopt(h, CURLOPT_USERPWD, c->userpwd);
-	lc.easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-	lc.easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	lc.easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-	lc.easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 15L);
-	lc.easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, c->rate && c->rate < 2048 ? 1L : 1024L);
-	lc.easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)c->timeout);
-	lc.easy_setopt(h, CURLOPT_WRITEFUNCTION, xfer_write);
-	lc.easy_setopt(h, CURLOPT_WRITEDATA, x);
-	lc.easy_setopt(h, CURLOPT_HEADERFUNCTION, xfer_header);
-	lc.easy_setopt(h, CURLOPT_HEADERDATA, x);
-	lc.easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	kl_lc.curl_easy_reset(h);
+	kl_lc.curl_easy_setopt(h, CURLOPT_URL, url);
+	kl_lc.curl_easy_setopt(h, CURLOPT_AWS_SIGV4, c->sigv4);
+	kl_lc.curl_easy_setopt(h, CURLOPT_USERPWD, c->userpwd);
+	kl_lc.curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+	kl_lc.curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	kl_lc.curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+	kl_lc.curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 15L);
+	kl_lc.curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, c->rate && c->rate < 2048 ? 1L : 1024L);
+	kl_lc.curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)c->timeout);
+	kl_lc.curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, xfer_write);
+	kl_lc.curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+	kl_lc.curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, xfer_header);
+	kl_lc.curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
+	kl_lc.curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	if (c->rate) {
-		lc.easy_setopt(h, CURLOPT_MAX_SEND_SPEED_LARGE, c->rate);
-		lc.easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE, c->rate);
+		kl_lc.curl_easy_setopt(h, CURLOPT_MAX_SEND_SPEED_LARGE, c->rate);
+		kl_lc.curl_easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE, c->rate);
 	}
 	if (!strcmp(rq->method, "PUT")) {
-		lc.easy_setopt(h, CURLOPT_UPLOAD, 1L);
-		lc.easy_setopt(h, CURLOPT_READFUNCTION, xfer_read);
-		lc.easy_setopt(h, CURLOPT_READDATA, x);
-		lc.easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)rq->body_len);
+		kl_lc.curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+		kl_lc.curl_easy_setopt(h, CURLOPT_READFUNCTION, xfer_read);
+		kl_lc.curl_easy_setopt(h, CURLOPT_READDATA, x);
+		kl_lc.curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)rq->body_len);
 	} else if (!strcmp(rq->method, "HEAD")) {
-		lc.easy_setopt(h, CURLOPT_NOBODY, 1L);
+		kl_lc.curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
 	} else if (strcmp(rq->method, "GET")) {
-		lc.easy_setopt(h, CURLOPT_CUSTOMREQUEST, rq->method);
+		kl_lc.curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, rq->method);
 	}
 	if (rq->range_len) {
 		snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)rq->range_off,
 			 (unsigned long long)(rq->range_off + rq->range_len - 1));
-		lc.easy_setopt(h, CURLOPT_RANGE, range);
+		kl_lc.curl_easy_setopt(h, CURLOPT_RANGE, range);
 	}
 	errbuf[0] = '\0';
-	*cc = lc.easy_perform(h);
+	*cc = kl_lc.curl_easy_perform(h);
 	*status = 0;
 	if (*cc == CURLE_OK)
-		lc.easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-	lc.slist_free_all(hdrs);
+		kl_lc.curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+	kl_lc.curl_slist_free_all(hdrs);
 	kl_free(url);
 	return rc;
 }
@@ -677,7 +613,7 @@ int repl_s3_request(struct repl_s3 *c, const struct repl_s3_req *rq, struct repl
 				continue;
 			}
 			rc = kl_err(-EIO, "%s %s/%s: %s%s%s", rq->method, c->where, key,
-				    lc.easy_strerror(cc), errbuf[0] ? ": " : "", errbuf);
+				    kl_lc.curl_easy_strerror(cc), errbuf[0] ? ": " : "", errbuf);
 			if (attempt)
 				kl_err_prefix(rc, "gave up after %d attempts", attempt + 1);
 			break;
