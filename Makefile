@@ -15,8 +15,8 @@ SANITIZE ?= 0
 
 PKGS := zlib libzstd libcrypto libssl uuid libdeflate
 # libarchive, libxml2 and libcurl: headers at build time only; lib/lazy.c
-# replicate/s3-http.c load them when a command first needs them (linked, they
-# and what they pull in took 27 of the 33 ms every command took to start)
+# loads them when a command first needs them (linked, they and what they
+# pull in took 27 of the 33 ms every command took to start)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) libarchive libxml-2.0 libcurl 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
