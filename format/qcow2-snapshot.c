@@ -100,6 +100,8 @@ static int load_one(struct blk_dev *d, uint32_t i, uint64_t pos, uint64_t limit,
 	/* entries start 8-aligned; qemu does not pad the last one */
 	*end = pos + QCOW2_SNAP_FIXED + varlen;
 	*next = KL_ALIGN_UP(*end, 8);
+	sn->ent_off = pos - s->snapshots_offset;
+	sn->ent_len = *next - pos;
 	return 0;
 }
 
@@ -133,6 +135,9 @@ int qcow2_snapshots_load(struct blk_dev *d, uint64_t vsize)
 			return rc;
 	}
 	s->snapshots_size = end - s->snapshots_offset;
+	/* the last entry is not padded */
+	s->snaps[s->nb_snapshots - 1].ent_len =
+		s->snapshots_size - s->snaps[s->nb_snapshots - 1].ent_off;
 	if (overlap(s->snapshots_offset, s->snapshots_size, s->rt_offset,
 		    (uint64_t)s->rt_clusters * s->cluster_size) ||
 	    overlap(s->snapshots_offset, s->snapshots_size, s->active_l1_offset,
@@ -230,22 +235,6 @@ static int table_read(struct blk_dev *d, uint8_t **out, size_t *len)
 	*out = t;
 	*len = (size_t)s->snapshots_size;
 	return 0;
-}
-
-/*
- * Bytes of the table entry at p with its padding (none after the last
- * one, as qemu writes it), 0 when it does not fit in avail.
- */
-static size_t entry_size(const uint8_t *p, size_t avail)
-{
-	uint64_t n;
-
-	if (avail < QCOW2_SNAP_FIXED)
-		return 0;
-	n = (uint64_t)QCOW2_SNAP_FIXED + get_be32(p + 36) + get_be16(p + 12) + get_be16(p + 14);
-	if (n > avail)
-		return 0;
-	return (size_t)KL_MIN(KL_ALIGN_UP(n, 8), (uint64_t)avail);
 }
 
 /* Store buf (len bytes) in newly allocated clusters; *off is where. */
@@ -399,18 +388,30 @@ static int active_copied(struct blk_dev *d)
 	return 0;
 }
 
-/* Switch the header to nb snapshots in the table at off (one 12-byte write), synced. */
+/*
+ * The commit of every snapshot operation: a count and an offset that sit
+ * side by side in the header's first sector (u32 then u64 at pos), written
+ * in one 12-byte write and synced.
+ */
+static int header_switch(struct blk_dev *d, uint32_t pos, uint32_t n, uint64_t off)
+{
+	uint8_t h[12];
+
+	put_be32(h, n);
+	put_be64(h + 4, off);
+	KL_TRY(kl_io_event("qcow2.snapshot"));
+	KL_TRY(qcow2_file_write(d, pos, h, sizeof(h)));
+	KL_TRY(kl_io_sync(d->file));
+	qcow2_s(d)->unsynced = false;
+	return 0;
+}
+
+/* Switch the header to nb snapshots in the table at off, and reload the table. */
 static int commit_table(struct blk_dev *d, uint32_t nb, uint64_t off)
 {
 	struct qcow2_state *s = qcow2_s(d);
-	uint8_t h[12];
 
-	put_be32(h, nb);
-	put_be64(h + 4, off);
-	KL_TRY(kl_io_event("qcow2.snapshot"));
-	KL_TRY(qcow2_file_write(d, QCOW2_HDR_NB_SNAPSHOTS, h, sizeof(h)));
-	KL_TRY(kl_io_sync(d->file));
-	s->unsynced = false;
+	KL_TRY(header_switch(d, QCOW2_HDR_NB_SNAPSHOTS, nb, off));
 	qcow2_snapshots_free(d);
 	s->nb_snapshots = nb;
 	s->snapshots_offset = off;
@@ -532,7 +533,7 @@ int qcow2_snapshot_delete(struct blk_dev *d, const char *name)
 {
 	struct qcow2_state *s = qcow2_s(d);
 	uint8_t *old = NULL, *tab = NULL;
-	size_t olen = 0, pos = 0, at = 0, elen = 0;
+	size_t olen = 0, at, elen;
 	uint64_t *l1 = NULL, t_off = 0, old_off = s->snapshots_offset;
 	struct qcow2_snap sn;
 	int i = find_for_write(d, name), rc;
@@ -541,21 +542,13 @@ int qcow2_snapshot_delete(struct blk_dev *d, const char *name)
 		return i;
 	KL_TRY(qcow2_prepare_write(d));
 	KL_TRY(qcow2_flush(d));
-	sn = s->snaps[i];
+	sn = s->snaps[i]; /* its strings die with the table reload below; unused after */
+	at = (size_t)sn.ent_off;
+	elen = (size_t)sn.ent_len;
 	KL_TRY(read_snap_l1(d, &sn, sn.l1_size, &l1));
 	rc = table_read(d, &old, &olen);
 	if (rc < 0)
 		goto out;
-	for (int k = 0; k <= i; k++) {
-		elen = entry_size(old + pos, olen - pos);
-		if (!elen) {
-			rc = qcow2_corrupt(d, "%s: snapshot table entry %d runs past the table",
-					   d->filename, k);
-			goto out;
-		}
-		at = pos;
-		pos += elen;
-	}
 	if (olen > elen) {
 		rc = -ENOMEM;
 		tab = kl_malloc(olen - elen);
@@ -593,7 +586,7 @@ int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 {
 	struct qcow2_state *s = qcow2_s(d);
 	uint64_t *nl1 = NULL, *ol1, new_off, old_off = s->l1_offset;
-	uint8_t *buf = NULL, h[12];
+	uint8_t *buf = NULL;
 	struct qcow2_snap sn;
 	int i = find_for_write(d, name), rc;
 
@@ -630,17 +623,9 @@ int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 	if (rc == 0)
 		rc = qcow2_flush(d);
 	if (rc == 0)
-		rc = kl_io_event("qcow2.snapshot");
+		rc = header_switch(d, QCOW2_HDR_L1_SIZE, s->l1_size, new_off);
 	if (rc < 0)
 		goto out;
-	put_be32(h, s->l1_size);
-	put_be64(h + 4, new_off);
-	rc = qcow2_file_write(d, QCOW2_HDR_L1_SIZE, h, sizeof(h));
-	if (rc == 0)
-		rc = kl_io_sync(d->file);
-	if (rc < 0)
-		goto out;
-	s->unsynced = false;
 	ol1 = s->l1;
 	s->l1 = nl1;
 	nl1 = ol1;

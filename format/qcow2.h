@@ -134,6 +134,7 @@ struct qcow2_snap {
 	uint64_t vm_clock_ns;
 	uint64_t vm_state_size;
 	uint64_t vsize;		/* disk size when taken */
+	uint64_t ent_off, ent_len; /* its entry's bytes in the table (padding included) */
 };
 
 /*
