@@ -606,8 +606,12 @@ int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 	KL_TRY(qcow2_prepare_write(d));
 	KL_TRY(qcow2_flush(d));
 	KL_TRY(read_snap_l1(d, &sn, s->l1_size, &nl1));
-	/* the active state will reference all the snapshot does */
-	rc = l1_refs(d, nl1, s->l1_size, 1, false);
+	/*
+	 * The active state will reference all the snapshot does, so none of
+	 * those L2 entries may keep a copied flag (the snapshot's tables can
+	 * carry stale ones: check looks only at the active tables).
+	 */
+	rc = l1_refs(d, nl1, s->l1_size, 1, true);
 	if (rc < 0)
 		goto out;
 	rc = -ENOMEM;
