@@ -19,6 +19,14 @@ PKGS := zlib libzstd libcrypto libssl uuid libdeflate
 # pull in took 27 of the 33 ms every command took to start)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) libarchive libxml-2.0 libcurl 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# lib/lazy.c opens the soname that -lNAME would link here, so the library
+# it loads is the ABI the headers above describe (libxml2 2.14 moved from
+# libxml2.so.2 to libxml2.so.16); a guess only when there is no dev library
+soname = $(or $(shell readelf -d $$($(CC) -print-file-name=lib$(1).so) 2>/dev/null | \
+	sed -n 's/.*soname: \[\(.*\)\]/\1/p'),$(2))
+LAZY_DEFS := -DKL_ARCHIVE_SONAME='"$(call soname,archive,libarchive.so.13)"' \
+	-DKL_XML_SONAME='"$(call soname,xml2,libxml2.so.2)"' \
+	-DKL_CURL_SONAME='"$(call soname,curl,libcurl.so.4)"'
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
@@ -58,6 +66,8 @@ all: $(KEEL) $(LIBKEEL)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/lib/lazy.o: ALL_CFLAGS += $(LAZY_DEFS)
 
 $(LIBKEEL): $(LIB_OBJS)
 	@rm -f $@
@@ -113,6 +123,8 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 $(FUZZ_BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/lib/lazy.o: FUZZ_CFLAGS += $(LAZY_DEFS)
 
 $(FUZZ_BUILD)/libkeel.a: $(FUZZ_LIB_OBJS)
 	@rm -f $@

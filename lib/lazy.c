@@ -29,6 +29,17 @@ static const struct lazy_sym la_syms[] = { KL_ARCHIVE_FUNCS(LA_SYM) };
 static const struct lazy_sym lx_syms[] = { KL_XML_FUNCS(LX_SYM) };
 static const struct lazy_sym lc_syms[] = { KL_CURL_FUNCS(LC_SYM) };
 
+/* The Makefile passes the sonames the build's dev libraries carry. */
+#ifndef KL_ARCHIVE_SONAME
+#define KL_ARCHIVE_SONAME "libarchive.so.13"
+#endif
+#ifndef KL_XML_SONAME
+#define KL_XML_SONAME "libxml2.so.2"
+#endif
+#ifndef KL_CURL_SONAME
+#define KL_CURL_SONAME "libcurl.so.4"
+#endif
+
 struct lazy_lib {
 	const char *soname;  /* the ABI the build compiled against */
 	const char *package; /* Debian's, for the message */
@@ -39,11 +50,11 @@ struct lazy_lib {
 	char err[256]; /* empty once loaded */
 };
 
-static struct lazy_lib la_lib = { "libarchive.so.13", "libarchive13", la_syms,
+static struct lazy_lib la_lib = { KL_ARCHIVE_SONAME, "libarchive13", la_syms,
 				  KL_ARRAY_SIZE(la_syms), &kl_la, PTHREAD_ONCE_INIT, "" };
-static struct lazy_lib lx_lib = { "libxml2.so.2", "libxml2", lx_syms, KL_ARRAY_SIZE(lx_syms),
+static struct lazy_lib lx_lib = { KL_XML_SONAME, "libxml2", lx_syms, KL_ARRAY_SIZE(lx_syms),
 				  &kl_lx, PTHREAD_ONCE_INIT, "" };
-static struct lazy_lib lc_lib = { "libcurl.so.4", "libcurl4", lc_syms, KL_ARRAY_SIZE(lc_syms),
+static struct lazy_lib lc_lib = { KL_CURL_SONAME, "libcurl4", lc_syms, KL_ARRAY_SIZE(lc_syms),
 				  &kl_lc, PTHREAD_ONCE_INIT, "" };
 
 /* Fills l's table, or l->err. Pointers are copied, not cast, from dlsym's void *. */
@@ -52,8 +63,8 @@ static bool lazy_open(struct lazy_lib *l)
 	void *h = dlopen(l->soname, RTLD_NOW | RTLD_LOCAL);
 
 	if (!h) {
-		snprintf(l->err, sizeof(l->err), "cannot load %s (%s); install the %s package",
-			 l->soname, dlerror(), l->package);
+		snprintf(l->err, sizeof(l->err), "cannot load %s (%s); install the package that "
+			 "provides it (Debian: %s)", l->soname, dlerror(), l->package);
 		return false;
 	}
 	for (size_t i = 0; i < l->nsyms; i++) {

@@ -15,6 +15,17 @@
 for lib in libarchive libxml2 libcurl libicu; do
 	t "keel does not link $lib" sh -c "! ldd '$KEEL' | grep -q '$lib'"
 done
+# ... and opens the soname the build's dev library carries, which is the
+# ABI its headers describe (libxml2 2.14 changed it), not a guess
+for lib in archive xml2 curl; do
+	so=$(readelf -d "$(${CC:-cc} -print-file-name=lib$lib.so)" 2>/dev/null |
+		sed -n 's/.*soname: \[\(.*\)\]/\1/p')
+	if [ -z "$so" ]; then
+		echo "SKIP: no dev library for lib$lib to read a soname from"
+		continue
+	fi
+	t "keel loads $so" sh -c "strings '$KEEL' | grep -qxF '$so'"
+done
 
 cd "$TMP"
 pattern_file src.raw $((3 * 1024 * 1024))
