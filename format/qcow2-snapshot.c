@@ -208,7 +208,7 @@ int qcow2_snapshot_list(struct blk_dev *d, struct blk_snapshot_info **out, size_
  * cannot mix two states.
  */
 
-#define QCOW2_HDR_L1_SIZE 36 /* u32, then the u64 L1 offset at 40 */
+#define QCOW2_HDR_SIZE 24 /* u64 virtual size, u32 crypt method, u32 L1 size, u64 L1 offset */
 #define QCOW2_HDR_NB_SNAPSHOTS 60 /* u32, then the u64 table offset at 64 */
 #define QCOW2_SNAP_EXTRA 24 /* VM state size, disk size, instruction count */
 
@@ -389,18 +389,14 @@ static int active_copied(struct blk_dev *d)
 }
 
 /*
- * The commit of every snapshot operation: a count and an offset that sit
- * side by side in the header's first sector (u32 then u64 at pos), written
- * in one 12-byte write and synced.
+ * The commit of every snapshot operation: header fields that sit side by
+ * side in the first sector (len bytes at pos, at most 24), written in one
+ * write and synced.
  */
-static int header_switch(struct blk_dev *d, uint32_t pos, uint32_t n, uint64_t off)
+static int header_switch(struct blk_dev *d, uint32_t pos, const uint8_t *h, size_t len)
 {
-	uint8_t h[12];
-
-	put_be32(h, n);
-	put_be64(h + 4, off);
 	KL_TRY(kl_io_event("qcow2.snapshot"));
-	KL_TRY(qcow2_file_write(d, pos, h, sizeof(h)));
+	KL_TRY(qcow2_file_write(d, pos, h, len));
 	KL_TRY(kl_io_sync(d->file));
 	qcow2_s(d)->unsynced = false;
 	return 0;
@@ -410,8 +406,11 @@ static int header_switch(struct blk_dev *d, uint32_t pos, uint32_t n, uint64_t o
 static int commit_table(struct blk_dev *d, uint32_t nb, uint64_t off)
 {
 	struct qcow2_state *s = qcow2_s(d);
+	uint8_t h[12];
 
-	KL_TRY(header_switch(d, QCOW2_HDR_NB_SNAPSHOTS, nb, off));
+	put_be32(h, nb);
+	put_be64(h + 4, off);
+	KL_TRY(header_switch(d, QCOW2_HDR_NB_SNAPSHOTS, h, sizeof(h)));
 	qcow2_snapshots_free(d);
 	s->nb_snapshots = nb;
 	s->snapshots_offset = off;
@@ -582,64 +581,70 @@ out:
 	return rc;
 }
 
+/*
+ * The active state becomes the snapshot's, at the snapshot's virtual size
+ * and with its whole L1 table: a table longer than that size needs is how
+ * qemu's savevm keeps VM state past the disk, and qemu's revert keeps
+ * those entries active too. One 24-byte write switches the size and the
+ * L1 table together.
+ */
 int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 {
 	struct qcow2_state *s = qcow2_s(d);
 	uint64_t *nl1 = NULL, *ol1, new_off, old_off = s->l1_offset;
-	uint8_t *buf = NULL;
+	uint32_t n, old_n = s->l1_size;
+	uint8_t *buf = NULL, h[24];
 	struct qcow2_snap sn;
 	int i = find_for_write(d, name), rc;
 
 	if (i < 0)
 		return i;
 	sn = s->snaps[i];
-	if (sn.vsize != d->size)
-		return kl_err(-ENOTSUP, "%s: snapshot '%s' was taken at a virtual size of %llu, the "
-			      "image is %llu now; reverting across a resize is not supported",
-			      d->filename, sn.name, (unsigned long long)sn.vsize,
-			      (unsigned long long)d->size);
-	/* qemu's savevm keeps VM state past the disk, in a longer L1 table */
-	if (sn.l1_size > s->l1_size)
-		return kl_err(-ENOTSUP, "%s: snapshot '%s' has an L1 table of %u entries, the image "
-			      "%u (VM state saved past the disk?); use qemu-img snapshot -a",
-			      d->filename, sn.name, sn.l1_size, s->l1_size);
+	n = sn.l1_size; /* enough for sn.vsize: checked when the image was opened */
 	KL_TRY(qcow2_prepare_write(d));
 	KL_TRY(qcow2_flush(d));
-	KL_TRY(read_snap_l1(d, &sn, s->l1_size, &nl1));
+	KL_TRY(read_snap_l1(d, &sn, n, &nl1));
 	/*
 	 * The active state will reference all the snapshot does, so none of
 	 * those L2 entries may keep a copied flag (the snapshot's tables can
 	 * carry stale ones: check looks only at the active tables).
 	 */
-	rc = l1_refs(d, nl1, s->l1_size, 1, true);
+	rc = l1_refs(d, nl1, n, 1, true);
 	if (rc < 0)
 		goto out;
 	rc = -ENOMEM;
-	buf = kl_malloc((size_t)s->l1_size * 8 + 8);
+	buf = kl_malloc((size_t)n * 8 + 8);
 	if (!buf)
 		goto out;
-	for (uint32_t k = 0; k < s->l1_size; k++) {
+	for (uint32_t k = 0; k < n; k++) {
 		nl1[k] &= QCOW2_OFFSET_MASK; /* shared with the snapshot: not copied */
 		put_be64(buf + (size_t)k * 8, nl1[k]);
 	}
 	/* a new active L1 table, so a torn write cannot mix the two states */
-	rc = write_new(d, buf, (size_t)s->l1_size * 8, &new_off);
+	rc = write_new(d, buf, (size_t)n * 8, &new_off);
 	if (rc == 0)
 		rc = qcow2_flush(d);
-	if (rc == 0)
-		rc = header_switch(d, QCOW2_HDR_L1_SIZE, s->l1_size, new_off);
+	if (rc < 0)
+		goto out;
+	put_be64(h, sn.vsize);
+	put_be32(h + 8, 0); /* crypt method: encrypted images are never opened */
+	put_be32(h + 12, n);
+	put_be64(h + 16, new_off);
+	rc = header_switch(d, QCOW2_HDR_SIZE, h, sizeof(h));
 	if (rc < 0)
 		goto out;
 	ol1 = s->l1;
 	s->l1 = nl1;
 	nl1 = ol1;
 	s->l1_offset = s->active_l1_offset = new_off;
+	s->l1_size = s->active_l1_size = n;
 	s->l1_dirty_lo = UINT32_MAX;
 	s->l1_dirty_hi = 0;
+	d->size = sn.vsize;
 	/* the old active tables lose a reference; a cut below leaks */
-	rc = l1_refs(d, ol1, s->l1_size, -1, false);
+	rc = l1_refs(d, ol1, old_n, -1, false);
 	if (rc == 0)
-		rc = qcow2_update_refcount(d, old_off, (uint64_t)s->l1_size * 8, -1);
+		rc = qcow2_update_refcount(d, old_off, (uint64_t)old_n * 8, -1);
 	if (rc == 0)
 		rc = active_copied(d);
 	if (rc == 0)

@@ -653,15 +653,21 @@ END_TEST
 
 #define SN_SIZE (4 * MIB)
 
-/* Opens p@snap (NULL: the current state) and compares it with a model. */
-static void verify_state(const char *p, const char *snap, const uint8_t *model)
+/* Opens p@snap (NULL: the current state): size bytes, equal to model. */
+static void verify_state_n(const char *p, const char *snap, const uint8_t *model, uint64_t size)
 {
 	struct blk_open_opts o = { .format = "qcow2", .snapshot = snap };
 	struct blk_dev *d = NULL;
 
 	ck_assert_ok(blk_open(p, &o, &d));
-	verify(d, model, SN_SIZE);
+	ck_assert_uint_eq(blk_size(d), size);
+	verify(d, model, size);
 	blk_close(d);
+}
+
+static void verify_state(const char *p, const char *snap, const uint8_t *model)
+{
+	verify_state_n(p, snap, model, SN_SIZE);
 }
 
 static void sn_write(struct blk_dev *d, uint8_t *model, uint64_t off, uint64_t len, uint64_t seed)
@@ -807,22 +813,36 @@ END_TEST
  * "keep", data B over part of it. Then op runs. After a cut the image
  * opens; the current state is wholly the old one or the new one; each
  * snapshot listed reads back as taken; `check -r all` leaves it clean.
+ * SN_REVERT_RESIZED takes "keep" at half the size and grows the image
+ * before writing B (as qemu-img resize does when the L1 table already
+ * covers the new size: only the header's size changes), so the revert
+ * switches the virtual size too.
  */
-enum sn_op { SN_CREATE, SN_DELETE, SN_REVERT };
+enum sn_op { SN_CREATE, SN_DELETE, SN_REVERT, SN_REVERT_RESIZED };
 
 static uint8_t *sn_keep, *sn_cur;
+static uint64_t sn_keep_size;
 
-static void sn_setup(const char *p)
+static void sn_setup(const char *p, enum sn_op op)
 {
 	struct blk_dev *d;
 
 	free(sn_keep);
 	free(sn_cur);
 	sn_keep = calloc(1, SN_SIZE);
-	create_img(p, SN_SIZE, NULL, NULL, NULL);
+	sn_keep_size = op == SN_REVERT_RESIZED ? SN_SIZE / 2 : SN_SIZE;
+	create_img(p, sn_keep_size, NULL, NULL, NULL);
 	d = open_img(p, BLK_OPEN_RDWR);
 	sn_write(d, sn_keep, 0, 700000, 11);
 	ck_assert_ok(blk_snapshot_create(d, "keep"));
+	if (op == SN_REVERT_RESIZED) {
+		uint8_t be[8];
+
+		blk_close(d);
+		put_be64(be, SN_SIZE);
+		poke(p, 24, be, 8);
+		d = open_img(p, BLK_OPEN_RDWR);
+	}
 	sn_cur = malloc(SN_SIZE);
 	memcpy(sn_cur, sn_keep, SN_SIZE);
 	sn_write(d, sn_cur, 100000, 200000, 12);
@@ -840,6 +860,9 @@ static int sn_run(const char *p, enum sn_op op)
 		rc = op == SN_CREATE   ? blk_snapshot_create(d, "new")
 		     : op == SN_DELETE ? blk_snapshot_delete(d, "keep")
 				       : blk_snapshot_revert(d, "keep");
+	if (rc == 0 && op == SN_REVERT_RESIZED && blk_size(d) != sn_keep_size)
+		rc = kl_err(-EIO, "the revert left the size at %llu",
+			    (unsigned long long)blk_size(d));
 	if (rc == 0)
 		rc = blk_flush(d);
 	blk_close(d);
@@ -853,13 +876,18 @@ static void sn_verify(const char *p, enum sn_op op, uint64_t n)
 	struct blk_check_report r;
 	struct blk_dev *d = NULL;
 	uint8_t *buf = malloc(SN_SIZE);
+	uint64_t size;
 	size_t nsn;
 
 	ck_assert_msg(blk_open(p, &o, &d) == 0, "point %llu: %s", (unsigned long long)n,
 		      kl_errmsg());
-	ck_assert_ok(blk_pread(d, 0, buf, SN_SIZE));
-	ck_assert_msg(!memcmp(buf, sn_cur, SN_SIZE) ||
-			      (op == SN_REVERT && !memcmp(buf, sn_keep, SN_SIZE)),
+	size = blk_size(d);
+	ck_assert_msg(size == SN_SIZE || (op >= SN_REVERT && size == sn_keep_size),
+		      "point %llu: the current size %llu is neither the old nor the new one",
+		      (unsigned long long)n, (unsigned long long)size);
+	ck_assert_ok(blk_pread(d, 0, buf, size));
+	ck_assert_msg((size == SN_SIZE && !memcmp(buf, sn_cur, size)) ||
+			      (op >= SN_REVERT && size == sn_keep_size && !memcmp(buf, sn_keep, size)),
 		      "point %llu: the current state is neither the old nor the new one",
 		      (unsigned long long)n);
 	ck_assert_ok(blk_snapshot_list(d, &l, &nsn));
@@ -889,8 +917,12 @@ static void sn_verify(const char *p, enum sn_op op, uint64_t n)
 	d = open_img(p, 0);
 	ck_assert_ok(blk_snapshot_list(d, &l, &nsn));
 	blk_close(d);
-	for (size_t i = 0; i < nsn; i++)
-		verify_state(p, l[i].name, !strcmp(l[i].name, "keep") ? sn_keep : sn_cur);
+	for (size_t i = 0; i < nsn; i++) {
+		if (!strcmp(l[i].name, "keep"))
+			verify_state_n(p, "keep", sn_keep, sn_keep_size);
+		else
+			verify_state(p, l[i].name, sn_cur);
+	}
 	blk_snapshot_list_free(l, nsn);
 	free(buf);
 }
@@ -901,7 +933,7 @@ static void sn_power_cuts(enum sn_op op)
 	struct kl_fault_rule count = { .mode = KL_FAULT_ERROR, .at = 0 };
 	uint64_t points;
 
-	sn_setup(p);
+	sn_setup(p, op);
 	kl_fault_arm(&count);
 	ck_assert_ok(sn_run(p, op));
 	points = kl_fault_points();
@@ -914,7 +946,7 @@ static void sn_power_cuts(enum sn_op op)
 
 			r.mode = mode == 0 ? KL_FAULT_ERROR : mode == 1 ? KL_FAULT_CRASH
 									  : KL_FAULT_CRASH_TORN;
-			sn_setup(p);
+			sn_setup(p, op);
 			kl_fault_arm(&r);
 			ck_assert(sn_run(p, op) < 0 || n == points);
 			ck_assert(kl_fault_fired());
@@ -944,6 +976,12 @@ END_TEST
 START_TEST(snapshot_revert_power_cuts)
 {
 	sn_power_cuts(SN_REVERT);
+}
+END_TEST
+
+START_TEST(snapshot_revert_resized_power_cuts)
+{
+	sn_power_cuts(SN_REVERT_RESIZED);
 }
 END_TEST
 
@@ -1076,6 +1114,7 @@ int main(void)
 	tcase_add_test(tc, snapshot_create_power_cuts);
 	tcase_add_test(tc, snapshot_delete_power_cuts);
 	tcase_add_test(tc, snapshot_revert_power_cuts);
+	tcase_add_test(tc, snapshot_revert_resized_power_cuts);
 	tcase_add_test(tc, snapshot_diff);
 	suite_add_tcase(s, tc);
 	return tu_run_suite(s);
