@@ -592,6 +592,7 @@ int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 {
 	struct qcow2_state *s = qcow2_s(d);
 	uint64_t *nl1 = NULL, *ol1, new_off, old_off = s->l1_offset;
+	uint64_t cover = (uint64_t)s->l2_entries << s->cluster_bits; /* guest bytes per entry */
 	uint32_t n, old_n = s->l1_size;
 	uint8_t *buf = NULL, h[24];
 	struct qcow2_snap sn;
@@ -600,7 +601,12 @@ int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 	if (i < 0)
 		return i;
 	sn = s->snaps[i];
-	n = sn.l1_size; /* enough for sn.vsize: checked when the image was opened */
+	n = sn.l1_size;
+	/* opening checks this only for the snapshot it opens: the size becomes the header's */
+	if (sn.vsize / cover + (sn.vsize % cover ? 1 : 0) > n)
+		return kl_err(-EUCLEAN, "%s: snapshot '%s' (id %s) has a virtual size of %llu but "
+			      "its L1 table of %u entries covers %llu", d->filename, sn.name, sn.id,
+			      (unsigned long long)sn.vsize, n, (unsigned long long)(n * cover));
 	KL_TRY(qcow2_prepare_write(d));
 	KL_TRY(qcow2_flush(d));
 	KL_TRY(read_snap_l1(d, &sn, n, &nl1));

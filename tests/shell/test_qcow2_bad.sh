@@ -160,6 +160,16 @@ cp good.qcow2 snap3.qcow2; size=$(stat -c %s snap3.qcow2); truncate -s $((size +
 patch snap3.qcow2 "w32(60, 1000); w64(64, $size)"
 expect_err "snapshot entries running past EOF" "snap3.qcow2: snapshot .* runs past the end" keel info snap3.qcow2
 
+# a snapshot whose recorded virtual size its L1 table does not cover:
+# reverting would make that the image's size
+cp good.qcow2 snapsz.qcow2; keel -q snapshot -c s1 snapsz.qcow2
+patch snapsz.qcow2 'w64(u64(64) + 48, 1 << 40)'   # extra data: VM state size, then disk size
+sum=$(sha256sum <snapsz.qcow2)
+expect_err "revert to a snapshot larger than its L1 table covers" \
+	"snapsz.qcow2: snapshot 's1' (id 1) has a virtual size of 1099511627776 but its L1 table of 1 entries" \
+	keel snapshot -a s1 snapsz.qcow2
+t "...and the file is untouched" test "$sum" = "$(sha256sum <snapsz.qcow2)"
+
 # backing chains
 cp good.qcow2 bname.qcow2; patch bname.qcow2 'w64(8, 1 << 20); w32(16, 10)'
 expect_err "backing name outside the header cluster" "bname.qcow2: backing file name at offset 1048576" keel info bname.qcow2
