@@ -7,21 +7,40 @@
 
 #define CMP_CHUNK (4u << 20)
 
-static int status_or_zero(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_extent *e)
+/*
+ * One image's extent at the comparison's position, asked for the whole
+ * remaining range and kept until the position passes it: each extent is
+ * looked up once, however small the reads it is compared in.
+ */
+struct cmp_side {
+	struct blk_dev *d;
+	int type; /* BLK_DATA or BLK_ZERO: the chain resolves the rest */
+	uint64_t end; /* of the extent; 0 = none yet */
+};
+
+static int side_at(struct cmp_side *c, uint64_t off, uint64_t limit)
 {
-	if (off >= blk_size(d)) {
-		memset(e, 0, sizeof(*e));
-		e->type = BLK_ZERO;
-		e->len = len;
+	struct blk_extent e;
+
+	if (off < c->end)
+		return 0;
+	if (off >= blk_size(c->d)) {
+		/* past the smaller image: it reads as zeros */
+		c->type = BLK_ZERO;
+		c->end = limit;
 		return 0;
 	}
-	return blk_block_status_chain(d, off, len, e);
+	KL_TRY(blk_block_status_chain(c->d, off, limit - off, &e));
+	c->type = e.type;
+	c->end = off + e.len;
+	return 0;
 }
 
 int conv_compare(struct blk_dev *a, struct blk_dev *b, bool strict, struct conv_compare_result *r)
 {
 	uint64_t sa = blk_size(a), sb = blk_size(b);
 	uint64_t end = KL_MAX(sa, sb);
+	struct cmp_side ca = { a, 0, 0 }, cb = { b, 0, 0 };
 	uint64_t off = 0;
 	uint8_t *ba, *bb;
 	int rc = 0;
@@ -39,25 +58,24 @@ int conv_compare(struct blk_dev *a, struct blk_dev *b, bool strict, struct conv_
 		goto out;
 	}
 	while (off < end) {
-		struct blk_extent ea, eb;
-		uint64_t n = KL_MIN(end - off, (uint64_t)CMP_CHUNK);
+		uint64_t n;
 
-		rc = status_or_zero(a, off, n, &ea);
+		rc = side_at(&ca, off, end);
+		if (rc == 0)
+			rc = side_at(&cb, off, end);
 		if (rc < 0)
 			goto out;
-		rc = status_or_zero(b, off, n, &eb);
-		if (rc < 0)
-			goto out;
-		n = KL_MIN(n, KL_MIN(ea.len, eb.len));
-		if (ea.type == BLK_ZERO && eb.type == BLK_ZERO) {
+		n = KL_MIN(KL_MIN(ca.end, cb.end), end) - off;
+		if (ca.type == BLK_ZERO && cb.type == BLK_ZERO) {
 			off += n;
 			continue;
 		}
-		if (ea.type == BLK_ZERO)
+		n = KL_MIN(n, (uint64_t)CMP_CHUNK);
+		if (ca.type == BLK_ZERO)
 			memset(ba, 0, (size_t)n);
 		else if ((rc = blk_pread_padded(a, off, ba, (size_t)n)) < 0)
 			goto out;
-		if (eb.type == BLK_ZERO)
+		if (cb.type == BLK_ZERO)
 			memset(bb, 0, (size_t)n);
 		else if ((rc = blk_pread_padded(b, off, bb, (size_t)n)) < 0)
 			goto out;

@@ -363,10 +363,12 @@ int vhdx_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk_
 
 	KL_TRY(classify(d, off, &run, &type, &host));
 	cur = off + run;
-	/* merge runs of the same kind (DATA only while the host offsets are contiguous) */
-	while (cur < s->vsize && steps++ < 4096) {
-		if (type == BLK_DATA && cur - off >= len)
-			break;
+	/*
+	 * Merge runs of the same kind (DATA only while the host offsets are
+	 * contiguous), up to len: a caller stepping through a sparse disk in
+	 * small windows must not pay for a scan past each one.
+	 */
+	while (cur < s->vsize && cur - off < len && steps++ < 4096) {
 		KL_TRY(classify(d, cur, &run, &t2, &h2));
 		if (t2 != type || (type == BLK_DATA && h2 != host + (cur - off)))
 			break;

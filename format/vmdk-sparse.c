@@ -451,6 +451,8 @@ int vmdk_sparse_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, u
 	uint64_t g = rel >> s->grain_shift, end = rel + len, run_end, next_host = 0;
 	uint64_t span_bytes = (uint64_t)s->h.gtes << s->grain_shift;
 	enum vmdk_cls cls = CLS_UNALLOC, c2 = CLS_UNALLOC;
+	struct vmdk_gt_slot *gt = NULL; /* the table of gdi gt_gdi, looked up once */
+	uint64_t gt_gdi = UINT64_MAX;
 	uint32_t gte;
 	int scanned = 0;
 
@@ -472,7 +474,26 @@ int vmdk_sparse_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, u
 			run_end = KL_MIN((gdi + 1) * span_bytes, x->len);
 			continue;
 		}
-		KL_TRY(vmdk_sparse_gte(x, g2, &gte));
+		if (gdi != gt_gdi) {
+			KL_TRY(gt_get(x, (uint32_t)gdi, &gt));
+			gt_gdi = gdi;
+		}
+		if (cls == CLS_UNALLOC || cls == CLS_ZERO) {
+			/* a run of one entry value, to the table's end or len */
+			uint32_t want = cls == CLS_UNALLOC ? 0 : VMDK_GTE_ZERO;
+			uint64_t k0 = g2 % s->h.gtes, k = k0;
+			uint64_t kmax = KL_MIN((uint64_t)s->h.gtes,
+					       k0 + ((end - run_end + s->grain_bytes - 1) >> s->grain_shift));
+
+			while (k < kmax && gt->ent[k] == want)
+				k++;
+			if (k == k0)
+				break;
+			run_end = KL_MIN(run_end + ((k - k0) << s->grain_shift), x->len);
+			scanned += (int)(k - k0);
+			continue;
+		}
+		gte = gt->ent[g2 % s->h.gtes];
 		KL_TRY(classify(x, g2, gte, &c2));
 		if (c2 != cls)
 			break;
