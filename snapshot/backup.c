@@ -76,6 +76,39 @@ static int bk_read(struct blk_dev *src, struct bk_window *w, uint64_t len, uint6
 	return 0;
 }
 
+/*
+ * If the source reads as zeros over whole clusters from off (cluster-aligned),
+ * make the vault read so too and set *skip to their length. Only ranges the
+ * vault holds data in are written, so a sparse disk costs its data, not its
+ * size (a 4 TiB disk with 3 MiB of data took 270 s window by window).
+ */
+static int bk_skip_zeros(struct blk_dev *src, struct blk_dev *v, uint64_t off, uint32_t cs,
+			 uint64_t *skip)
+{
+	uint64_t size = blk_size(src), end;
+	struct blk_extent e;
+
+	*skip = 0;
+	KL_TRY(blk_block_status_chain(src, off, size - off, &e));
+	if (e.type != BLK_ZERO)
+		return 0;
+	end = off + e.len >= size ? size : (off + e.len) / cs * cs;
+	if (end < off + (uint64_t)cs * BK_WINDOW_CLUSTERS && end != size)
+		return 0; /* short runs go through the window like data */
+	for (uint64_t p = off; p < end;) {
+		struct blk_extent ve;
+		uint64_t n;
+
+		KL_TRY(blk_block_status_chain(v, p, end - p, &ve));
+		n = KL_MIN(ve.len, end - p);
+		if (ve.type != BLK_ZERO)
+			KL_TRY(blk_pwrite_zeroes(v, p, n, BLK_ZERO_MAY_UNMAP));
+		p += n;
+	}
+	*skip = end - off;
+	return 0;
+}
+
 static void default_name(char *out, size_t len)
 {
 	time_t t = (time_t)(kl_wallclock_ns() / 1000000000ULL);
@@ -162,13 +195,24 @@ int snap_backup(const struct snap_backup_opts *o, struct snap_backup_stats *st)
 		goto out;
 	prog = kl_progress_start("backing up", size, o->progress);
 	while (off < size) {
-		uint64_t len = KL_MIN(size - off, (uint64_t)w.cs * w.nclusters);
-		size_t nc = (size_t)KL_DIV_ROUND_UP(len, w.cs);
+		uint64_t len = KL_MIN(size - off, (uint64_t)w.cs * w.nclusters), skip = 0;
+		size_t nc;
 
 		if (conv_interrupted()) {
 			rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 			goto out;
 		}
+		/* whole clusters the source reads as zeros: clear only what the vault holds there */
+		rc = bk_skip_zeros(src, v, off, w.cs, &skip);
+		if (rc < 0)
+			goto out;
+		if (skip) {
+			st->zero_skipped += skip;
+			off += skip;
+			kl_progress_add(prog, skip);
+			continue;
+		}
+		nc = (size_t)KL_DIV_ROUND_UP(len, w.cs);
 		w.base = off;
 		rc = bk_read(src, &w, len, &st->scanned, &st->zero_skipped);
 		if (rc == 0)
