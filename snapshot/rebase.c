@@ -12,6 +12,30 @@
 #include <libgen.h>
 #include <string.h>
 
+/*
+ * The run from p (below end) over which the old chain (d, where d itself
+ * has nothing) and the new parent np (none: zeros) keep their block status;
+ * *zero when both read as zeros there, which needs no comparing. A 4 TiB
+ * sparse chain is then rebased by its data, not read whole.
+ */
+static int status_run(struct blk_dev *d, struct blk_dev *np, uint64_t p, uint64_t end, bool *zero,
+		      uint64_t *run_end)
+{
+	struct blk_extent e;
+	uint64_t lim;
+
+	KL_TRY(blk_block_status_chain(d, p, end - p, &e));
+	*zero = e.type == BLK_ZERO;
+	lim = KL_MIN(end, p + e.len);
+	if (np && p < blk_size(np)) {
+		KL_TRY(blk_block_status_chain(np, p, lim - p, &e));
+		*zero = *zero && e.type == BLK_ZERO;
+		lim = KL_MIN(lim, p + e.len);
+	}
+	*run_end = lim;
+	return 0;
+}
+
 int snap_rebase(const char *spec, const struct blk_open_opts *o, const char *new_parent,
 		const char *new_fmt, bool unsafe, bool progress, struct snap_stats *st)
 {
@@ -87,9 +111,23 @@ int snap_rebase(const char *spec, const struct blk_open_opts *o, const char *new
 		end = off + e.len;
 		if (e.type == BLK_UNALLOC) {
 			/* compare old chain and new parent cluster by cluster */
-			for (uint64_t p = off; p < end;) {
-				uint64_t cend = KL_MIN((p / cs + 1) * cs, end);
-				size_t n = (size_t)(cend - p);
+			bool zero = false;
+
+			for (uint64_t p = off, run_end = off; p < end;) {
+				uint64_t cend;
+				size_t n;
+
+				if (p >= run_end) {
+					rc = status_run(d, np, p, end, &zero, &run_end);
+					if (rc < 0)
+						goto out;
+				}
+				if (zero) {
+					p = run_end;
+					continue;
+				}
+				cend = KL_MIN((p / cs + 1) * cs, run_end);
+				n = (size_t)(cend - p);
 
 				rc = blk_pread(d, p, a, n);
 				if (rc == 0 && np)
@@ -99,7 +137,9 @@ int snap_rebase(const char *spec, const struct blk_open_opts *o, const char *new
 				if (rc < 0)
 					goto out;
 				if (memcmp(a, b, n) != 0) {
-					rc = blk_pwrite(d, p, a, n);
+					/* zeros over a parent with data: a zero cluster where the format has them */
+					rc = kl_is_zero(a, n) ? blk_pwrite_zeroes(d, p, n, 0)
+							      : blk_pwrite(d, p, a, n);
 					if (rc < 0)
 						goto out;
 					st->bytes_copied += n;
