@@ -63,7 +63,45 @@ const char *blk_driver_create_help(const struct blk_driver *drv)
 
 /* ------------------------------------------------------------------ probing */
 
-static int probe_open_file(struct kl_file *f, const char *name, const struct blk_driver **out)
+/*
+ * What a file no format recognised looks like when it is a compressed file
+ * or an archive rather than a disk: a GCE image.tar.gz, a cloud image's
+ * disk.raw.xz. Read as raw, those convert "successfully" into a disk of
+ * garbage, so an open that probed raw refuses them (-f raw still reads the
+ * bytes). NULL when nothing matches.
+ */
+static const char *packed_kind(const struct blk_probe_buf *pb)
+{
+	static const struct {
+		const char *magic;
+		size_t off, len;
+		const char *what;
+	} kinds[] = {
+		{ "\x1f\x8b\x08", 0, 3, "gzip-compressed data (a GCE image.tar.gz?)" },
+		{ "\xfd" "7zXZ\0", 0, 6, "xz-compressed data" },
+		{ "\x28\xb5\x2f\xfd", 0, 4, "zstd-compressed data" },
+		{ "BZh", 0, 3, "bzip2-compressed data" },
+		{ "PK\x03\x04", 0, 4, "a zip archive" },
+		{ "7z\xbc\xaf\x27\x1c", 0, 6, "a 7-Zip archive" },
+		{ "ustar", 257, 5, "a tar archive (not an OVA: no .ovf descriptor first)" },
+	};
+
+	for (size_t i = 0; i < KL_ARRAY_SIZE(kinds); i++) {
+		if (pb->head_len < kinds[i].off + kinds[i].len ||
+		    memcmp(pb->head + kinds[i].off, kinds[i].magic, kinds[i].len) != 0)
+			continue;
+		/* "BZh" then the block size digit and the block magic (pi) */
+		if (i == 3 && (pb->head_len < 10 || pb->head[3] < '1' || pb->head[3] > '9' ||
+			       memcmp(pb->head + 4, "\x31\x41\x59\x26\x53\x59", 6) != 0))
+			continue;
+		return kinds[i].what;
+	}
+	return NULL;
+}
+
+/* *packed (may be NULL): packed_kind() of a file that probed as raw */
+static int probe_open_file(struct kl_file *f, const char *name, const struct blk_driver **out,
+			   const char **packed)
 {
 	uint8_t *head = NULL, *tail = NULL;
 	struct blk_probe_buf pb = { 0 };
@@ -112,6 +150,8 @@ static int probe_open_file(struct kl_file *f, const char *name, const struct blk
 	}
 	rc = 0;
 	*out = best ? best : blk_driver_find("raw");
+	if (packed)
+		*packed = strcmp((*out)->name, "raw") == 0 ? packed_kind(&pb) : NULL;
 out:
 	kl_free(head);
 	kl_free(tail);
@@ -124,7 +164,7 @@ int blk_probe_file(const char *path, const struct blk_driver **out)
 	int rc;
 
 	KL_TRY(kl_io_open(path, KL_O_RDONLY, &f));
-	rc = probe_open_file(f, path, out);
+	rc = probe_open_file(f, path, out, NULL);
 	kl_io_close(f);
 	return rc;
 }
@@ -339,10 +379,17 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 			goto err;
 		}
 	} else {
-		rc = probe_open_file(d->file, path, &drv);
+		const char *packed = NULL;
+
+		rc = probe_open_file(d->file, path, &drv, &packed);
 		if (rc < 0)
 			goto err;
 		d->probed = true;
+		if (packed) {
+			rc = kl_err(-EMEDIUMTYPE, "%s is %s, not a disk image; unpack it first (or "
+				    "pass -f raw to read its bytes as a disk)", path, packed);
+			goto err;
+		}
 		/*
 		 * A guest can write any header into a raw disk; if we then
 		 * opened it as that format and wrote, we would corrupt it.

@@ -18,6 +18,26 @@ expect_rc 3 "read -P detects other data" keel io -c "read -P 0x11 4096 4096" "$T
 expect_rc 2 "unknown command is a usage error" keel frobnicate
 expect_rc 2 "missing args is a usage error" keel convert
 expect_err "missing file" "No such file" keel info "$TMP/nope.raw"
+# compressed files and archives that no format claims are refused when
+# probing would read them as raw disks (a GCE export, a disk.raw.xz), with
+# what they look like; -f raw still reads their bytes
+head -c 1048576 "$TMP/a.raw" >"$TMP/d.raw"
+gzip -c "$TMP/d.raw" >"$TMP/d.raw.gz"
+xz -c "$TMP/d.raw" >"$TMP/d.raw.xz" 2>/dev/null || printf '\3757zXZ\0rest' >"$TMP/d.raw.xz"
+zstd -q -c "$TMP/d.raw" >"$TMP/d.raw.zst" 2>/dev/null || printf '\050\265\057\375rest' >"$TMP/d.raw.zst"
+bzip2 -c "$TMP/d.raw" >"$TMP/d.raw.bz2" 2>/dev/null || printf 'BZh91AY&SYrest' >"$TMP/d.raw.bz2"
+(cd "$TMP" && tar -cf d.tar d.raw && tar -czf d.tar.gz d.raw)
+expect_err "gzip file refused when probed" "d.raw.gz is gzip-compressed data" keel info "$TMP/d.raw.gz"
+expect_err "GCE-style tar.gz refused by convert" "d.tar.gz is gzip-compressed data (a GCE image.tar.gz?), not a disk image" \
+	keel convert -O qcow2 "$TMP/d.tar.gz" "$TMP/gz.qcow2"
+t "...and left no output" test ! -e "$TMP/gz.qcow2"
+expect_err "xz file refused" "d.raw.xz is xz-compressed data" keel compare "$TMP/d.raw" "$TMP/d.raw.xz"
+expect_err "zstd file refused" "d.raw.zst is zstd-compressed data" keel map "$TMP/d.raw.zst"
+expect_err "bzip2 file refused" "d.raw.bz2 is bzip2-compressed data" keel info "$TMP/d.raw.bz2"
+expect_err "plain tar refused" "d.tar is a tar archive" keel info "$TMP/d.tar"
+t "-f raw still reads the bytes" sh -c "'$KEEL' info -f raw '$TMP/d.raw.gz' | grep -q 'file format: raw'"
+t "a raw disk whose text mentions BZh is still raw" sh -c \
+	"printf 'BZh9 not a bzip2 stream' >'$TMP/bz.raw' && truncate -s 1M '$TMP/bz.raw' && '$KEEL' info '$TMP/bz.raw' | grep -q 'file format: raw'"
 t "help convert" sh -c "'$KEEL' help convert | grep -q 'usage: keel convert'"
 t "version" sh -c "'$KEEL' --version | grep -q '^keel '"
 finish
