@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 bool cli_force_progress;
 bool cli_quiet;
@@ -24,12 +25,34 @@ static void main_usage(FILE *fp)
 		    "Exit status: 0 ok, 1 failure, 2 usage error, 3 difference or damage found.\n");
 }
 
+/*
+ * A parent chain holds one open file per layer, and convert opens the chain
+ * once per worker: a 300-deep chain at -j 4 needs more than the usual soft
+ * limit of 1024. Take what the hard limit allows (up to 65536); keel never
+ * uses select(), so high descriptor numbers are safe.
+ */
+static void raise_open_files(void)
+{
+	struct rlimit r;
+	rlim_t want = 65536;
+
+	if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= want)
+		return;
+	if (r.rlim_max != RLIM_INFINITY && r.rlim_max < want)
+		want = r.rlim_max;
+	if (want > r.rlim_cur) {
+		r.rlim_cur = want;
+		setrlimit(RLIMIT_NOFILE, &r);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const struct cli_cmd *c;
 	int i = 1;
 
 	kl_fault_from_env();
+	raise_open_files();
 	while (i < argc && argv[i][0] == '-') {
 		if (!strcmp(argv[i], "-p") || !strcmp(argv[i], "--progress")) {
 			cli_force_progress = true;

@@ -52,8 +52,12 @@ struct blk_extent {
 #define BLK_OPEN_UNSAFE 0x800	     /* flushes never reach the disk (KL_O_NOSYNC): scratch outputs */
 #define BLK_OPEN_NO_WRITER 0x1000    /* read-only: refuse a file another program is writing */
 
-/* Deepest parent chain we follow; deeper is refused as a likely loop. */
-#define BLK_MAX_CHAIN 64
+/*
+ * Deepest parent chain we follow (loops are found by device and inode, so
+ * this bounds open files and recursion, not loops). Nightly external
+ * snapshots make chains of a few hundred; deeper is refused, naming it.
+ */
+#define BLK_MAX_CHAIN 512
 
 struct blk_open_opts {
 	const char *format;   /* driver name to force, NULL to probe by content */

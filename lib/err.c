@@ -35,7 +35,15 @@ int kl_err_prefix(int code, const char *fmt, ...)
 		snprintf(old, sizeof(old), "%s", kl_strerror(code));
 	else
 		memcpy(old, err_msg, sizeof(old));
-	snprintf(err_msg, sizeof(err_msg), "%.400s: %.600s", prefix, old);
+	/*
+	 * The cause is at the end of old (each layer prefixes its context):
+	 * when it is long (a deep parent chain), drop its middle, not its end.
+	 */
+	if (strlen(old) > 600)
+		snprintf(err_msg, sizeof(err_msg), "%.400s: %.200s ... %.395s", prefix, old,
+			 old + strlen(old) - 395);
+	else
+		snprintf(err_msg, sizeof(err_msg), "%.400s: %.600s", prefix, old);
 	err_code = code;
 	return code;
 }
