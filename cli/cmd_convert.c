@@ -31,11 +31,13 @@ const char cmd_convert_usage[] =
 	"The copy is a pipeline: the calling thread walks SRC's extent map and\n"
 	"queues 2 MiB chunks; N threads (itself included) read them, each through\n"
 	"its own handle, detect zeros, compress and hash; chunks are committed in\n"
-	"offset order, so DST is the same bytes whatever N is. Memory: the\n"
-	"pipeline's buffers stay under 192 MiB whatever the image size: at most\n"
-	"max(8, 4N+4) chunks of max(2 MiB, cluster size) with their compressed\n"
-	"copies (24 MiB at -j 2 uncompressed, about 50 MiB compressed), plus the\n"
-	"formats' metadata caches.\n"
+	"offset order, so DST is the same bytes whatever N is. A source that\n"
+	"reads only front to back (a GCE image.tar.gz) is read by the calling\n"
+	"thread alone, in one pass; the others still detect zeros, compress and\n"
+	"hash. Memory: the pipeline's buffers stay under 192 MiB whatever the\n"
+	"image size: at most max(8, 4N+4) chunks of max(2 MiB, cluster size)\n"
+	"with their compressed copies (24 MiB at -j 2 uncompressed, about 50 MiB\n"
+	"compressed), plus the formats' metadata caches.\n"
 	"\n"
 	"  -f FMT        source format (probed when absent)\n"
 	"  -O FMT        output format (keel help formats), or a package:\n"
@@ -58,7 +60,8 @@ const char cmd_convert_usage[] =
 	"                as an overlay of the converted layer below it; parents are\n"
 	"                written beside DST as <layer name>.<format extension>\n"
 	"  --disk N      the disk to read from a package source with several (OVA):\n"
-	"                its number (1, 2, ...), disk id or file name; same as SRC@N\n"
+	"                its number (1, 2, ...), disk id or file name; same as SRC@N;\n"
+	"                for a tar (GCE), the member's name (default disk.raw)\n"
 	"  -U            copy SRC even while another program holds it open for\n"
 	"                writing (--force-share, as qemu-img -U). Without it such a\n"
 	"                SRC (a running VM's disk: qemu's write lock; a keel writer)\n"
@@ -90,7 +93,8 @@ const char cmd_convert_usage[] =
 	"  keel convert -O qcow2 -o compression_type=zstd -c disk.raw disk.qcow2\n"
 	"  keel convert -O vmdk -o esxi disk.qcow2 disk.vmdk\n"
 	"  keel convert -O ova -o name=web1,cpus=2,memory=4096 disk.qcow2 web1.ova\n"
-	"  keel convert -O qcow2 web1.ova@2 data.qcow2\n";
+	"  keel convert -O qcow2 web1.ova@2 data.qcow2\n"
+	"  keel convert -O qcow2 gce-export.tar.gz disk.qcow2\n";
 
 int cmd_convert(int argc, char **argv)
 {

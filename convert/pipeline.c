@@ -40,6 +40,7 @@ struct conv_job {
 	uint64_t off;
 	size_t len;
 	bool all_data;	   /* the walker saw one DATA extent cover the window */
+	bool preread;	   /* the walker read it already (a sequential source) */
 	int rc;
 	char *msg;	   /* the worker's error message (thread-local there) */
 	uint8_t *buf;	   /* source data */
@@ -66,6 +67,7 @@ struct conv_pipe {
 	bool encode;
 	struct blk_dev *back; /* the writer's view of the backing image */
 	int nworkers;
+	bool seq;	   /* the source reads only front to back: the walker reads */
 	unsigned nslots;
 	struct conv_job *slots;
 	struct blk_dev **wsrc;
@@ -147,13 +149,16 @@ static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 	size_t nblk = KL_DIV_ROUND_UP(j->len, CONV_BLOCK);
 	size_t nunit = KL_DIV_ROUND_UP(j->len, p->unit);
 
-	j->bytes_read = j->zero_skipped = j->zero_detected = 0;
-	if (j->all_data) {
+	j->zero_skipped = j->zero_detected = 0;
+	if (j->preread) {
+		/* read by the walker, in order */
+	} else if (j->all_data) {
 		/* the walker already knows: one pread, no extent queries */
 		KL_TRY(blk_pread(p->wsrc[w], j->off, j->buf, j->len));
 		j->bytes_read = j->len;
 		memset(j->kzero, 0, nblk);
 	} else {
+		j->bytes_read = 0;
 		KL_TRY(read_window(p->wsrc[w], j->off, j->buf, j->len, j->kzero, &j->bytes_read));
 	}
 	if (p->wback)
@@ -481,7 +486,8 @@ static int open_worker_handles(struct conv_pipe *p)
 	 * thread, which reads through the walker's handle: same thread.
 	 */
 	for (int w = 0; w <= p->nworkers; w++) {
-		int rc = w == p->nworkers ? 0 : blk_open(c->src, &c->so, &p->wsrc[w]);
+		/* a sequential source is read by the walker alone, through its handle */
+		int rc = w == p->nworkers || p->seq ? 0 : blk_open(c->src, &c->so, &p->wsrc[w]);
 
 		if (w == p->nworkers)
 			p->wsrc[w] = c->src_dev;
@@ -585,6 +591,7 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	p.flip = c->dst && getenv("KEEL_CONV_TEST_FLIP");
 	p.back = c->dst && c->backing ? blk_parent(c->dst) : NULL;
 	p.encode = c->dst && blk_can_encode(c->dst);
+	p.seq = blk_sequential(c->src_dev);
 	if (p.encode) {
 		p.unit = blk_cluster_size(c->dst);
 		p.enc_cap = BLK_ENCODE_BOUND(p.unit);
@@ -666,6 +673,15 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 				break;
 			}
 			j = &p.slots[p.next_submit % p.nslots];
+			j->preread = p.seq;
+			j->bytes_read = 0;
+			if (p.seq) {
+				/* the slot is free: no worker touches it until it is queued */
+				rc = read_window(c->src_dev, joff, j->buf, jlen, j->kzero,
+						 &j->bytes_read);
+				if (rc < 0)
+					goto out;
+			}
 			pthread_mutex_lock(&p.lock);
 			j->seq = p.next_submit;
 			j->off = joff;

@@ -77,13 +77,13 @@ static const char *packed_kind(const struct blk_probe_buf *pb)
 		size_t off, len;
 		const char *what;
 	} kinds[] = {
-		{ "\x1f\x8b\x08", 0, 3, "gzip-compressed data (a GCE image.tar.gz?)" },
+		{ "\x1f\x8b\x08", 0, 3, "gzip-compressed data (not a tar: a gzipped disk?)" },
 		{ "\xfd" "7zXZ\0", 0, 6, "xz-compressed data" },
 		{ "\x28\xb5\x2f\xfd", 0, 4, "zstd-compressed data" },
 		{ "BZh", 0, 3, "bzip2-compressed data" },
 		{ "PK\x03\x04", 0, 4, "a zip archive" },
 		{ "7z\xbc\xaf\x27\x1c", 0, 6, "a 7-Zip archive" },
-		{ "ustar", 257, 5, "a tar archive (not an OVA: no .ovf descriptor first)" },
+		{ "ustar", 257, 5, "a tar archive (not an OVA, no disk.raw first: -f gce FILE@MEMBER reads a raw disk in it)" },
 	};
 
 	for (size_t i = 0; i < KL_ARRAY_SIZE(kinds); i++) {
@@ -852,6 +852,14 @@ void blk_writeback(struct blk_dev *d)
 {
 	if (!d->read_only)
 		kl_io_writeback(d->file);
+}
+
+bool blk_sequential(const struct blk_dev *d)
+{
+	for (; d; d = d->parent)
+		if (d->drv->flags & BLK_DRV_SEQUENTIAL)
+			return true;
+	return false;
 }
 
 bool blk_can_encode(const struct blk_dev *d)

@@ -152,6 +152,12 @@ void blk_writeback(struct blk_dev *d);
 #define BLK_ENCODE_BOUND(cs) ((size_t)(cs) + (size_t)(cs) / 16 + 4096)
 #define BLK_ENCODE_MAX_CLUSTER (4u << 20)
 bool blk_can_encode(const struct blk_dev *d);
+/*
+ * True when d or an image under it reads cheaply only front to back (a
+ * gzip-compressed tar): such a chain must be read through one handle, in
+ * increasing offset order.
+ */
+bool blk_sequential(const struct blk_dev *d);
 ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
 			   void *out, size_t cap);
 int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,

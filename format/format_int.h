@@ -34,6 +34,7 @@ struct blk_probe_buf {
 #define BLK_DRV_NO_PROBE 0x10	 /* never chosen by probing */
 #define BLK_DRV_HAS_PARENT 0x20	 /* can record a parent */
 #define BLK_DRV_SELECT 0x40	 /* "FILE@NAME" selects a member (a disk of a package), not a snapshot */
+#define BLK_DRV_SEQUENTIAL 0x80 /* reads are cheap only in increasing order (a compressed stream) */
 
 struct blk_chain; /* loop detection during open, private to core.c */
 

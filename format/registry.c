@@ -16,6 +16,7 @@ extern const struct blk_driver blk_vdi_driver;
 extern const struct blk_driver blk_vmdk_driver;
 extern const struct blk_driver blk_ova_driver;
 extern const struct blk_driver blk_vhdx_driver;
+extern const struct blk_driver blk_gce_driver;
 
 const struct blk_driver *const blk_drivers[] = {
 	&blk_keel_driver,
@@ -25,6 +26,7 @@ const struct blk_driver *const blk_drivers[] = {
 	&blk_vmdk_driver,
 	&blk_ova_driver,
 	&blk_vhdx_driver,
+	&blk_gce_driver,
 	&blk_raw_driver,
 	NULL,
 };

@@ -28,6 +28,7 @@
 	X(archive_entry_set_mtime) X(archive_entry_set_pathname) X(archive_entry_set_perm)     \
 	X(archive_entry_set_size) X(archive_entry_set_uid) X(archive_entry_size)               \
 	X(archive_entry_sparse_add_entry) X(archive_entry_sparse_count)                        \
+	X(archive_entry_sparse_next) X(archive_entry_sparse_reset)                             \
 	X(archive_error_string) X(archive_filter_bytes) X(archive_filter_code)                 \
 	X(archive_filter_count) X(archive_read_data_block) X(archive_read_data_skip)           \
 	X(archive_read_free) X(archive_read_new) X(archive_read_next_header)                   \

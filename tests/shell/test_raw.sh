@@ -28,13 +28,15 @@ zstd -q -c "$TMP/d.raw" >"$TMP/d.raw.zst" 2>/dev/null || printf '\050\265\057\37
 bzip2 -c "$TMP/d.raw" >"$TMP/d.raw.bz2" 2>/dev/null || printf 'BZh91AY&SYrest' >"$TMP/d.raw.bz2"
 (cd "$TMP" && tar -cf d.tar d.raw && tar -czf d.tar.gz d.raw)
 expect_err "gzip file refused when probed" "d.raw.gz is gzip-compressed data" keel info "$TMP/d.raw.gz"
-expect_err "GCE-style tar.gz refused by convert" "d.tar.gz is gzip-compressed data (a GCE image.tar.gz?), not a disk image" \
+# a tar.gz is read as GCE's format (format/gce.c), which names what it holds
+expect_err "tar.gz without disk.raw refused by convert" "d.tar.gz: no file 'disk.raw' in the archive (it holds 1: d.raw); pick one with FILE@NAME" \
 	keel convert -O qcow2 "$TMP/d.tar.gz" "$TMP/gz.qcow2"
 t "...and left no output" test ! -e "$TMP/gz.qcow2"
 expect_err "xz file refused" "d.raw.xz is xz-compressed data" keel compare "$TMP/d.raw" "$TMP/d.raw.xz"
 expect_err "zstd file refused" "d.raw.zst is zstd-compressed data" keel map "$TMP/d.raw.zst"
 expect_err "bzip2 file refused" "d.raw.bz2 is bzip2-compressed data" keel info "$TMP/d.raw.bz2"
-expect_err "plain tar refused" "d.tar is a tar archive" keel info "$TMP/d.tar"
+expect_err "plain tar refused" "d.tar is a tar archive (not an OVA, no disk.raw first" keel info "$TMP/d.tar"
+t "-f gce reads a member of a plain tar" keel compare -F gce "$TMP/d.raw" "$TMP/d.tar@d.raw"
 t "-f raw still reads the bytes" sh -c "'$KEEL' info -f raw '$TMP/d.raw.gz' | grep -q 'file format: raw'"
 t "a raw disk whose text mentions BZh is still raw" sh -c \
 	"printf 'BZh9 not a bzip2 stream' >'$TMP/bz.raw' && truncate -s 1M '$TMP/bz.raw' && '$KEEL' info '$TMP/bz.raw' | grep -q 'file format: raw'"
