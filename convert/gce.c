@@ -2,8 +2,9 @@
  * convert/gce.c - keel convert -O gce: the Google Compute Engine import
  * format, a file named disk.raw inside a gzip-compressed tar (Google's
  * "import a raw disk image": `tar --format=oldgnu -Sczf image.tar.gz
- * disk.raw`), written through libarchive in one streaming pass: no raw
- * temporary file, holes never read and never compressed.
+ * disk.raw`), in one streaming pass: libarchive writes the tar and
+ * lib/pgzip.c compresses it on every core (libarchive's gzip filter runs
+ * on one); no raw temporary file, holes never read and never compressed.
  *
  * disk.raw is stored sparse (pax format with a GNU 1.0 sparse map, which
  * GNU tar, bsdtar and Go's archive/tar extract as a sparse file) unless
@@ -16,7 +17,6 @@
 #include "convert/conv_int.h"
 #include "lib/lazy.h"
 
-#include <openssl/evp.h>
 #include <string.h>
 
 #define GCE_GRAIN (1u << 20)
@@ -29,21 +29,33 @@ struct gce_ext {
 
 struct gce_out {
 	struct kl_file *f;
+	struct kl_pgz *gz;
 	uint64_t pos;
 	int rc;
 };
 
-static la_ssize_t gce_write_cb(struct archive *a, void *opaque, const void *buf, size_t len)
+/* The compressed stream, in order: into the file. */
+static int gce_file_write(void *opaque, const void *buf, size_t len)
 {
 	struct gce_out *t = opaque;
 	int rc = kl_io_pwrite(t->f, t->pos, buf, len);
+
+	if (rc == 0)
+		t->pos += len;
+	return rc;
+}
+
+/* libarchive's tar bytes: into the parallel gzip (libarchive's filter is one thread). */
+static la_ssize_t gce_write_cb(struct archive *a, void *opaque, const void *buf, size_t len)
+{
+	struct gce_out *t = opaque;
+	int rc = kl_pgz_write(t->gz, buf, len);
 
 	if (rc < 0) {
 		t->rc = rc;
 		kl_la.archive_set_error(a, -rc, "%s", kl_errmsg());
 		return -1;
 	}
-	t->pos += len;
 	return (la_ssize_t)len;
 }
 
@@ -138,105 +150,6 @@ static int gce_feed(struct archive *a, struct gce_out *t, struct blk_dev *src, u
 	return 0;
 }
 
-/*
- * The canonical digest of disk.raw as a tar.gz reader sees it: data
- * blocks arrive with their offsets (holes skipped), gathered into 64 KiB
- * blocks for the same digest convert computes over its source.
- */
-static int gce_digest(const char *path, uint64_t vsize, uint8_t out[32])
-{
-	struct archive *a = NULL;
-	struct archive_entry *e;
-	EVP_MD_CTX *outer = EVP_MD_CTX_new();
-	uint8_t *blk = kl_calloc(1, CONV_BLOCK);
-	uint64_t cur = UINT64_MAX;
-	bool found = false;
-	int rc = kl_archive_load();
-
-	if (rc < 0)
-		goto out;
-	a = kl_la.archive_read_new();
-	if (!a || !outer || !blk || !EVP_DigestInit_ex(outer, EVP_sha256(), NULL)) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	kl_la.archive_read_support_filter_gzip(a);
-	kl_la.archive_read_support_format_tar(a);
-	if (kl_la.archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
-		rc = kl_err(-EIO, "%s: %s", path, kl_la.archive_error_string(a));
-		goto out;
-	}
-	while (kl_la.archive_read_next_header(a, &e) == ARCHIVE_OK) {
-		const void *p;
-		size_t len;
-		la_int64_t off;
-		int ar;
-
-		if (strcmp(kl_la.archive_entry_pathname(e), "disk.raw") != 0)
-			continue;
-		found = true;
-		while ((ar = kl_la.archive_read_data_block(a, &p, &len, &off)) == ARCHIVE_OK) {
-			const uint8_t *d = p;
-
-			while (len) {
-				uint64_t b = (uint64_t)off / CONV_BLOCK;
-				size_t in = (size_t)((uint64_t)off % CONV_BLOCK);
-				size_t n = KL_MIN(len, (size_t)CONV_BLOCK - in);
-
-				if (b != cur) {
-					if (cur != UINT64_MAX && cur * CONV_BLOCK < vsize &&
-					    !kl_is_zero(blk, CONV_BLOCK)) {
-						uint8_t rec[40];
-
-						put_le64(rec, cur);
-						EVP_Digest(blk, (size_t)KL_MIN((uint64_t)CONV_BLOCK,
-									vsize - cur * CONV_BLOCK),
-							   rec + 8, NULL, EVP_sha256(), NULL);
-						EVP_DigestUpdate(outer, rec, sizeof(rec));
-					}
-					memset(blk, 0, CONV_BLOCK);
-					cur = b;
-				}
-				memcpy(blk + in, d, n);
-				d += n;
-				off += (la_int64_t)n;
-				len -= n;
-			}
-		}
-		if (ar != ARCHIVE_EOF) {
-			rc = kl_err(-EIO, "%s: %s", path, kl_la.archive_error_string(a));
-			goto out;
-		}
-		break;
-	}
-	if (!found) {
-		rc = kl_err(-EUCLEAN, "%s: no disk.raw inside", path);
-		goto out;
-	}
-	if (cur != UINT64_MAX && cur * CONV_BLOCK < vsize && !kl_is_zero(blk, CONV_BLOCK)) {
-		uint8_t rec[40];
-
-		put_le64(rec, cur);
-		EVP_Digest(blk, (size_t)KL_MIN((uint64_t)CONV_BLOCK, vsize - cur * CONV_BLOCK),
-			   rec + 8, NULL, EVP_sha256(), NULL);
-		EVP_DigestUpdate(outer, rec, sizeof(rec));
-	}
-	{
-		uint8_t sz[8];
-		unsigned int dn;
-
-		put_le64(sz, vsize);
-		EVP_DigestUpdate(outer, sz, sizeof(sz));
-		EVP_DigestFinal_ex(outer, out, &dn);
-	}
-out:
-	if (a)
-		kl_la.archive_read_free(a);
-	EVP_MD_CTX_free(outer);
-	kl_free(blk);
-	return rc;
-}
-
 int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st)
 {
 	struct blk_open_opts so = { .format = o->src_fmt,
@@ -255,7 +168,6 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	size_t nmap = 0;
 	bool sparse = true, found;
 	uint64_t level = 6, vsize, msize, pos = 0;
-	char lv[4];
 	int rc;
 
 	rc = kl_opts_get_bool(o->dst_opts, "sparse", &sparse, &found);
@@ -299,12 +211,11 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | conv_kl_cache_flags(o), &t.f);
 	if (rc < 0)
 		goto out;
-	snprintf(lv, sizeof(lv), "%u", (unsigned)level);
+	rc = kl_pgz_open((int)level, o->threads, gce_file_write, &t, &t.gz);
+	if (rc < 0)
+		goto out;
 	if ((sparse ? kl_la.archive_write_set_format_pax(a) : kl_la.archive_write_set_format_gnutar(a)) !=
 		    ARCHIVE_OK ||
-	    kl_la.archive_write_add_filter_gzip(a) != ARCHIVE_OK ||
-	    kl_la.archive_write_set_filter_option(a, "gzip", "compression-level", lv) != ARCHIVE_OK ||
-	    kl_la.archive_write_set_filter_option(a, "gzip", "timestamp", NULL) != ARCHIVE_OK ||
 	    kl_la.archive_write_open(a, &t, NULL, gce_write_cb, NULL) != ARCHIVE_OK) {
 		rc = gce_err(a, &t, "setting up the archive");
 		goto out;
@@ -344,12 +255,15 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		rc = gce_err(a, &t, "finishing the archive");
 		goto out;
 	}
+	rc = kl_pgz_finish(t.gz);
+	if (rc < 0)
+		goto out;
 	rc = kl_io_sync(t.f);
 	if (rc < 0)
 		goto out;
 	st->bytes_stored = t.pos;
 	if (o->verify) {
-		uint8_t want[32], got[32];
+		/* the source's digest, then the output read back by format/gce.c */
 		struct conv_pipe_cfg pc = { 0 };
 		struct conv_stats vs = { 0 };
 
@@ -360,20 +274,12 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		pc.threads = o->threads;
 		pc.label = "digest";
 		rc = conv_pipe_run(&pc, &vs);
-		if (rc == 0)
-			memcpy(want, vs.digest, 32);
-		if (rc == 0)
-			rc = gce_digest(tmp, vsize, got);
 		if (rc < 0)
 			goto out;
-		if (memcmp(want, got, 32) != 0) {
-			st->verify_failed = true;
-			rc = kl_err(-EBADMSG, "verification failed: disk.raw in %s does not read "
-					      "back as %s",
-				    o->dst, o->src);
+		memcpy(st->digest, vs.digest, sizeof(st->digest));
+		rc = conv_verify_file(o, tmp, "gce", st);
+		if (rc < 0)
 			goto out;
-		}
-		st->verified = true;
 	}
 out:
 	if (prog)
@@ -382,6 +288,7 @@ out:
 		kl_la.archive_write_free(a);
 	if (e)
 		kl_la.archive_entry_free(e);
+	kl_pgz_free(t.gz);
 	kl_io_close(t.f);
 	blk_close(src);
 	kl_free(map);

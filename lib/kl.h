@@ -432,6 +432,21 @@ double kl_now(void);
 /* Wall clock in nanoseconds since the epoch. KEEL_FAKE_TIME overrides it for tests. */
 uint64_t kl_wallclock_ns(void);
 
+/* ------------------------------------------------------------------ parallel gzip
+ *
+ * One gzip member compressed on several threads (lib/pgzip.c): the same
+ * bytes whatever the number of threads. write() receives the compressed
+ * stream in order, from the calling thread; it returns 0 or -errno.
+ */
+typedef int (*kl_pgz_write_fn)(void *opaque, const void *buf, size_t len);
+struct kl_pgz;
+/* level 1..9; threads 0: one per online CPU, 1: all on the calling thread */
+int kl_pgz_open(int level, int threads, kl_pgz_write_fn write, void *opaque, struct kl_pgz **out);
+int kl_pgz_write(struct kl_pgz *z, const void *buf, size_t len);
+/* Compress what is left and write the trailer. */
+int kl_pgz_finish(struct kl_pgz *z);
+void kl_pgz_free(struct kl_pgz *z);
+
 /* ------------------------------------------------------------------ threads
  *
  * A small pool of persistent workers for data-parallel loops: kl_pool_run
