@@ -8,8 +8,10 @@
  * options in a scratch directory gives the fixed overhead and the unit the
  * format allocates in (its cluster or block size); SRC's data counted in
  * those units is added, plus 1/256 of it for mapping tables.
- * With -c the data is read and encoded by the copy pipeline without
- * writing anything, so the compressed size is measured, not guessed; each
+ * With -c, and for targets that always compress (a .keel image unless
+ * -o compression=none, a streamOptimized VMDK), the data is read and
+ * encoded by the copy pipeline without writing anything, so the
+ * compressed size is measured, not guessed; each
  * cluster is counted as the format would store it (blk_encoded_footprint:
  * keel's whole blocks, qcow2's packing into host clusters), so the
  * prediction is never below the file.
@@ -58,7 +60,7 @@ static int generic_estimate(const char *fmt, const struct blk_create_opts *co, s
 	struct blk_dev *probe = NULL;
 	char *dir, *path;
 	struct stat st;
-	uint64_t data = 0, gran = CONV_BLOCK;
+	uint64_t data = 0, gran = CONV_BLOCK, tables = 0;
 	int rc;
 
 	KL_TRY(scratch_image(fmt, co, &dir, &path));
@@ -75,6 +77,27 @@ static int generic_estimate(const char *fmt, const struct blk_create_opts *co, s
 	KL_TRY(rc);
 	if (in)
 		KL_TRY(blk_measure_allocated(in, gran, &data));
+	if (in && data) {
+		/*
+		 * Mapping tables grow with where the data lies, not only with
+		 * how much there is: each region the data touches needs its
+		 * own table (a .keel leaf maps 256 clusters, 16 MiB at 64 KiB,
+		 * and each level above 256 times that; a VMDK grain table 512
+		 * grains). Count a 4 KiB table per touched 16 MiB, 4 GiB and
+		 * 1 TiB, and two more for the path a copy-on-write commit
+		 * rewrites: small and sparse data otherwise came out below the
+		 * file.
+		 */
+		static const unsigned spans[] = { 24, 32, 40 };
+
+		tables = 2 * 4096;
+		for (size_t i = 0; i < KL_ARRAY_SIZE(spans); i++) {
+			uint64_t t = 0;
+
+			KL_TRY(blk_measure_allocated(in, 1ULL << spans[i], &t));
+			tables += (t >> spans[i]) << 12;
+		}
+	}
 	if ((uint64_t)st.st_size >= co->size) {
 		/* a preallocated layout: the file already has room for every byte */
 		m->required = m->fully_allocated = (uint64_t)st.st_size;
@@ -82,15 +105,20 @@ static int generic_estimate(const char *fmt, const struct blk_create_opts *co, s
 		return 0;
 	}
 	m->data = data;
-	m->required = (uint64_t)st.st_size + data + data / 256;
+	m->required = (uint64_t)st.st_size + data + data / 256 + tables;
 	m->fully_allocated = (uint64_t)st.st_size + KL_ALIGN_UP(co->size, gran) + co->size / 256;
 	m->fully_allocated = KL_MAX(m->fully_allocated, m->required);
 	return 0;
 }
 
-/* -c: encode SRC's data with the pipeline into an image that is never written. */
+/*
+ * -c, or a target that compresses on its own (a .keel image by default, a
+ * streamOptimized VMDK): encode SRC's data with the pipeline into an image
+ * that is never written. Without -c, a target that stores data plainly is
+ * left to the estimate: 0 and *encoded false.
+ */
 static int measure_encoded(const struct conv_opts *o, const struct blk_create_opts *co,
-			   struct blk_dev *in, uint64_t *stored)
+			   struct blk_dev *in, uint64_t *stored, bool *encoded)
 {
 	struct blk_open_opts so = { .format = o->src_fmt,
 				    .flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR,
@@ -107,7 +135,8 @@ static int measure_encoded(const struct conv_opts *o, const struct blk_create_op
 	KL_TRY(scratch_image(o->dst_fmt, co, &dir, &path));
 	dop.opts = co->opts;
 	rc = blk_open(path, &dop, &dst);
-	if (rc == 0) {
+	*encoded = rc == 0 && (o->compress || blk_can_encode(dst));
+	if (*encoded) {
 		pc.src = o->src;
 		pc.so = so;
 		pc.src_dev = in;
@@ -173,15 +202,18 @@ int conv_measure(const struct conv_opts *uo, uint64_t size, struct conv_measure 
 	m->required = bm.required;
 	m->fully_allocated = bm.fully_allocated;
 	m->data = bm.data;
-	if (o->compress && in) {
+	if (in) {
 		uint64_t stored = 0;
+		bool encoded = false;
 
-		rc = measure_encoded(o, &co, in, &stored);
+		rc = measure_encoded(o, &co, in, &stored, &encoded);
 		if (rc < 0)
 			goto out;
-		m->required = m->required - KL_MIN(m->required, bm.data) + stored;
-		m->data = stored;
-		m->exact_data = true;
+		if (encoded) {
+			m->required = m->required - KL_MIN(m->required, bm.data) + stored;
+			m->data = stored;
+			m->exact_data = true;
+		}
 	}
 out:
 	blk_close(in);
