@@ -444,8 +444,10 @@ static int stream_open(struct gce_state *s)
 		s->member_index = idx;
 		if (!s->member)
 			return -ENOMEM;
-		if (kl_la.archive_entry_size(e) < 0)
-			return kl_err(-EUCLEAN, "%s: '%s' has no size", s->d->filename, s->member);
+		/* 64 PiB: past anything a disk is, and far from offset overflows */
+		if (kl_la.archive_entry_size(e) < 0 || kl_la.archive_entry_size(e) > (1LL << 56))
+			return kl_err(-EUCLEAN, "%s: '%s' has no size or an impossible one (%lld)",
+				      s->d->filename, s->member, (long long)kl_la.archive_entry_size(e));
 		s->d->size = (uint64_t)kl_la.archive_entry_size(e);
 		KL_TRY(load_map(s, e));
 	} else if ((uint64_t)kl_la.archive_entry_size(e) != s->d->size) {

@@ -111,6 +111,13 @@ expect_err "a cut plain tar" "cut.tar" keel compare -F gce ref.raw cut.tar
 keel convert -O ova -f raw p.raw vm2.ova >/dev/null && gzip -c vm2.ova >vm2.ova.gz
 expect_err "a gzipped OVA gets a hint" "vm2.ova.gz: a gzip-compressed OVA: an OVA is an uncompressed tar (gunzip it" keel info vm2.ova.gz
 
+python3 -c "
+import tarfile
+ti = tarfile.TarInfo('disk.raw'); ti.size = 1 << 60
+open('huge-hdr.tar', 'wb').write(ti.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))"
+expect_err "an impossible member size" "'disk.raw' has no size or an impossible one (1152921504606846976)" \
+	keel info -f gce huge-hdr.tar
+
 # a huge sparse disk costs its data, not its size
 keel create -f qcow2 huge.qcow2 1T >/dev/null
 keel io -c "write -P 5 0 1M" -c "write -P 6 700G 1M" huge.qcow2 >/dev/null
