@@ -112,7 +112,11 @@ static int probe_open_file(struct kl_file *f, const char *name, const struct blk
 	int rc;
 
 	*out = NULL;
-	KL_TRY(kl_io_size(f, &size));
+	/* a pipe: its head only (its end is not there yet) */
+	if (kl_io_is_stream(f))
+		size = UINT64_MAX;
+	else
+		KL_TRY(kl_io_size(f, &size));
 	head = kl_malloc(BLK_PROBE_HEAD);
 	tail = kl_malloc(BLK_PROBE_TAIL);
 	if (!head || !tail) {
@@ -126,8 +130,8 @@ static int probe_open_file(struct kl_file *f, const char *name, const struct blk
 	}
 	pb.head = head;
 	pb.head_len = (size_t)n;
-	pb.tail_len = (size_t)KL_MIN(size, (uint64_t)BLK_PROBE_TAIL);
-	n = kl_io_pread(f, size - pb.tail_len, tail, pb.tail_len);
+	pb.tail_len = kl_io_is_stream(f) ? 0 : (size_t)KL_MIN(size, (uint64_t)BLK_PROBE_TAIL);
+	n = pb.tail_len ? kl_io_pread(f, size - pb.tail_len, tail, pb.tail_len) : 0;
 	if (n < 0) {
 		rc = (int)n;
 		goto out;
@@ -403,6 +407,13 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 				    path);
 			goto err;
 		}
+	}
+	if (kl_io_is_stream(d->file) && !(drv->flags & BLK_DRV_SEQUENTIAL)) {
+		rc = kl_err(-ESPIPE, "%s is a pipe, and %s images need random access: only a "
+				     "tar or tar.gz (format gce) can be read from a pipe; save it to "
+				     "a file first",
+			    path, drv->name);
+		goto err;
 	}
 	if (snapshot && !(drv->flags & (BLK_DRV_SNAPSHOTS | BLK_DRV_SELECT))) {
 		rc = kl_err(-ENOTSUP, "%s: format %s has no internal snapshots (asked for '@%s')",

@@ -183,6 +183,10 @@ static int fill_in(struct gce_state *s)
 	n = kl_io_pread(s->d->file, s->in_pos, s->in + keep, want);
 	if (n < 0)
 		return (int)n;
+	if (n == 0 && kl_io_is_stream(s->d->file)) {
+		s->file_size = s->in_pos; /* the pipe's end: now its size is known */
+		return 0;
+	}
 	if (n == 0)
 		return kl_err(-EIO, "%s: the file shrank while being read", s->d->filename);
 	s->in_pos += (uint64_t)n;
@@ -234,6 +238,11 @@ static ssize_t next_tar_bytes(struct gce_state *s)
 			return 0;
 		}
 		n = kl_io_pread(s->d->file, s->in_pos, s->out, want);
+		if (n == 0 && kl_io_is_stream(s->d->file)) {
+			s->file_size = s->in_pos;
+			s->stream_end = true;
+			return 0;
+		}
 		if (n <= 0)
 			return n < 0 ? n : kl_err(-EIO, "%s: the file shrank while being read",
 						  s->d->filename);
@@ -715,7 +724,9 @@ static int gce_open(struct blk_dev *d, const struct blk_open_opts *o)
 	KL_TRY(kl_archive_load());
 	s->d = d;
 	s->one_pass = getenv("KEEL_GCE_ONE_PASS") != NULL;
-	rc = kl_io_size(d->file, &s->file_size);
+	/* a pipe's size is known at its end (fill_in) */
+	s->file_size = UINT64_MAX;
+	rc = kl_io_is_stream(d->file) ? 0 : kl_io_size(d->file, &s->file_size);
 	if (rc < 0)
 		goto err;
 	n = kl_io_pread(d->file, 0, magic, sizeof(magic));

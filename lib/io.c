@@ -31,6 +31,25 @@ struct kl_file {
 	int dio_fd;		/* the same file opened O_DIRECT, for bulk writes */
 	uint32_t dio_mem;	/* buffer address alignment direct I/O needs */
 	uint32_t dio_off;	/* offset and length alignment direct I/O needs */
+	struct kl_stream *stream; /* a pipe read forward, or NULL */
+};
+
+/*
+ * A pipe (FIFO, socket, "-" for standard input) cannot be read at an
+ * offset. Such a file opened read-only is read forward: a read ahead of
+ * what was consumed skips the bytes between, and the first KL_STREAM_HEAD
+ * bytes stay readable again (probing reads the head, then the driver
+ * reads it once more). Anything else behind the position is -ESPIPE.
+ * Only sequential formats (BLK_DRV_SEQUENTIAL) accept such a file, and
+ * each pipe can be opened once per process: a second open would go on
+ * from wherever the first left off.
+ */
+#define KL_STREAM_HEAD (1u << 20)
+
+struct kl_stream {
+	uint8_t *head;
+	uint64_t pos; /* bytes consumed from the pipe */
+	bool eof;
 };
 
 /* Writes shorter than this stay buffered even when aligned: metadata. */
@@ -440,6 +459,107 @@ static size_t dio_len(const struct kl_file *f, const void *buf, uint64_t off, si
 	return n >= KL_DIO_MIN ? n : 0;
 }
 
+static int stream_setup(struct kl_file *f)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static struct { dev_t dev; ino_t ino; } seen[8];
+	static size_t nseen;
+	struct stat st;
+	int rc = 0;
+
+	if (fstat(f->fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+		return 0;
+	pthread_mutex_lock(&lock);
+	for (size_t i = 0; i < nseen; i++)
+		if (seen[i].dev == st.st_dev && seen[i].ino == st.st_ino)
+			rc = kl_err(-ESPIPE, "%s is a pipe this command already reads: it cannot "
+					     "be opened twice",
+				    f->name);
+	if (rc == 0 && nseen < KL_ARRAY_SIZE(seen)) {
+		seen[nseen].dev = st.st_dev;
+		seen[nseen].ino = st.st_ino;
+		nseen++;
+	}
+	pthread_mutex_unlock(&lock);
+	if (rc < 0)
+		return rc;
+	f->stream = kl_calloc(1, sizeof(*f->stream));
+	if (f->stream)
+		f->stream->head = kl_malloc(KL_STREAM_HEAD);
+	if (!f->stream || !f->stream->head)
+		return -ENOMEM;
+	return 0;
+}
+
+bool kl_io_is_stream(const struct kl_file *f)
+{
+	return f->stream != NULL;
+}
+
+/* Consume up to len bytes of the pipe into buf (NULL: discard); the count, 0 at its end. */
+static ssize_t stream_read(struct kl_file *f, uint8_t *buf, size_t len)
+{
+	struct kl_stream *st = f->stream;
+	uint8_t scratch[4096];
+	ssize_t n;
+
+	if (st->eof)
+		return 0;
+	if (!buf)
+		len = KL_MIN(len, sizeof(scratch));
+	do {
+		n = read(f->fd, buf ? buf : scratch, len);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return kl_err(-errno, "%s: read at %llu: %s", f->name, (unsigned long long)st->pos,
+			      strerror(errno));
+	if (n == 0) {
+		st->eof = true;
+		return 0;
+	}
+	if (st->pos < KL_STREAM_HEAD)
+		memcpy(st->head + st->pos, buf ? buf : scratch,
+		       (size_t)KL_MIN((uint64_t)n, KL_STREAM_HEAD - st->pos));
+	st->pos += (uint64_t)n;
+	return n;
+}
+
+static ssize_t stream_pread(struct kl_file *f, uint64_t off, uint8_t *buf, size_t len)
+{
+	struct kl_stream *st = f->stream;
+	uint64_t kept = KL_MIN(st->pos, (uint64_t)KL_STREAM_HEAD);
+	size_t done = 0;
+
+	if (off < st->pos) {
+		if (off >= kept || off + KL_MIN((uint64_t)len, st->pos - off) > kept)
+			return kl_err(-ESPIPE, "%s is a pipe: it cannot be read again at %llu "
+					       "(already read to %llu)",
+				      f->name, (unsigned long long)off,
+				      (unsigned long long)st->pos);
+		done = (size_t)KL_MIN((uint64_t)len, st->pos - off);
+		memcpy(buf, st->head + off, done);
+	}
+	while (off + done > st->pos) { /* skip ahead */
+		ssize_t n = stream_read(f, NULL, (size_t)KL_MIN(off + done - st->pos, (uint64_t)SIZE_MAX));
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			break;
+	}
+	while (done < len && off + done == st->pos) {
+		ssize_t n = stream_read(f, buf + done, len - done);
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	memset(buf + done, 0, len - done);
+	return (ssize_t)done;
+}
+
 int kl_io_open(const char *path, unsigned flags, struct kl_file **out)
 {
 	int oflags = O_CLOEXEC;
@@ -457,7 +577,9 @@ int kl_io_open(const char *path, unsigned flags, struct kl_file **out)
 	if (flags & KL_O_TRUNC)
 		oflags |= O_TRUNC;
 	do {
-		fd = open(path, oflags, 0644);
+		/* "-": standard input, for reading only */
+		fd = open(strcmp(path, "-") == 0 && !(flags & KL_O_RDWR) ? "/dev/stdin" : path,
+			  oflags, 0644);
 	} while (fd < 0 && errno == EINTR);
 	if (fd < 0)
 		return kl_err(-errno, "%s: %s", path, strerror(errno));
@@ -473,6 +595,14 @@ int kl_io_open(const char *path, unsigned flags, struct kl_file **out)
 		close(fd);
 		kl_free(f);
 		return -ENOMEM;
+	}
+	if (!(flags & KL_O_RDWR)) {
+		int rc = stream_setup(f);
+
+		if (rc < 0) {
+			kl_io_close(f);
+			return rc;
+		}
 	}
 	if ((flags & (KL_O_DIRECT | KL_O_RDWR)) == (KL_O_DIRECT | KL_O_RDWR))
 		dio_setup(f, path);
@@ -547,6 +677,9 @@ void kl_io_close(struct kl_file *f)
 	close(f->fd);
 	kl_free(f->name);
 	kl_free(f->segs);
+	if (f->stream)
+		kl_free(f->stream->head);
+	kl_free(f->stream);
 	kl_free(f);
 }
 
@@ -595,6 +728,8 @@ ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len)
 			      (unsigned long long)off);
 	if (f->segs)
 		return window_pread(f, off, buf, len);
+	if (f->stream)
+		return stream_pread(f, off, buf, len);
 	while (done < len) {
 		ssize_t n = pread(f->fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
 
@@ -791,6 +926,9 @@ int kl_io_size(struct kl_file *f, uint64_t *size)
 		*size = f->wsize;
 		return 0;
 	}
+	if (f->stream)
+		return kl_err(-ESPIPE, "%s is a pipe: its size is not known before its end",
+			      f->name);
 	if (fstat(f->fd, &st) < 0)
 		return kl_err(-errno, "%s: stat: %s", f->name, strerror(errno));
 	if (S_ISBLK(st.st_mode)) {

@@ -190,6 +190,8 @@ int kl_io_fd(const struct kl_file *f);
 bool kl_io_direct(const struct kl_file *f);
 const char *kl_io_name(const struct kl_file *f);
 bool kl_io_writable(const struct kl_file *f);
+/* A pipe opened read-only: read forward only (see lib/io.c); kl_io_size fails. */
+bool kl_io_is_stream(const struct kl_file *f);
 /*
  * Exclusive writer lock on the file (an OFD lock, so it belongs to this
  * open, not the process, and the kernel drops it when the holder dies: a

@@ -118,6 +118,29 @@ open('huge-hdr.tar', 'wb').write(ti.tobuf(format=tarfile.GNU_FORMAT) + bytes(102
 expect_err "an impossible member size" "'disk.raw' has no size or an impossible one (1152921504606846976)" \
 	keel info -f gce huge-hdr.tar
 
+# from a pipe: "-" is standard input, a FIFO works too; read once, forward
+cat oldgnu.tar.gz | "$KEEL" convert -O qcow2 - pipe.qcow2 >/dev/null
+t "from standard input" keel compare ref.raw pipe.qcow2
+mkfifo fifo
+(cat pax10.tar.gz >fifo &)
+t "from a FIFO, -j 4 --verify" keel convert -j 4 --verify -O vmdk fifo fifo.vmdk
+t "...matches" keel compare ref.raw fifo.vmdk
+t "info from a pipe" sh -c "cat keel.tar.gz | '$KEEL' info - | grep -q 'member: disk.raw'"
+t "backup from a pipe" sh -c "cat gnu.tar.gz | '$KEEL' backup - pv.keel"
+t "...restores the disk" keel compare ref.raw pv.keel
+expect_err "a raw disk cannot come from a pipe" \
+	"- is a pipe, and raw images need random access: only a tar or tar.gz" \
+	sh -c "cat ref.raw | '$KEEL' info -"
+expect_err "a pipe is not read backwards past its first MiB" \
+	"- is a pipe: it cannot be read again at" \
+	sh -c "mkdir r && head -c 8M /dev/urandom >r/disk.raw && tar -C r -czf rnd.tar.gz disk.raw &&
+		cat rnd.tar.gz | env -u KEEL_GCE_ONE_PASS '$KEEL' io -c 'read 6M 4k' -c 'read 2M 4k' -"
+expect_err "nor opened twice" "is a pipe this command already reads" \
+	sh -c "cat oldgnu.tar.gz | '$KEEL' compare - -"
+expect_err "a damaged stream from a pipe" "incorrect data check" \
+	sh -c "cat crc.tar.gz | '$KEEL' convert -O qcow2 - pcrc.qcow2"
+t "...no output" test ! -e pcrc.qcow2
+
 # a huge sparse disk costs its data, not its size
 keel create -f qcow2 huge.qcow2 1T >/dev/null
 keel io -c "write -P 5 0 1M" -c "write -P 6 700G 1M" huge.qcow2 >/dev/null
