@@ -162,6 +162,8 @@ void kl_format_size(uint64_t n, char *out, size_t outlen)
 	}
 	if (u == 0)
 		snprintf(out, outlen, "%llu B", (unsigned long long)n);
+	else if (v >= 999.5)
+		snprintf(out, outlen, "%.0f %s", v, units[u]); /* %.3g would say 1.02e+03 */
 	else
 		snprintf(out, outlen, "%.3g %s", v, units[u]);
 }

@@ -49,6 +49,25 @@ START_TEST(parse_sizes)
 }
 END_TEST
 
+START_TEST(format_sizes)
+{
+	static const struct {
+		uint64_t n;
+		const char *s;
+	} v[] = {
+		{ 0, "0 B" },	       { 1023, "1023 B" },	{ 1536, "1.5 KiB" },
+		{ 3211264, "3.06 MiB" }, { 1069547520, "1020 MiB" }, /* was 1.02e+03 */
+		{ 1072955392, "1023 MiB" }, { 1ULL << 30, "1 GiB" },
+	};
+	char buf[32];
+
+	for (size_t i = 0; i < KL_ARRAY_SIZE(v); i++) {
+		kl_format_size(v[i].n, buf, sizeof(buf));
+		ck_assert_str_eq(buf, v[i].s);
+	}
+}
+END_TEST
+
 START_TEST(options)
 {
 	struct kl_opts *o = NULL;
@@ -335,6 +354,7 @@ static Suite *lib_suite(void)
 
 	tcase_add_test(tc, crc32c_vectors);
 	tcase_add_test(tc, parse_sizes);
+	tcase_add_test(tc, format_sizes);
 	tcase_add_test(tc, options);
 	tcase_add_test(tc, fault_error_at_point);
 	tcase_add_test(tc, fault_crash_drops_only_unsynced);
