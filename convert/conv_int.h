@@ -6,6 +6,8 @@
 
 #include "convert/convert.h"
 
+#include <openssl/evp.h>
+
 /* Digest granularity: the canonical content digest hashes 64 KiB blocks. */
 #define CONV_BLOCK (64u << 10)
 /* Unit of work of the pipeline (a job), unless the target cluster is larger. */
@@ -81,6 +83,18 @@ static inline unsigned conv_kl_cache_flags(const struct conv_opts *o)
  * options; sets *fmt when it is NULL, refuses a conflicting -O.
  */
 int conv_apply_profiles(struct kl_opts **opts, const char **fmt);
+
+/*
+ * The canonical content digest, for code that reads a source itself, in
+ * offset order: conv_block_hash() for each CONV_BLOCK-aligned block
+ * (*zero: known zero; set when it reads as zeros, and then not recorded),
+ * conv_digest_record() for each block that is not zero, conv_digest_final()
+ * with the size the digest describes. The pipeline computes the same.
+ */
+int conv_block_hash(const uint8_t *d, size_t bl, uint64_t boff, uint64_t dsize, bool *zero,
+		    uint8_t hash[32]);
+void conv_digest_record(EVP_MD_CTX *outer, uint64_t boff, const uint8_t hash[32]);
+void conv_digest_final(EVP_MD_CTX *outer, uint64_t dsize, uint8_t out[32]);
 
 /* Re-read path (format fmt) and compare its digest with st->digest; sets st->verified. */
 int conv_verify_file(const struct conv_opts *o, const char *path, const char *fmt,

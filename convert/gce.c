@@ -121,7 +121,7 @@ static int gce_map(struct blk_dev *src, struct gce_ext **out, size_t *n)
 /* Feed [off, off+len) of the member: data from src, or zeros over holes. */
 static int gce_feed(struct archive *a, struct gce_out *t, struct blk_dev *src, uint64_t off,
 		    uint64_t len, bool hole, uint8_t *buf, size_t bufsz, const uint8_t *zeros,
-		    struct conv_stats *st, struct kl_progress *prog)
+		    struct conv_stats *st, struct kl_progress *prog, EVP_MD_CTX *dg)
 {
 	uint64_t size = blk_size(src);
 
@@ -137,6 +137,17 @@ static int gce_feed(struct archive *a, struct gce_out *t, struct blk_dev *src, u
 			st->bytes_read += KL_MIN((uint64_t)n, size - off);
 			st->bytes_written += n;
 			p = buf;
+			/* --verify: the source's digest as it goes by (reading it again
+			 * would be a second pass over a pipe or a tar.gz) */
+			for (size_t b = 0; dg && b < n; b += CONV_BLOCK) {
+				uint8_t h[32];
+				bool zero = false;
+
+				KL_TRY(conv_block_hash(buf + b, KL_MIN((size_t)CONV_BLOCK, n - b),
+						       off + b, size, &zero, h));
+				if (!zero)
+					conv_digest_record(dg, off + b, h);
+			}
 		}
 		for (size_t done = 0; done < n; done += (size_t)w) {
 			w = kl_la.archive_write_data(a, p + done, n - done);
@@ -164,6 +175,7 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 	struct gce_ext *map = NULL;
 	struct kl_progress *prog = NULL;
 	uint8_t *buf = NULL, *zeros = NULL;
+	EVP_MD_CTX *dg = NULL;
 	const size_t bufsz = 1u << 20;
 	size_t nmap = 0;
 	bool sparse = true, found;
@@ -188,6 +200,10 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		goto out;
 	buf = kl_aligned_alloc(bufsz);
 	zeros = kl_calloc(1, bufsz);
+	if (o->verify && (!(dg = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(dg, EVP_sha256(), NULL))) {
+		rc = -ENOMEM;
+		goto out;
+	}
 	a = kl_la.archive_write_new();
 	e = kl_la.archive_entry_new();
 	if (!buf || !zeros || !a || !e) {
@@ -240,12 +256,13 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		if (doff > pos) {
 			/* a hole: the pax writer skips it, GNU format gets real zeros */
 			st->zero_skipped += doff - pos;
-			rc = gce_feed(a, &t, src, pos, doff - pos, true, buf, bufsz, zeros, st, prog);
+			rc = gce_feed(a, &t, src, pos, doff - pos, true, buf, bufsz, zeros, st, prog,
+				      dg);
 			pos = doff;
 		}
 		if (rc == 0 && i < nmap) {
 			rc = gce_feed(a, &t, src, map[i].off, map[i].len, false, buf, bufsz, zeros,
-				      st, prog);
+				      st, prog, dg);
 			pos = map[i].off + map[i].len;
 		}
 	}
@@ -263,20 +280,8 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		goto out;
 	st->bytes_stored = t.pos;
 	if (o->verify) {
-		/* the source's digest, then the output read back by format/gce.c */
-		struct conv_pipe_cfg pc = { 0 };
-		struct conv_stats vs = { 0 };
-
-		pc.src = o->src;
-		pc.so = so;
-		pc.src_dev = src;
-		pc.digest = true;
-		pc.threads = o->threads;
-		pc.label = "digest";
-		rc = conv_pipe_run(&pc, &vs);
-		if (rc < 0)
-			goto out;
-		memcpy(st->digest, vs.digest, sizeof(st->digest));
+		/* the output read back by format/gce.c, against the digest taken while writing */
+		conv_digest_final(dg, vsize, st->digest);
 		rc = conv_verify_file(o, tmp, "gce", st);
 		if (rc < 0)
 			goto out;
@@ -289,6 +294,7 @@ out:
 	if (e)
 		kl_la.archive_entry_free(e);
 	kl_pgz_free(t.gz);
+	EVP_MD_CTX_free(dg);
 	kl_io_close(t.f);
 	blk_close(src);
 	kl_free(map);

@@ -202,23 +202,54 @@ static int job_work(struct conv_pipe *p, int w, struct conv_job *j)
 		for (size_t b = 0; b < nblk; b++) {
 			uint64_t boff = j->off + b * CONV_BLOCK;
 			size_t bl = KL_MIN((size_t)CONV_BLOCK, j->len - b * CONV_BLOCK);
-			const uint8_t *d = j->buf + b * CONV_BLOCK;
-			size_t hl = boff < p->dsize ? (size_t)KL_MIN((uint64_t)bl, p->dsize - boff) : 0;
+			bool zero = j->kzero[b];
 
-			j->bzero[b] = j->kzero[b] || kl_is_zero(d, bl);
-			if (j->bzero[b])
-				continue;
-			if (hl < bl && !kl_is_zero(d + hl, bl - hl)) {
-				/* data past the digest size: make the digest differ */
-				memset(j->hash[b], 0xff, 32);
-				continue;
-			}
-			if (!EVP_Digest(d, hl, j->hash[b], NULL, EVP_sha256(), NULL))
-				return kl_err(-ENOMEM, "SHA-256 of the block at %llu failed",
-					      (unsigned long long)boff);
+			KL_TRY(conv_block_hash(j->buf + b * CONV_BLOCK, bl, boff, p->dsize, &zero,
+					       j->hash[b]));
+			j->bzero[b] = zero;
 		}
 	}
 	return 0;
+}
+
+/* ------------------------------------------------------------------ digest */
+
+int conv_block_hash(const uint8_t *d, size_t bl, uint64_t boff, uint64_t dsize, bool *zero,
+		    uint8_t hash[32])
+{
+	size_t hl = boff < dsize ? (size_t)KL_MIN((uint64_t)bl, dsize - boff) : 0;
+
+	*zero = *zero || kl_is_zero(d, bl);
+	if (*zero)
+		return 0;
+	if (hl < bl && !kl_is_zero(d + hl, bl - hl)) {
+		/* data past the digest size: make the digest differ */
+		memset(hash, 0xff, 32);
+		return 0;
+	}
+	if (!EVP_Digest(d, hl, hash, NULL, EVP_sha256(), NULL))
+		return kl_err(-ENOMEM, "SHA-256 of the block at %llu failed",
+			      (unsigned long long)boff);
+	return 0;
+}
+
+void conv_digest_record(EVP_MD_CTX *outer, uint64_t boff, const uint8_t hash[32])
+{
+	uint8_t rec[40];
+
+	put_le64(rec, boff / CONV_BLOCK);
+	memcpy(rec + 8, hash, 32);
+	EVP_DigestUpdate(outer, rec, sizeof(rec));
+}
+
+void conv_digest_final(EVP_MD_CTX *outer, uint64_t dsize, uint8_t out[32])
+{
+	uint8_t sz[8];
+	unsigned int n;
+
+	put_le64(sz, dsize);
+	EVP_DigestUpdate(outer, sz, sizeof(sz));
+	EVP_DigestFinal_ex(outer, out, &n);
 }
 
 /* Run job j on handle set w and publish the result; called without the lock. */
@@ -311,15 +342,9 @@ static int job_commit(struct conv_pipe *p, struct conv_job *j)
 	p->st->zero_skipped += j->zero_skipped;
 	p->st->zero_detected += j->zero_detected;
 	if (c->digest) {
-		for (size_t b = 0; b * CONV_BLOCK < j->len; b++) {
-			uint8_t rec[40];
-
-			if (j->bzero[b])
-				continue;
-			put_le64(rec, (j->off + b * CONV_BLOCK) / CONV_BLOCK);
-			memcpy(rec + 8, j->hash[b], 32);
-			EVP_DigestUpdate(p->outer, rec, sizeof(rec));
-		}
+		for (size_t b = 0; b * CONV_BLOCK < j->len; b++)
+			if (!j->bzero[b])
+				conv_digest_record(p->outer, j->off + b * CONV_BLOCK, j->hash[b]);
 	}
 	if (!c->dst)
 		return 0;
@@ -721,14 +746,8 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 		p.next_write++;
 		pthread_mutex_unlock(&p.lock);
 	}
-	if (rc == 0 && c->digest) {
-		uint8_t sz[8];
-		unsigned int n;
-
-		put_le64(sz, p.dsize);
-		EVP_DigestUpdate(p.outer, sz, sizeof(sz));
-		EVP_DigestFinal_ex(p.outer, st->digest, &n);
-	}
+	if (rc == 0 && c->digest)
+		conv_digest_final(p.outer, p.dsize, st->digest);
 out:
 	if (p.prog)
 		kl_progress_finish(p.prog);

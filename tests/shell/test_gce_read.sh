@@ -135,6 +135,12 @@ expect_err "a pipe is not read backwards past its first MiB" \
 	"- is a pipe: it cannot be read again at" \
 	sh -c "mkdir r && head -c 8M /dev/urandom >r/disk.raw && tar -C r -czf rnd.tar.gz disk.raw &&
 		cat rnd.tar.gz | env -u KEEL_GCE_ONE_PASS '$KEEL' io -c 'read 6M 4k' -c 'read 2M 4k' -"
+# -O gce --verify digests the source while writing: no second pass (5 MiB
+# of random data: far past the pipe's first MiB that could be read again)
+head -c 5M /dev/urandom >rnd5.raw
+keel convert -O gce -f raw rnd5.raw rnd5.tar.gz >/dev/null
+t "-O gce --verify from a pipe" sh -c "cat rnd5.tar.gz | '$KEEL' convert -O gce --verify - again5.tar.gz"
+t "...matches" keel compare rnd5.raw again5.tar.gz
 expect_err "nor opened twice" "is a pipe this command already reads" \
 	sh -c "cat oldgnu.tar.gz | '$KEEL' compare - -"
 expect_err "a damaged stream from a pipe" "incorrect data check" \
