@@ -31,7 +31,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <zlib.h>
 
 #define GCE_IN_BUF (256u << 10)
@@ -212,6 +211,10 @@ static int member_boundary(struct gce_state *s)
 	for (;;) {
 		uint64_t at = s->in_pos - s->z.avail_in;
 
+		if (!kl_is_zero(s->z.next_in, s->z.avail_in) && kl_io_is_stream(s->d->file))
+			return kl_err(-EUCLEAN, "%s: trailing data after the gzip stream (at byte "
+						"%llu): not a gzip file as written",
+				      s->d->filename, (unsigned long long)at);
 		if (!kl_is_zero(s->z.next_in, s->z.avail_in))
 			return kl_err(-EUCLEAN, "%s: %llu bytes of trailing data after the gzip "
 						"stream (at byte %llu): not a gzip file as written",
@@ -361,26 +364,12 @@ static int load_map(struct gce_state *s, struct archive_entry *e);
  */
 static int one_pass_check(struct gce_state *s)
 {
-	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-	static struct { dev_t dev; ino_t ino; } seen[16];
-	static size_t nseen;
-	struct stat st;
-	int rc = 0;
+	static struct kl_io_seen started = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
-	if (!s->one_pass || fstat(kl_io_fd(s->d->file), &st) != 0)
-		return 0;
-	pthread_mutex_lock(&lock);
-	for (size_t i = 0; i < nseen; i++)
-		if (seen[i].dev == st.st_dev && seen[i].ino == st.st_ino)
-			rc = kl_err(-ESPIPE, "%s: a second pass over the stream (KEEL_GCE_ONE_PASS)",
-				    s->d->filename);
-	if (rc == 0 && nseen < KL_ARRAY_SIZE(seen)) {
-		seen[nseen].dev = st.st_dev;
-		seen[nseen].ino = st.st_ino;
-		nseen++;
-	}
-	pthread_mutex_unlock(&lock);
-	return rc;
+	if (s->one_pass && !kl_io_first_time(&started, s->d->file))
+		return kl_err(-ESPIPE, "%s: a second pass over the stream (KEEL_GCE_ONE_PASS)",
+			      s->d->filename);
+	return 0;
 }
 
 /* (Re)start the stream and stop at the member's first data. */

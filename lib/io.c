@@ -459,30 +459,37 @@ static size_t dio_len(const struct kl_file *f, const void *buf, uint64_t off, si
 	return n >= KL_DIO_MIN ? n : 0;
 }
 
+bool kl_io_first_time(struct kl_io_seen *set, struct kl_file *f)
+{
+	struct stat st;
+	bool first = true;
+
+	if (fstat(f->fd, &st) != 0)
+		return true;
+	pthread_mutex_lock(&set->lock);
+	for (size_t i = 0; i < set->n; i++)
+		if (set->id[i].dev == (uint64_t)st.st_dev && set->id[i].ino == (uint64_t)st.st_ino)
+			first = false;
+	if (first && set->n < KL_ARRAY_SIZE(set->id)) {
+		set->id[set->n].dev = (uint64_t)st.st_dev;
+		set->id[set->n].ino = (uint64_t)st.st_ino;
+		set->n++;
+	}
+	pthread_mutex_unlock(&set->lock);
+	return first;
+}
+
 static int stream_setup(struct kl_file *f)
 {
-	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-	static struct { dev_t dev; ino_t ino; } seen[8];
-	static size_t nseen;
+	static struct kl_io_seen pipes = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	struct stat st;
-	int rc = 0;
 
 	if (fstat(f->fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
 		return 0;
-	pthread_mutex_lock(&lock);
-	for (size_t i = 0; i < nseen; i++)
-		if (seen[i].dev == st.st_dev && seen[i].ino == st.st_ino)
-			rc = kl_err(-ESPIPE, "%s is a pipe this command already reads: it cannot "
-					     "be opened twice",
-				    f->name);
-	if (rc == 0 && nseen < KL_ARRAY_SIZE(seen)) {
-		seen[nseen].dev = st.st_dev;
-		seen[nseen].ino = st.st_ino;
-		nseen++;
-	}
-	pthread_mutex_unlock(&lock);
-	if (rc < 0)
-		return rc;
+	if (!kl_io_first_time(&pipes, f))
+		return kl_err(-ESPIPE, "%s is a pipe this command already reads: it cannot be "
+				       "opened twice",
+			      f->name);
 	f->stream = kl_calloc(1, sizeof(*f->stream));
 	if (f->stream)
 		f->stream->head = kl_malloc(KL_STREAM_HEAD);

@@ -9,6 +9,7 @@
 #define KEEL_KL_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -192,6 +193,19 @@ const char *kl_io_name(const struct kl_file *f);
 bool kl_io_writable(const struct kl_file *f);
 /* A pipe opened read-only: read forward only (see lib/io.c); kl_io_size fails. */
 bool kl_io_is_stream(const struct kl_file *f);
+/*
+ * A process-wide set of files (by device and inode) for "only once" rules:
+ * kl_io_first_time records f and says whether it was new. Declare the set
+ * static, with .lock = PTHREAD_MUTEX_INITIALIZER; it remembers 16 files.
+ */
+struct kl_io_seen {
+	pthread_mutex_t lock;
+	struct {
+		uint64_t dev, ino;
+	} id[16];
+	size_t n;
+};
+bool kl_io_first_time(struct kl_io_seen *set, struct kl_file *f);
 /*
  * Exclusive writer lock on the file (an OFD lock, so it belongs to this
  * open, not the process, and the kernel drops it when the holder dies: a

@@ -143,6 +143,8 @@ t "-O gce --verify from a pipe" sh -c "cat rnd5.tar.gz | '$KEEL' convert -O gce 
 t "...matches" keel compare rnd5.raw again5.tar.gz
 expect_err "nor opened twice" "is a pipe this command already reads" \
 	sh -c "cat oldgnu.tar.gz | '$KEEL' compare - -"
+expect_err "trailing junk after a stream from a pipe" "-: trailing data after the gzip stream (at byte" \
+	sh -c "cat trailing.tar.gz | '$KEEL' compare ref.raw -"
 expect_err "a damaged stream from a pipe" "incorrect data check" \
 	sh -c "cat crc.tar.gz | '$KEEL' convert -O qcow2 - pcrc.qcow2"
 t "...no output" test ! -e pcrc.qcow2
