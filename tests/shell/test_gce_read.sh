@@ -94,7 +94,7 @@ expect_err "gzip of a disk, not of a tar" "p.raw.gz is gzip-compressed data (not
 size=$(stat -c %s oldgnu.tar.gz)
 cp oldgnu.tar.gz flip.tar.gz
 printf '\x55' | dd of=flip.tar.gz bs=1 seek=$((size / 2)) conv=notrunc status=none
-expect_err "damaged deflate data" "oldgnu.tar.gz\|flip.tar.gz" keel convert -O qcow2 flip.tar.gz flip.qcow2
+expect_err "damaged deflate data" "flip.tar.gz: gzip data damaged at or before byte" keel convert -O qcow2 flip.tar.gz flip.qcow2
 t "...no output" test ! -e flip.qcow2
 cp oldgnu.tar.gz crc.tar.gz
 printf '\0\0\0\0' | dd of=crc.tar.gz bs=1 seek=$((size - 8)) conv=notrunc status=none
