@@ -7,7 +7,8 @@
  * a prediction gets a generic estimate: an empty image made with the same
  * options in a scratch directory gives the fixed overhead and the unit the
  * format allocates in (its cluster or block size); SRC's data counted in
- * those units is added, plus 1/256 of it for mapping tables.
+ * those units is added, plus 1/256 of it and a table per region the data
+ * touches for mapping tables.
  * With -c, and for targets that always compress (a .keel image unless
  * -o compression=none, a streamOptimized VMDK), the data is read and
  * encoded by the copy pipeline without writing anything, so the

@@ -99,6 +99,26 @@ static const char *packed_kind(const struct blk_probe_buf *pb)
 	return NULL;
 }
 
+const struct blk_driver *blk_probe_best(const struct blk_probe_buf *pb, int *score)
+{
+	const struct blk_driver *best = NULL;
+
+	*score = 0;
+	for (size_t i = 0; blk_drivers[i]; i++) {
+		const struct blk_driver *drv = blk_drivers[i];
+		int sc;
+
+		if (!drv->probe || (drv->flags & BLK_DRV_NO_PROBE))
+			continue;
+		sc = drv->probe(pb);
+		if (sc > *score) {
+			*score = sc;
+			best = drv;
+		}
+	}
+	return best;
+}
+
 /* *packed (may be NULL): packed_kind() of a file that probed as raw */
 static int probe_open_file(struct kl_file *f, const char *name, const struct blk_driver **out,
 			   const char **packed)
@@ -140,18 +160,7 @@ static int probe_open_file(struct kl_file *f, const char *name, const struct blk
 	pb.tail_len = (size_t)n;
 	pb.file_size = size;
 	pb.filename = name;
-	for (size_t i = 0; blk_drivers[i]; i++) {
-		const struct blk_driver *drv = blk_drivers[i];
-		int score;
-
-		if (!drv->probe || (drv->flags & BLK_DRV_NO_PROBE))
-			continue;
-		score = drv->probe(&pb);
-		if (score > best_score) {
-			best_score = score;
-			best = drv;
-		}
-	}
+	best = blk_probe_best(&pb, &best_score);
 	rc = 0;
 	*out = best ? best : blk_driver_find("raw");
 	if (packed)

@@ -302,4 +302,18 @@ int blk_merge_flush(struct blk_extent_merge *m);
 /* The registry (format/registry.c), NULL-terminated, in probing order. */
 extern const struct blk_driver *const blk_drivers[];
 
+/*
+ * The driver whose probe bids highest on pb (ties: registry order), with
+ * its bid in *score; NULL (and 0) when none bids. Raw bids 1 on anything.
+ */
+const struct blk_driver *blk_probe_best(const struct blk_probe_buf *pb, int *score);
+
+/* A tar member's name without its leading "./" (OVA and GCE packages). */
+static inline const char *blk_tar_member_name(const char *name)
+{
+	while (name[0] == '.' && name[1] == '/')
+		name += 2;
+	return name;
+}
+
 #endif

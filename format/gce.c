@@ -317,13 +317,6 @@ static void stream_close(struct gce_state *s)
 	s->blen = 0;
 }
 
-static const char *member_base(const char *name)
-{
-	while (name[0] == '.' && name[1] == '/')
-		name += 2;
-	return name;
-}
-
 static void remember(struct gce_state *s, const char *name)
 {
 	if (s->nseen < GCE_LIST)
@@ -428,7 +421,7 @@ static int stream_open(struct gce_state *s)
 		name = kl_la.archive_entry_pathname(e);
 		if (!name)
 			return kl_err(-EUCLEAN, "%s: tar member %zu has no name", s->d->filename, idx);
-		name = member_base(name);
+		name = blk_tar_member_name(name);
 		reg = kl_la.archive_entry_filetype(e) == AE_IFREG;
 		if (s->member ? idx == s->member_index : reg && strcmp(name, sel) == 0)
 			break;
@@ -438,7 +431,7 @@ static int stream_open(struct gce_state *s)
 			return arch_err(s, "damaged tar member");
 	}
 	if (!s->member) {
-		s->member = kl_strdup(member_base(kl_la.archive_entry_pathname(e)));
+		s->member = kl_strdup(blk_tar_member_name(kl_la.archive_entry_pathname(e)));
 		s->member_index = idx;
 		if (!s->member)
 			return -ENOMEM;
@@ -661,7 +654,7 @@ static int refuse_image_member(struct gce_state *s)
 	struct blk_probe_buf pb = { 0 };
 	uint8_t *head;
 	const struct blk_driver *best = NULL;
-	int best_score = 49, rc;
+	int score = 0, rc;
 
 	if (s->nmap == 0 || s->map[0].off != 0)
 		return 0; /* starts with a hole: no image magic there */
@@ -677,22 +670,13 @@ static int refuse_image_member(struct gce_state *s)
 	}
 	pb.file_size = s->d->size;
 	pb.filename = s->member;
-	for (size_t i = 0; rc == 0 && blk_drivers[i]; i++) {
-		const struct blk_driver *drv = blk_drivers[i];
-		int score;
-
-		if (!drv->probe || strcmp(drv->name, "raw") == 0)
-			continue;
-		score = drv->probe(&pb);
-		if (score > best_score) {
-			best_score = score;
-			best = drv;
-		}
-	}
+	if (rc == 0)
+		best = blk_probe_best(&pb, &score);
 	if (rc < 0)
 		kl_free(head);
 	KL_TRY(rc);
-	if (best)
+	/* a magic-number match, not raw's "could be anything" */
+	if (best && score >= 50)
 		return kl_err(-EMEDIUMTYPE, "%s: '%s' in the archive is a %s image, not a raw disk: "
 					    "extract it (tar xf) and open it as what it is",
 			      s->d->filename, s->member, best->name);

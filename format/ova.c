@@ -123,13 +123,6 @@ static la_int64_t tar_skip(struct archive *a, void *opaque, la_int64_t request)
 	return (la_int64_t)n;
 }
 
-static const char *member_base(const char *name)
-{
-	while (name[0] == '.' && name[1] == '/')
-		name += 2;
-	return name;
-}
-
 static int walk_tar(struct blk_dev *d, struct ova_state *s)
 {
 	struct tar_reader r = { .f = d->file };
@@ -188,7 +181,7 @@ static int walk_tar(struct blk_dev *d, struct ova_state *s)
 		s->m = nv;
 		m = &nv[s->nm];
 		memset(m, 0, sizeof(*m));
-		m->name = kl_strdup(member_base(name));
+		m->name = kl_strdup(blk_tar_member_name(name));
 		if (!m->name) {
 			rc = -ENOMEM;
 			goto out;
