@@ -74,7 +74,6 @@ struct gce_state {
 	uint64_t next_min; /* where the next block may start */
 	bool data_eof;
 	bool verified;	   /* the whole stream was read and checked */
-	unsigned passes;
 	bool one_pass;	   /* KEEL_GCE_ONE_PASS: tests prove a path reads once */
 
 	/* the member's first bytes, kept: probing them must not cost a second pass */
@@ -375,7 +374,6 @@ static int stream_open(struct gce_state *s)
 
 	stream_close(s);
 	KL_TRY(one_pass_check(s));
-	s->passes++;
 	s->in_pos = 0;
 	s->err = 0;
 	s->stream_end = s->z_member_end = false;
