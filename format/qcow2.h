@@ -80,6 +80,7 @@
 #define QCOW2_COMP_ZLIB 0
 #define QCOW2_COMP_ZSTD 1
 #define QCOW2_ZSTD_LEVEL 2 /* writing: see w_compress */
+#define QCOW2_COMBINE_BYTES (1u << 20) /* compressed clusters gathered per write */
 #define QCOW2_ZSTD_SMALL_CLUSTER (128u << 10)
 #define QCOW2_ZSTD_SMALL_HASHLOG 12
 
@@ -250,6 +251,7 @@ struct qcow2_state {
 	uint64_t pend_ci;	 /* its guest cluster index */
 	bool pend;		 /* pbuf holds data not yet stored */
 	uint64_t free_byte_offset; /* where the next compressed cluster is packed, 0 = none */
+	bool combining;		 /* the file gathers compressed clusters (kl_io_combine) */
 	uint64_t sim_used;	 /* measure -c: bytes used in the open compressed cluster, 0 none */
 	bool sim_contig;	 /* ...and it is the last cluster allocated (a spill may follow) */
 	uint64_t free_hint;	 /* no free cluster below this index */

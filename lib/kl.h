@@ -165,6 +165,15 @@ ssize_t kl_io_pread(struct kl_file *f, uint64_t off, void *buf, size_t len);
 int kl_io_pread_full(struct kl_file *f, uint64_t off, void *buf, size_t len, const char *what);
 int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len);
 /* Stream reads/writes for pipes and sockets (no offsets). */
+/*
+ * Gather back-to-back kl_io_pwrite appends of this (writable) file in a
+ * buffer of about `bytes` and write them in large, aligned pieces (direct
+ * with KL_O_DIRECT). Order and results are unchanged: any other access
+ * through f writes out the gathered bytes first, and their write errors
+ * surface there (kl_io_sync at the latest). Other handles on the same
+ * file do not see them before that. 0 stops it, writing them out.
+ */
+int kl_io_combine(struct kl_file *f, size_t bytes);
 ssize_t kl_io_read(struct kl_file *f, void *buf, size_t len);
 int kl_io_write(struct kl_file *f, const void *buf, size_t len);
 int kl_io_sync(struct kl_file *f);

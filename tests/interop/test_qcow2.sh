@@ -214,11 +214,13 @@ fi
 # ------------------------------------------------------------------ write matrix
 HAVE_MOUNT=0
 mkdir -p mnt
-if command -v qcowmount >/dev/null && qcowmount c64k.qcow2 mnt >/dev/null 2>&1; then
+# fusermount too: without it a mount made here would stay behind
+if command -v qcowmount >/dev/null && command -v fusermount >/dev/null &&
+	qcowmount c64k.qcow2 mnt >/dev/null 2>&1; then
 	HAVE_MOUNT=1
-	fusermount -u mnt 2>/dev/null || umount mnt
+	fusermount -u mnt
 else
-	echo "# note: qcowmount cannot mount here (no FUSE?); qcowinfo only"
+	echo "# note: qcowmount cannot mount here (no FUSE or no fusermount); qcowinfo only"
 fi
 
 # write_case NAME ARGS...: keel convert -O qcow2 ARGS src.raw NAME.qcow2
@@ -230,7 +232,7 @@ write_case() {
 	if [ "$libqcow" = yes ] && command -v qcowinfo >/dev/null; then
 		t "write $n: qcowinfo opens it" qcowinfo "$n.qcow2"
 		if [ $HAVE_MOUNT = 1 ]; then
-			t "write $n: qcowmount reads the same bytes" sh -c "qcowmount '$n.qcow2' mnt >/dev/null && $(declare -f mountcmp); mountcmp '$src' mnt/qcow1; r=\$?; fusermount -u mnt; exit \$r"
+			t "write $n: qcowmount reads the same bytes" bash -c "qcowmount '$n.qcow2' mnt >/dev/null && $(declare -f mountcmp); mountcmp '$src' mnt/qcow1; r=\$?; fusermount -u mnt; exit \$r"
 		fi
 	fi
 }

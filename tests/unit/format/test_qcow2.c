@@ -571,6 +571,9 @@ static void crash_setup(const char *p)
 	free(buf);
 }
 
+/* Open options of the update (compress=on: new clusters gathered and written compressed). */
+static const char *crash_opts;
+
 /* The update: in-place, partial-cluster COW and fresh allocating writes, then flush. */
 static int crash_update(const char *p)
 {
@@ -580,7 +583,10 @@ static int crash_update(const char *p)
 	int rc;
 
 	memset(buf, NEW_PAT, MIB);
+	if (crash_opts)
+		ck_assert_ok(kl_opts_parse(crash_opts, &o.opts));
 	rc = blk_open(p, &o, &d);
+	kl_opts_free(o.opts);
 	if (rc == 0)
 		rc = blk_pwrite(d, 100 * 1024, buf, 400 * 1024);
 	if (rc == 0)
@@ -616,18 +622,28 @@ static void crash_verify(const char *p, uint64_t n)
 	free(buf);
 }
 
-START_TEST(power_cut_every_point)
+static void power_cuts(const char *opts)
 {
 	const char *p = tu_path("crash.qcow2");
 	struct kl_fault_rule count = { .mode = KL_FAULT_ERROR, .at = 0 };
 	uint64_t points;
 
 	crash_setup(p);
+	crash_opts = opts;
 	kl_fault_arm(&count);
 	ck_assert_ok(crash_update(p));
 	points = kl_fault_points();
 	kl_fault_reset();
 	ck_assert_uint_gt(points, 3);
+	if (opts) {
+		/* the update did store compressed clusters */
+		struct blk_dev *d = open_img(p, 0);
+		struct blk_extent e;
+
+		ck_assert_ok(blk_block_status(d, MIB + 65536, 65536, &e));
+		ck_assert(e.flags & BLK_EXT_COMPRESSED);
+		blk_close(d);
+	}
 	for (int mode = 0; mode < 3; mode++) {
 		for (uint64_t n = 1; n <= points; n++) {
 			struct kl_fault_rule r = { .at = n, .seed = n * 7 + (uint64_t)mode };
@@ -645,6 +661,19 @@ START_TEST(power_cut_every_point)
 			crash_verify(p, n);
 		}
 	}
+	crash_opts = NULL;
+}
+
+START_TEST(power_cut_every_point)
+{
+	power_cuts(NULL);
+}
+END_TEST
+
+START_TEST(power_cut_every_point_compressed)
+{
+	/* compressed clusters go out gathered (kl_io_combine), in larger writes */
+	power_cuts("compress=on");
 }
 END_TEST
 
@@ -1108,6 +1137,7 @@ int main(void)
 	tcase_add_test(tc, bad_input);
 	tcase_add_test(tc, dirty_and_corrupt_bits);
 	tcase_add_test(tc, power_cut_every_point);
+	tcase_add_test(tc, power_cut_every_point_compressed);
 	tcase_add_test(tc, snapshots_default);
 	tcase_add_test(tc, snapshots_geometries);
 	tcase_add_test(tc, snapshots_refused);

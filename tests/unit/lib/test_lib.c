@@ -347,6 +347,101 @@ START_TEST(direct_writes_mix_with_buffered)
 }
 END_TEST
 
+/*
+ * kl_io_combine: against a model file, a random mix of back-to-back
+ * appends (gathered), writes elsewhere and overlapping ones (which must
+ * land after what was gathered before them), reads of gathered bytes,
+ * size and truncation. The appends must really be gathered (far fewer
+ * I/O points than writes), and a write error of the gathered bytes must
+ * surface at the next sync without losing them.
+ */
+START_TEST(combined_writes_keep_order_and_content)
+{
+	const size_t size = 8u << 20;
+	uint8_t *model = kl_calloc(1, size), *got = kl_malloc(size), *piece = kl_malloc(64u << 10);
+	uint64_t end = 0, fsize = 0, rng = 12345, appends = 0, others = 0, sz;
+	struct kl_fault_rule count = { .mode = KL_FAULT_ERROR, .at = UINT64_MAX, .err = EIO };
+	struct kl_fault_rule fail = { .mode = KL_FAULT_ERROR, .at = 1, .err = ENOSPC };
+	struct kl_file *f, *g;
+
+	ck_assert(model && got && piece);
+	ck_assert_ok(kl_io_open(tu_path("w.bin"), KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | KL_O_DIRECT,
+				&f));
+	ck_assert_ok(kl_io_combine(f, 1u << 20));
+	kl_fault_arm(&count); /* counts I/O points, never fires */
+	for (int i = 0; i < 3000; i++) {
+		uint64_t r, off;
+		size_t len;
+
+		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+		r = rng >> 33;
+		len = 1 + (size_t)(r % (40u << 10));
+		if (r % 100 < 85 && end + len <= size) { /* the next append */
+			off = end;
+			appends++;
+		} else if (r % 100 < 95) { /* anywhere, maybe over gathered bytes */
+			off = (r >> 7) % (size - len);
+			others++;
+		} else if (r % 100 < 98) { /* read back a range ending in the gathered bytes */
+			off = end > len ? end - len : 0;
+			len = (size_t)KL_MIN((uint64_t)len, fsize - off);
+			memset(got, 0xee, len);
+			ck_assert_int_eq(kl_io_pread(f, off, got, len), (ssize_t)len);
+			ck_assert(memcmp(got, model + off, len) == 0);
+			others++;
+			continue;
+		} else {
+			ck_assert_ok(kl_io_size(f, &sz));
+			ck_assert_uint_eq(sz, fsize);
+			if (r % 2) { /* cut the file and carry on appending at its new end */
+				fsize = end = fsize / 2;
+				ck_assert_ok(kl_io_truncate(f, fsize));
+				memset(model + fsize, 0, size - fsize);
+			}
+			others++;
+			continue;
+		}
+		for (size_t b = 0; b < len; b++)
+			piece[b] = (uint8_t)(rng >> (b % 56)) ^ (uint8_t)b;
+		ck_assert_ok(kl_io_pwrite(f, off, piece, len));
+		memcpy(model + off, piece, len);
+		if (off == end)
+			end = off + len;
+		fsize = KL_MAX(fsize, off + len);
+	}
+	/*
+	 * gathered: each other operation writes out what is gathered (a
+	 * point, and one of its own when a write or truncate), the appends
+	 * between them a point per MiB or so, not one each
+	 */
+	ck_assert_uint_lt(kl_fault_points(), 2 * others + appends / 10);
+	kl_fault_reset();
+
+	/* a failing write of the gathered bytes: reported, and not lost */
+	memset(piece, 0x5a, 1000);
+	ck_assert_ok(kl_io_pwrite(f, end, piece, 1000));
+	memcpy(model + end, piece, 1000);
+	fsize = KL_MAX(fsize, end + 1000);
+	kl_fault_arm(&fail);
+	ck_assert_int_eq(kl_io_sync(f), -ENOSPC);
+	kl_fault_reset();
+	ck_assert_ok(kl_io_sync(f));
+
+	/* another handle sees it all after the sync */
+	ck_assert_ok(kl_io_open(tu_path("w.bin"), KL_O_RDONLY, &g));
+	ck_assert_ok(kl_io_size(g, &sz));
+	ck_assert_uint_eq(sz, fsize);
+	ck_assert_int_eq(kl_io_pread(g, 0, got, (size_t)fsize), (ssize_t)fsize);
+	ck_assert(memcmp(got, model, (size_t)fsize) == 0);
+	kl_io_close(g);
+	ck_assert_ok(kl_io_combine(f, 0));
+	kl_io_close(f);
+	kl_free(model);
+	kl_free(got);
+	kl_free(piece);
+}
+END_TEST
+
 static Suite *lib_suite(void)
 {
 	Suite *s = suite_create("lib");
@@ -365,6 +460,7 @@ static Suite *lib_suite(void)
 	tcase_add_test(tc, fault_malloc);
 	tcase_add_test(tc, short_read_zero_fills);
 	tcase_add_test(tc, direct_writes_mix_with_buffered);
+	tcase_add_test(tc, combined_writes_keep_order_and_content);
 	suite_add_tcase(s, tc);
 	return s;
 }
