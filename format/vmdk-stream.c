@@ -113,7 +113,8 @@ int vmdk_stream_begin(struct vmdk_extent *x, int level)
 		return -ENOMEM;
 	}
 	s->w = w;
-	return 0;
+	/* grains, tables and the footer all land back to back: gather them */
+	return kl_io_combine(x->file, VMDK_STREAM_COMBINE);
 }
 
 void vmdk_stream_end(struct vmdk_extent *x)

@@ -24,6 +24,7 @@
 
 #define VMDK_SECTOR 512u
 #define VMDK_GD_AT_END UINT64_MAX
+#define VMDK_STREAM_COMBINE (1u << 20) /* stream writer: bytes gathered per write */
 
 /* sparse header flags */
 #define VMDK_FLAG_NL_CHECK 0x1
