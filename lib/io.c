@@ -43,20 +43,41 @@ struct kl_file {
  * break starts on an alignment boundary: the partial block at the end
  * stays here until more follows), where 24,000 buffered pwrites of a
  * 2 GiB disk's clusters cost a copy each, a page-cache walk per 4 KiB
- * and the writeback the final fsync waits for. The bytes reach the file
- * in exactly the order the caller wrote them: anything other than the
- * next append (a write elsewhere, a read of the range, sync, truncate,
- * size, seek, close) first writes out what is gathered.
+ * and the writeback the final fsync waits for. A full buffer is written
+ * behind, by a thread of the file's own, while the caller fills the
+ * other one: a direct write blocks for its device time, and the caller
+ * (convert's committing thread) also computes.
+ *
+ * The bytes reach the file in exactly the order the caller wrote them:
+ * anything other than the next append (a write elsewhere, a read of the
+ * range, sync, truncate, size, seek, close) first waits for the write
+ * behind and writes out what is gathered. A failed write is sticky:
+ * every later write-out, sync and read of gathered bytes fails with it,
+ * since the file no longer holds what its writer believes.
  */
 struct kl_wcomb {
-	uint8_t *buf;
+	uint8_t *buf;	/* filling */
+	uint8_t *spare;	/* the other buffer: being written behind, or free */
 	size_t cap;
 	uint64_t off;	/* file offset of buf[0] */
 	size_t len;	/* bytes gathered */
+	uint64_t eof;	/* the file's size, gathered bytes included (UINT64_MAX: not known) */
+	bool threaded;	/* a write-behind thread runs */
+	bool behind;	/* spare[0, io_len) went to it at io_off, not waited for yet */
+	uint64_t io_off;
+	size_t io_len;
+	pthread_t tid;
+	pthread_mutex_t lock; /* guards busy, stop, and err and msg while it runs */
+	pthread_cond_t cv;
+	bool busy;	/* the thread has a write to do or is doing it */
+	bool stop;
+	int err;	/* sticky: the first failed write */
+	char msg[256];	/* ...and what it said */
 };
 
 static int wc_flush(struct kl_file *f);
 static bool wc_overlaps(const struct kl_file *f, uint64_t off, uint64_t len);
+static void wc_free(struct kl_file *f);
 
 /*
  * A pipe (FIFO, socket, "-" for standard input) cannot be read at an
@@ -705,11 +726,11 @@ void kl_io_close(struct kl_file *f)
 	if (!f)
 		return;
 	/* callers sync (and hear of errors) before they close; this is the last chance */
-	if (f->wc && !fault_crashed())
-		(void)wc_flush(f);
-	if (f->wc)
-		kl_free(f->wc->buf);
-	kl_free(f->wc);
+	if (f->wc) {
+		if (!fault_crashed())
+			(void)wc_flush(f);
+		wc_free(f);
+	}
 	dio_stop(f);
 	close(f->fd);
 	kl_free(f->name);
@@ -860,32 +881,107 @@ static int raw_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t l
 	return 0;
 }
 
-/* Write out all that is gathered; kept on a failure, so nothing is lost silently. */
+static void *wc_thread(void *arg)
+{
+	struct kl_file *f = arg;
+	struct kl_wcomb *wc = f->wc;
+
+	pthread_mutex_lock(&wc->lock);
+	for (;;) {
+		int rc;
+
+		while (!wc->busy && !wc->stop)
+			pthread_cond_wait(&wc->cv, &wc->lock);
+		if (!wc->busy)
+			break;
+		pthread_mutex_unlock(&wc->lock);
+		rc = raw_pwrite(f, wc->io_off, wc->spare, wc->io_len);
+		pthread_mutex_lock(&wc->lock);
+		if (rc < 0 && !wc->err) {
+			wc->err = rc;
+			snprintf(wc->msg, sizeof(wc->msg), "%s", kl_errmsg());
+		}
+		wc->busy = false;
+		pthread_cond_broadcast(&wc->cv);
+	}
+	pthread_mutex_unlock(&wc->lock);
+	return NULL;
+}
+
+/* Wait for the write behind; its error, if it ever failed. */
+static int wc_wait(struct kl_file *f)
+{
+	struct kl_wcomb *wc = f->wc;
+	int rc;
+
+	if (!wc->threaded)
+		return wc->err ? kl_err(wc->err, "%s", wc->msg) : 0;
+	pthread_mutex_lock(&wc->lock);
+	while (wc->busy)
+		pthread_cond_wait(&wc->cv, &wc->lock);
+	rc = wc->err;
+	pthread_mutex_unlock(&wc->lock);
+	wc->behind = false;
+	return rc ? kl_err(rc, "%s", wc->msg) : 0;
+}
+
+/* Write out all that is gathered, after what is being written behind. */
 static int wc_flush(struct kl_file *f)
 {
 	struct kl_wcomb *wc = f->wc;
+	int rc;
 
-	if (!wc || !wc->len)
+	if (!wc)
 		return 0;
-	KL_TRY(raw_pwrite(f, wc->off, wc->buf, wc->len));
+	KL_TRY(wc_wait(f));
+	if (!wc->len)
+		return 0;
+	rc = raw_pwrite(f, wc->off, wc->buf, wc->len);
+	if (rc < 0) {
+		wc->err = rc; /* no thread runs now: no lock needed */
+		snprintf(wc->msg, sizeof(wc->msg), "%s", kl_errmsg());
+		return rc;
+	}
 	wc->len = 0;
 	return 0;
 }
 
-/* The buffer is full: write it up to its last alignment boundary, keep the rest. */
+/*
+ * The buffer is full: hand it over up to its last alignment boundary to
+ * be written behind, and go on in the other one with the rest.
+ */
 static int wc_drain(struct kl_file *f)
 {
 	struct kl_wcomb *wc = f->wc;
 	uint64_t align = f->dio ? f->dio_off : 4096;
 	uint64_t end = wc->off + wc->len, cut = end - end % align;
+	uint8_t *full = wc->buf;
 	size_t n;
 
 	if (cut <= wc->off)
 		return wc_flush(f);
+	KL_TRY(wc_wait(f));
 	n = (size_t)(cut - wc->off);
-	KL_TRY(raw_pwrite(f, wc->off, wc->buf, n));
-	memmove(wc->buf, wc->buf + n, wc->len - n);
+	memcpy(wc->spare, full + n, wc->len - n);
+	wc->buf = wc->spare;
+	wc->spare = full;
 	wc->len -= n;
+	if (!wc->threaded) {
+		uint64_t at = wc->off;
+
+		wc->off = cut;
+		wc->err = raw_pwrite(f, at, full, n);
+		if (wc->err < 0)
+			snprintf(wc->msg, sizeof(wc->msg), "%s", kl_errmsg());
+		return wc->err;
+	}
+	wc->io_off = wc->off;
+	wc->io_len = n;
+	wc->behind = true;
+	pthread_mutex_lock(&wc->lock);
+	wc->busy = true;
+	pthread_mutex_unlock(&wc->lock);
+	pthread_cond_broadcast(&wc->cv);
 	wc->off = cut;
 	return 0;
 }
@@ -894,58 +990,124 @@ static bool wc_overlaps(const struct kl_file *f, uint64_t off, uint64_t len)
 {
 	const struct kl_wcomb *wc = f->wc;
 
-	return wc && wc->len && off < wc->off + wc->len && wc->off < off + len;
+	uint64_t start;
+
+	if (!wc || (!wc->len && !wc->behind))
+		return false;
+	/* what is being written behind counts too: wait for it */
+	start = wc->behind ? wc->io_off : wc->off;
+	return off < wc->off + wc->len && start < off + len;
+}
+
+static void wc_free(struct kl_file *f)
+{
+	struct kl_wcomb *wc = f->wc;
+
+	if (wc->threaded) {
+		pthread_mutex_lock(&wc->lock);
+		wc->stop = true;
+		pthread_cond_broadcast(&wc->cv);
+		pthread_mutex_unlock(&wc->lock);
+		pthread_join(wc->tid, NULL);
+		pthread_mutex_destroy(&wc->lock);
+		pthread_cond_destroy(&wc->cv);
+	}
+	kl_free(wc->buf);
+	kl_free(wc->spare);
+	kl_free(wc);
+	f->wc = NULL;
 }
 
 int kl_io_combine(struct kl_file *f, size_t bytes)
 {
 	struct kl_wcomb *wc;
+	struct stat st;
+	int rc;
 
 	if (!bytes) {
 		if (!f->wc)
 			return 0;
-		KL_TRY(wc_flush(f));
-		kl_free(f->wc->buf);
-		kl_free(f->wc);
-		f->wc = NULL;
-		return 0;
+		rc = wc_flush(f);
+		wc_free(f);
+		return rc;
 	}
 	if (f->wc || f->segs || !(f->flags & KL_O_RDWR))
 		return 0;
 	wc = kl_calloc(1, sizeof(*wc));
 	bytes = KL_ALIGN_UP(KL_MAX(bytes, (size_t)2 * KL_DIO_MIN), (size_t)4096);
-	if (wc)
+	if (wc) {
 		wc->buf = kl_aligned_alloc(bytes);
-	if (!wc || !wc->buf) {
+		wc->spare = kl_aligned_alloc(bytes);
+	}
+	if (!wc || !wc->buf || !wc->spare) {
+		if (wc) {
+			kl_free(wc->buf);
+			kl_free(wc->spare);
+		}
 		kl_free(wc);
 		return -ENOMEM;
 	}
 	wc->cap = bytes;
+	wc->eof = fstat(f->fd, &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX;
 	f->wc = wc;
+	pthread_mutex_init(&wc->lock, NULL);
+	pthread_cond_init(&wc->cv, NULL);
+	/* without a thread, the full buffer is written on the spot */
+	wc->threaded = pthread_create(&wc->tid, NULL, wc_thread, f) == 0;
+	if (!wc->threaded) {
+		pthread_mutex_destroy(&wc->lock);
+		pthread_cond_destroy(&wc->cv);
+	}
+	return 0;
+}
+
+/* Gather len bytes of buf (NULL: zeros) at off, the end of what is gathered. */
+static int wc_append(struct kl_file *f, uint64_t off, const void *buf, size_t len)
+{
+	struct kl_wcomb *wc = f->wc;
+
+	if (wc->len + len > wc->cap)
+		KL_TRY(wc_drain(f));
+	if (!wc->len)
+		wc->off = off;
+	if (buf)
+		memcpy(wc->buf + wc->len, buf, len);
+	else
+		memset(wc->buf + wc->len, 0, len);
+	wc->len += len;
 	return 0;
 }
 
 int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len)
 {
 	struct kl_wcomb *wc = f->wc;
+	uint64_t end;
 
 	if (!wc)
 		return raw_pwrite(f, off, buf, len);
-	if (wc->len && off != wc->off + wc->len)
-		KL_TRY(wc_flush(f)); /* not the next append: keep the order */
-	if (len >= wc->cap / 2) {
-		KL_TRY(wc_flush(f));
-		return raw_pwrite(f, off, buf, len);
-	}
 	if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
 		return kl_err(-EINVAL, "%s: write offset %llu out of range", f->name,
 			      (unsigned long long)off);
-	if (wc->len + len > wc->cap)
-		KL_TRY(wc_drain(f));
-	if (!wc->len)
-		wc->off = off;
-	memcpy(wc->buf + wc->len, buf, len);
-	wc->len += len;
+	end = wc->off + wc->len;
+	if (wc->len && off > end && end >= wc->eof && off - end <= wc->cap / 8) {
+		/*
+		 * A little past the end of the file (qcow2: a plain cluster
+		 * after the last one holding compressed data): the gap reads
+		 * as zeros whether or not it is written, so it is gathered
+		 * as zeros and the stream goes on unbroken.
+		 */
+		KL_TRY(wc_append(f, end, NULL, (size_t)(off - end)));
+	} else if (wc->len && off != end) {
+		KL_TRY(wc_flush(f)); /* not the next append: keep the order */
+	}
+	if (len >= wc->cap / 2) {
+		KL_TRY(wc_flush(f));
+		KL_TRY(raw_pwrite(f, off, buf, len));
+	} else {
+		KL_TRY(wc_append(f, off, buf, len));
+	}
+	if (wc->eof != UINT64_MAX)
+		wc->eof = KL_MAX(wc->eof, off + len);
 	return 0;
 }
 
@@ -976,6 +1138,8 @@ int kl_io_write(struct kl_file *f, const void *buf, size_t len)
 	int rc;
 
 	KL_TRY(wc_flush(f));
+	if (f->wc)
+		f->wc->eof = UINT64_MAX; /* wherever the descriptor's position was */
 	if ((rc = fault_point()) < 0)
 		return kl_err(rc, "%s: write: %s (injected)", f->name, strerror(-rc));
 	while (done < len) {
@@ -1026,6 +1190,8 @@ int kl_io_truncate(struct kl_file *f, uint64_t size)
 	if (ftruncate(f->fd, (off_t)size) < 0)
 		return kl_err(-errno, "%s: truncate to %llu: %s", f->name,
 			      (unsigned long long)size, strerror(errno));
+	if (f->wc)
+		f->wc->eof = size;
 	return 0;
 }
 

@@ -168,10 +168,12 @@ int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len);
 /*
  * Gather back-to-back kl_io_pwrite appends of this (writable) file in a
  * buffer of about `bytes` and write them in large, aligned pieces (direct
- * with KL_O_DIRECT). Order and results are unchanged: any other access
- * through f writes out the gathered bytes first, and their write errors
- * surface there (kl_io_sync at the latest). Other handles on the same
- * file do not see them before that. 0 stops it, writing them out.
+ * with KL_O_DIRECT), a full buffer by a thread of its own while the next
+ * fills. Order and results are unchanged: any other access through f
+ * writes out the gathered bytes first. Their write errors surface at the
+ * next write-out (kl_io_sync at the latest) and stay: every later one
+ * fails too. Other handles on the same file do not see the bytes before
+ * they are written out. 0 stops it, writing them out.
  */
 int kl_io_combine(struct kl_file *f, size_t bytes);
 ssize_t kl_io_read(struct kl_file *f, void *buf, size_t len);

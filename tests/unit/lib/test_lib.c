@@ -376,8 +376,13 @@ START_TEST(combined_writes_keep_order_and_content)
 		rng = rng * 6364136223846793005ull + 1442695040888963407ull;
 		r = rng >> 33;
 		len = 1 + (size_t)(r % (40u << 10));
-		if (r % 100 < 85 && end + len <= size) { /* the next append */
+		if (r % 100 < 80 && end + len <= size) { /* the next append */
 			off = end;
+			appends++;
+		} else if (r % 100 < 85 && fsize + 70000 + len <= size) {
+			/* a little past the end of the file: gathered, the gap as zeros */
+			off = fsize + (r >> 9) % 70000;
+			end = off;
 			appends++;
 		} else if (r % 100 < 95) { /* anywhere, maybe over gathered bytes */
 			off = (r >> 7) % (size - len);
@@ -417,24 +422,34 @@ START_TEST(combined_writes_keep_order_and_content)
 	ck_assert_uint_lt(kl_fault_points(), 2 * others + appends / 10);
 	kl_fault_reset();
 
-	/* a failing write of the gathered bytes: reported, and not lost */
-	memset(piece, 0x5a, 1000);
-	ck_assert_ok(kl_io_pwrite(f, end, piece, 1000));
-	memcpy(model + end, piece, 1000);
-	fsize = KL_MAX(fsize, end + 1000);
-	kl_fault_arm(&fail);
-	ck_assert_int_eq(kl_io_sync(f), -ENOSPC);
-	kl_fault_reset();
-	ck_assert_ok(kl_io_sync(f));
-
 	/* another handle sees it all after the sync */
+	ck_assert_ok(kl_io_sync(f));
 	ck_assert_ok(kl_io_open(tu_path("w.bin"), KL_O_RDONLY, &g));
 	ck_assert_ok(kl_io_size(g, &sz));
 	ck_assert_uint_eq(sz, fsize);
 	ck_assert_int_eq(kl_io_pread(g, 0, got, (size_t)fsize), (ssize_t)fsize);
 	ck_assert(memcmp(got, model, (size_t)fsize) == 0);
 	kl_io_close(g);
-	ck_assert_ok(kl_io_combine(f, 0));
+
+	/*
+	 * A failing write of gathered bytes, here one written behind while
+	 * more is gathered: reported at the next write, and at every write,
+	 * sync and read of gathered bytes after it (the file no longer holds
+	 * what its writer believes).
+	 */
+	for (int i = 0, rc = 0; rc == 0; i++) {
+		tu_fill(piece, 40000, (uint64_t)i, 0);
+		rc = kl_io_pwrite(f, end, piece, 40000);
+		end += rc == 0 ? 40000 : 0;
+		if (i == 20)
+			kl_fault_arm(&fail); /* the next write out fails */
+		if (i == 64) /* a MiB and more gathered since: it did fail */
+			ck_assert_int_eq(rc, -ENOSPC);
+	}
+	kl_fault_reset();
+	ck_assert_int_eq(kl_io_sync(f), -ENOSPC);
+	ck_assert_int_eq(kl_io_pread(f, end - 100, got, 100), -ENOSPC);
+	ck_assert_int_eq(kl_io_combine(f, 0), -ENOSPC);
 	kl_io_close(f);
 	kl_free(model);
 	kl_free(got);
