@@ -608,8 +608,16 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.work_cv, NULL);
 	pthread_cond_init(&p.done_cv, NULL);
-	/* -j N: N threads compute, the calling thread being one of them */
-	p.nworkers = (c->threads > 0 ? c->threads : conv_ncpus()) - 1;
+	/*
+	 * -j N: N threads compute, the calling thread being one of them.
+	 * By default one more than there are CPUs: the calling thread also
+	 * walks and commits, and computes only while it waits for a job,
+	 * so with one per CPU a CPU idles whenever it blocks on a write.
+	 * Measured on 2 CPUs (the bench disk, medians of 5): zstd qcow2
+	 * 1.97 s -> 1.88 s, VMDK->raw 2.66 -> 2.39, streamOptimized VMDK
+	 * 8.86 -> 8.31, raw->qcow2 0.68 -> 0.66.
+	 */
+	p.nworkers = c->threads > 0 ? c->threads - 1 : conv_ncpus();
 	p.dsize = c->digest_size ? c->digest_size : size;
 	p.size = size;
 	p.slow_ms = slow ? (unsigned)atoi(slow) : 0;
