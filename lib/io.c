@@ -953,14 +953,15 @@ static int wc_flush(struct kl_file *f)
 static int wc_drain(struct kl_file *f)
 {
 	struct kl_wcomb *wc = f->wc;
-	uint64_t align = f->dio ? f->dio_off : 4096;
-	uint64_t end = wc->off + wc->len, cut = end - end % align;
+	uint64_t align, end = wc->off + wc->len, cut;
 	uint8_t *full = wc->buf;
 	size_t n;
 
+	KL_TRY(wc_wait(f)); /* and only then read f->dio, which a failed write may clear */
+	align = f->dio ? f->dio_off : 4096;
+	cut = end - end % align;
 	if (cut <= wc->off)
 		return wc_flush(f);
-	KL_TRY(wc_wait(f));
 	n = (size_t)(cut - wc->off);
 	memcpy(wc->spare, full + n, wc->len - n);
 	wc->buf = wc->spare;
@@ -989,7 +990,6 @@ static int wc_drain(struct kl_file *f)
 static bool wc_overlaps(const struct kl_file *f, uint64_t off, uint64_t len)
 {
 	const struct kl_wcomb *wc = f->wc;
-
 	uint64_t start;
 
 	if (!wc || (!wc->len && !wc->behind))
