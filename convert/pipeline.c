@@ -68,6 +68,9 @@ struct conv_pipe {
 	struct blk_dev *back; /* the writer's view of the backing image */
 	int nworkers;
 	bool seq;	   /* the source reads only front to back: the walker reads */
+	bool reader;	   /* ...on a thread of its own (reader_main), not the writer's */
+	pthread_t reader_tid;
+	bool reader_started;
 	unsigned nslots;
 	struct conv_job *slots;
 	struct blk_dev **wsrc;
@@ -80,6 +83,11 @@ struct conv_pipe {
 	pthread_mutex_t lock;
 	pthread_cond_t work_cv;
 	pthread_cond_t done_cv;
+	pthread_cond_t free_cv;	/* the writer freed a slot (for the reader) */
+	bool walk_done;	   /* the reader walked to the end or failed: */
+	int walk_rc;	   /* ...how, */
+	char *walk_msg;	   /* ...and what it said */
+	uint64_t walk_skipped; /* zero bytes the reader skipped, for the writer to count */
 	uint64_t next_submit; /* next sequence number the walker hands out */
 	uint64_t next_take;   /* next job a worker takes */
 	uint64_t next_write;  /* next job the writer commits */
@@ -433,9 +441,16 @@ static int walk_next(struct conv_pipe *p, uint64_t *off, uint64_t *joff, size_t 
 				if (c->zero_fill && c->dst && !c->count_only)
 					KL_TRY(blk_pwrite_zeroes(c->dst, *off, skip,
 								 BLK_ZERO_MAY_UNMAP));
-				p->st->zero_skipped += skip;
+				if (p->reader) {
+					/* the writer's thread counts it: stats and progress are its */
+					pthread_mutex_lock(&p->lock);
+					p->walk_skipped += skip;
+					pthread_mutex_unlock(&p->lock);
+				} else {
+					p->st->zero_skipped += skip;
+					kl_progress_add(p->prog, skip);
+				}
 				*off += skip;
-				kl_progress_add(p->prog, skip);
 				continue;
 			}
 		}
@@ -537,7 +552,10 @@ static void pipe_teardown(struct conv_pipe *p)
 	pthread_mutex_lock(&p->lock);
 	p->stop = true;
 	pthread_cond_broadcast(&p->work_cv);
+	pthread_cond_broadcast(&p->free_cv);
 	pthread_mutex_unlock(&p->lock);
+	if (p->reader_started)
+		pthread_join(p->reader_tid, NULL);
 	for (int i = 0; i < p->nstarted; i++)
 		pthread_join(p->tids[i], NULL);
 	for (int w = 0; p->wsrc && w < p->nworkers; w++)
@@ -554,6 +572,8 @@ static void pipe_teardown(struct conv_pipe *p)
 	pthread_mutex_destroy(&p->lock);
 	pthread_cond_destroy(&p->work_cv);
 	pthread_cond_destroy(&p->done_cv);
+	pthread_cond_destroy(&p->free_cv);
+	kl_free(p->walk_msg);
 }
 
 static int wait_done(struct conv_pipe *p, struct conv_job *j)
@@ -594,6 +614,98 @@ static int wait_done(struct conv_pipe *p, struct conv_job *j)
 	return rc;
 }
 
+/*
+ * A sequential source (a gzip stream) is read by one thread, in order.
+ * On the writer's thread, reading (inflating) and committing took turns;
+ * here the reader walks and reads ahead into free slots while the writer
+ * commits, and the workers do the rest as before.
+ */
+static void *reader_main(void *arg)
+{
+	struct conv_pipe *p = arg;
+	const struct conv_pipe_cfg *c = p->c;
+	uint64_t off = 0;
+	int rc;
+
+	for (;;) {
+		struct conv_job *j;
+		uint64_t joff;
+		size_t jlen;
+		bool all_data, stop;
+
+		pthread_mutex_lock(&p->lock);
+		while (!p->stop && p->next_submit - p->next_write >= p->nslots)
+			pthread_cond_wait(&p->free_cv, &p->lock);
+		stop = p->stop;
+		pthread_mutex_unlock(&p->lock);
+		if (stop) {
+			rc = 0;
+			break;
+		}
+		kl_err_clear();
+		rc = walk_next(p, &off, &joff, &jlen, &all_data);
+		if (rc <= 0)
+			break;
+		/* only this thread moves next_submit; the slot is free until queued */
+		j = &p->slots[p->next_submit % p->nslots];
+		j->preread = true;
+		j->bytes_read = 0;
+		rc = read_window(c->src_dev, joff, j->buf, jlen, j->kzero, &j->bytes_read);
+		if (rc < 0)
+			break;
+		pthread_mutex_lock(&p->lock);
+		j->seq = p->next_submit;
+		j->off = joff;
+		j->len = jlen;
+		j->all_data = all_data;
+		j->rc = 0;
+		j->state = JOB_QUEUED;
+		p->next_submit++;
+		pthread_cond_broadcast(&p->work_cv);
+		pthread_cond_broadcast(&p->done_cv);
+		pthread_mutex_unlock(&p->lock);
+	}
+	pthread_mutex_lock(&p->lock);
+	p->walk_rc = rc;
+	if (rc < 0)
+		p->walk_msg = kl_strdup(kl_errmsg());
+	p->walk_done = true;
+	pthread_cond_broadcast(&p->done_cv);
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
+}
+
+/*
+ * With a reader thread: wait until the next job to commit is queued.
+ * 1: it is; 0: the walk is over and all is committed; < 0: an error.
+ */
+static int wait_submitted(struct conv_pipe *p, uint64_t *skipped)
+{
+	int rc = 1;
+
+	pthread_mutex_lock(&p->lock);
+	while (p->next_write == p->next_submit && !p->walk_done && !conv_interrupted()) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&p->done_cv, &p->lock, &ts);
+	}
+	*skipped = p->walk_skipped;
+	p->walk_skipped = 0;
+	if (conv_interrupted())
+		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
+	else if (p->next_write == p->next_submit)
+		rc = p->walk_rc < 0 ? kl_err(p->walk_rc, "%s", p->walk_msg ? p->walk_msg : "")
+				    : 0;
+	pthread_mutex_unlock(&p->lock);
+	return rc;
+}
+
 int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 {
 	struct conv_pipe p = { .c = c, .st = st };
@@ -608,6 +720,7 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.work_cv, NULL);
 	pthread_cond_init(&p.done_cv, NULL);
+	pthread_cond_init(&p.free_cv, NULL);
 	/*
 	 * -j N: N threads compute, the calling thread being one of them.
 	 * By default one more than there are CPUs: the calling thread also
@@ -625,6 +738,13 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 	p.back = c->dst && c->backing ? blk_parent(c->dst) : NULL;
 	p.encode = c->dst && blk_can_encode(c->dst);
 	p.seq = blk_sequential(c->src_dev);
+	/*
+	 * The walker writes zeros to a target that is not zero already and
+	 * reads the backing image's map through the writer's handle: those
+	 * keep it on the writer's thread.
+	 */
+	p.reader = p.seq && !p.back && !(c->zero_fill && c->dst && !c->count_only) &&
+		   !getenv("KEEL_CONV_NO_READER");
 	if (p.encode) {
 		p.unit = blk_cluster_size(c->dst);
 		p.enc_cap = BLK_ENCODE_BOUND(p.unit);
@@ -679,6 +799,13 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 		p.nstarted++;
 	}
 	p.prog = kl_progress_start(c->label ? c->label : "converting", size, c->progress);
+	if (p.reader) {
+		if (pthread_create(&p.reader_tid, NULL, reader_main, &p) != 0) {
+			rc = kl_err(-EAGAIN, "cannot start the reader thread");
+			goto out;
+		}
+		p.reader_started = true;
+	}
 
 	for (;;) {
 		struct conv_job *j;
@@ -691,7 +818,15 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 		 * Refill in batches (when half the ring is free, or at the end):
 		 * one wake-up of the workers per batch, not one per chunk.
 		 */
-		if (p.next_submit - p.next_write > p.nslots / 2 && p.next_write < p.next_submit) {
+		if (p.reader) {
+			uint64_t skipped;
+
+			rc = wait_submitted(&p, &skipped);
+			st->zero_skipped += skipped;
+			kl_progress_add(p.prog, skipped);
+			if (rc <= 0)
+				break;
+		} else if (p.next_submit - p.next_write > p.nslots / 2 && p.next_write < p.next_submit) {
 			/* enough queued: go on committing */
 		} else while (!walk_done && p.next_submit - p.next_write < p.nslots) {
 			uint64_t joff;
@@ -730,7 +865,7 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 			pthread_cond_broadcast(&p.work_cv);
 		pthread_mutex_unlock(&p.lock);
 		rc = 0;
-		if (p.next_write == p.next_submit)
+		if (!p.reader && p.next_write == p.next_submit)
 			break; /* walk done and everything committed */
 		j = &p.slots[p.next_write % p.nslots];
 		rc = wait_done(&p, j);
@@ -752,6 +887,8 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 		pthread_mutex_lock(&p.lock);
 		j->state = JOB_FREE;
 		p.next_write++;
+		if (p.reader)
+			pthread_cond_signal(&p.free_cv);
 		pthread_mutex_unlock(&p.lock);
 	}
 	if (rc == 0 && c->digest)

@@ -42,6 +42,12 @@ for f in qcow2 vmdk vhdx vhd vdi keel raw; do
 	t "into $f" keel convert -O $f oldgnu.tar.gz out.$f
 	t "into $f: same content" keel compare ref.raw out.$f
 done
+# a reader thread inflates ahead while the writer commits; without it
+# (a target that needs its zeros written, -B) the writer's thread reads
+t "the writer's thread reading, -j 4 --verify" env KEEL_CONV_NO_READER=1 "$KEEL" convert -j 4 --verify -O qcow2 oldgnu.tar.gz nr.qcow2
+t "...matches" keel compare ref.raw nr.qcow2
+t "-j 1 with the reader thread, --verify" keel convert -j 1 --verify -O qcow2 oldgnu.tar.gz j1.qcow2
+t "...matches" keel compare ref.raw j1.qcow2
 t "compressed zstd qcow2 from a tar.gz" keel convert -c -O qcow2 -o compression_type=zstd pax10.tar.gz z.qcow2
 t "...matches" qemu-img compare -f raw ref.raw z.qcow2
 t "into an OVA" keel convert -O ova oldgnu.tar.gz vm.ova
@@ -95,6 +101,8 @@ size=$(stat -c %s oldgnu.tar.gz)
 cp oldgnu.tar.gz flip.tar.gz
 printf '\x55' | dd of=flip.tar.gz bs=1 seek=$((size / 2)) conv=notrunc status=none
 expect_err "damaged deflate data" "flip.tar.gz: gzip data damaged at or before byte" keel convert -O qcow2 flip.tar.gz flip.qcow2
+t "...no output" test ! -e flip.qcow2
+expect_err "...read on the writer's thread too" "flip.tar.gz: gzip data damaged at or before byte" env KEEL_CONV_NO_READER=1 "$KEEL" convert -O qcow2 flip.tar.gz flip.qcow2
 t "...no output" test ! -e flip.qcow2
 cp oldgnu.tar.gz crc.tar.gz
 printf '\0\0\0\0' | dd of=crc.tar.gz bs=1 seek=$((size - 8)) conv=notrunc status=none
