@@ -576,14 +576,26 @@ static void pipe_teardown(struct conv_pipe *p)
 	kl_free(p->walk_msg);
 }
 
+/* Sleep on done_cv (lock held) for at most 100 ms: signals are polled in between. */
+static void wait_done_cv(struct conv_pipe *p)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 100 * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&p->done_cv, &p->lock, &ts);
+}
+
 static int wait_done(struct conv_pipe *p, struct conv_job *j)
 {
 	int rc = 0;
 
 	pthread_mutex_lock(&p->lock);
 	while (j->state != JOB_DONE) {
-		struct timespec ts;
-
 		if (conv_interrupted()) {
 			rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
 			break;
@@ -602,13 +614,7 @@ static int wait_done(struct conv_pipe *p, struct conv_job *j)
 			pthread_mutex_lock(&p->lock);
 			continue;
 		}
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&p->done_cv, &p->lock, &ts);
+		wait_done_cv(p);
 	}
 	pthread_mutex_unlock(&p->lock);
 	return rc;
@@ -684,17 +690,8 @@ static int wait_submitted(struct conv_pipe *p, uint64_t *skipped)
 	int rc = 1;
 
 	pthread_mutex_lock(&p->lock);
-	while (p->next_write == p->next_submit && !p->walk_done && !conv_interrupted()) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&p->done_cv, &p->lock, &ts);
-	}
+	while (p->next_write == p->next_submit && !p->walk_done && !conv_interrupted())
+		wait_done_cv(p);
 	*skipped = p->walk_skipped;
 	p->walk_skipped = 0;
 	if (conv_interrupted())
