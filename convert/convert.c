@@ -45,6 +45,7 @@ void conv_install_signal_handlers(void)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
+	kl_io_set_interrupt(conv_interrupted);
 }
 
 int conv_interrupted(void)

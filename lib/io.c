@@ -14,6 +14,7 @@
 
 #include <fcntl.h>
 #include <libgen.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -549,6 +550,33 @@ bool kl_io_is_stream(const struct kl_file *f)
 }
 
 /* Consume up to len bytes of the pipe into buf (NULL: discard); the count, 0 at its end. */
+static int (*io_interrupted)(void);
+
+void kl_io_set_interrupt(int (*interrupted)(void))
+{
+	io_interrupted = interrupted;
+}
+
+/*
+ * Wait until the pipe has data (or its end), asking io_interrupted every
+ * 100 ms: the signal that sets the flag may have gone to another thread,
+ * and a blocked read() would wait for the writer however long it stalls.
+ */
+static int stream_wait(struct kl_file *f)
+{
+	struct pollfd pfd = { .fd = f->fd, .events = POLLIN };
+
+	for (;;) {
+		int r = poll(&pfd, 1, 100);
+
+		if (io_interrupted && io_interrupted())
+			return kl_err(-EINTR, "%s: interrupted by signal %d while waiting for the "
+					      "pipe", f->name, io_interrupted());
+		if (r > 0 || (r < 0 && errno != EINTR))
+			return 0; /* data, its end, or an error read() will report */
+	}
+}
+
 static ssize_t stream_read(struct kl_file *f, uint8_t *buf, size_t len)
 {
 	struct kl_stream *st = f->stream;
@@ -560,6 +588,7 @@ static ssize_t stream_read(struct kl_file *f, uint8_t *buf, size_t len)
 	if (!buf)
 		len = KL_MIN(len, sizeof(scratch));
 	do {
+		KL_TRY(stream_wait(f));
 		n = read(f->fd, buf ? buf : scratch, len);
 	} while (n < 0 && errno == EINTR);
 	if (n < 0)

@@ -202,6 +202,12 @@ int kl_io_fd(const struct kl_file *f);
 bool kl_io_direct(const struct kl_file *f);
 const char *kl_io_name(const struct kl_file *f);
 bool kl_io_writable(const struct kl_file *f);
+/*
+ * A read waiting on a pipe asks interrupted() every 100 ms and fails with
+ * -EINTR once it returns nonzero (a signal number): the commands' signal
+ * flag, so that Ctrl-C stops a command whose input pipe has stalled.
+ */
+void kl_io_set_interrupt(int (*interrupted)(void));
 /* A pipe opened read-only: read forward only (see lib/io.c); kl_io_size fails. */
 bool kl_io_is_stream(const struct kl_file *f);
 /*

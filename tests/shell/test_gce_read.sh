@@ -134,6 +134,27 @@ mkfifo fifo
 (timeout 120 cat pax10.tar.gz >fifo 2>/dev/null </dev/null &)
 t "from a FIFO, -j 4 --verify" keel convert -j 4 --verify -O vmdk fifo fifo.vmdk
 t "...matches" keel compare ref.raw fifo.vmdk
+# a writer that stalls: Ctrl-C still stops the command at once, reader
+# thread or not (the read polls the signal flag), and leaves no DST
+for nr in "" 1; do
+	rm -f stall
+	mkfifo stall
+	(exec 3>stall; head -c 300000 oldgnu.tar.gz >&3; sleep 60) </dev/null >/dev/null 2>&1 &
+	wpid=$!
+	KEEL_CONV_NO_READER=$nr "$KEEL" convert -O qcow2 stall stall.qcow2 >stall.out 2>&1 &
+	kpid=$!
+	sleep 1
+	kill -INT $kpid
+	t0=$(date +%s)
+	wait $kpid
+	krc=$?
+	t "SIGINT while the pipe stalls${nr:+ (read on the writing thread)}: exit 1 within 10 s" \
+		test "$krc" = 1 -a $(($(date +%s) - t0)) -le 10
+	t "...says it was interrupted" grep -q "keel: error: .*interrupted by signal 2" stall.out
+	t "...no output" test ! -e stall.qcow2
+	kill $wpid 2>/dev/null
+	wait $wpid 2>/dev/null
+done
 t "info from a pipe" sh -c "cat keel.tar.gz | '$KEEL' info - | grep -q 'member: disk.raw'"
 t "backup from a pipe" sh -c "cat gnu.tar.gz | '$KEEL' backup - pv.keel"
 t "...restores the disk" keel compare ref.raw pv.keel
