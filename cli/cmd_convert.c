@@ -27,6 +27,8 @@ const char cmd_convert_usage[] =
 	"image's end are left alone. An error or a signal leaves such a device\n"
 	"partly written. Other special files (character devices, FIFOs) are\n"
 	"refused. A DST that is a symbolic link replaces the file it points to.\n"
+	"DST '-' is standard output, for -O gce only (written front to back;\n"
+	"the summary goes to stderr, and an error leaves a cut stream).\n"
 	"\n"
 	"The copy is a pipeline: the calling thread walks SRC's extent map and\n"
 	"queues 2 MiB chunks; N threads (itself included) read them, each through\n"
@@ -118,6 +120,7 @@ int cmd_convert(int argc, char **argv)
 	struct conv_stats st;
 	struct kl_opts *opts = NULL;
 	struct kl_json j;
+	FILE *out;
 	bool json = false;
 	uint64_t n;
 	int opt, rc;
@@ -230,8 +233,10 @@ int cmd_convert(int argc, char **argv)
 	cli_open_release(&co);
 	if (rc < 0 && !st.verify_failed)
 		return cli_fail(rc);
+	/* with DST '-' the image is standard output: the summary goes to stderr */
+	out = strcmp(o.dst, "-") == 0 ? stderr : stdout;
 	if (json) {
-		kl_json_begin(&j, stdout);
+		kl_json_begin(&j, out);
 		kl_json_obj_open(&j, NULL);
 		kl_json_str(&j, "source", o.src);
 		kl_json_str(&j, "destination", o.dst);
@@ -250,15 +255,15 @@ int cmd_convert(int argc, char **argv)
 		kl_json_double(&j, "throughput_mb_s",
 			       st.seconds > 0 ? (double)st.virtual_size / st.seconds / 1e6 : 0);
 		kl_json_bool(&j, "verified", st.verified);
-		kl_json_bool(&j, "synced", o.cache != CONV_CACHE_UNSAFE);
+		kl_json_bool(&j, "synced", o.cache != CONV_CACHE_UNSAFE && out == stdout);
 		kl_json_obj_close(&j);
 		kl_json_end(&j);
 	} else if (!cli_quiet && rc == 0) {
-		printf("converted %s -> %s: %s read, %s written, %s zero skipped, %.2fs%s%s\n",
-		       o.src, o.dst, cli_size(st.bytes_read), cli_size(st.bytes_written),
-		       cli_size(st.zero_skipped + st.zero_detected), st.seconds,
-		       st.verified ? ", verified" : "",
-		       o.cache == CONV_CACHE_UNSAFE ? ", not synced (-t unsafe)" : "");
+		fprintf(out, "converted %s -> %s: %s read, %s written, %s zero skipped, %.2fs%s%s\n",
+			o.src, o.dst, cli_size(st.bytes_read), cli_size(st.bytes_written),
+			cli_size(st.zero_skipped + st.zero_detected), st.seconds,
+			st.verified ? ", verified" : "",
+			o.cache == CONV_CACHE_UNSAFE ? ", not synced (-t unsafe)" : "");
 	}
 	if (st.verify_failed) {
 		fprintf(stderr, "keel: error: %s\n", kl_errmsg());

@@ -520,20 +520,25 @@ bool conv_package_at(size_t i, const char **name, const char **desc)
 	return true;
 }
 
-static int conv_pkg(const struct conv_package *pkg, const struct conv_opts *o,
-		    struct conv_stats *st)
+static int conv_pkg_checks(const struct conv_package *pkg, const struct conv_opts *o)
 {
-	char *tmp = conv_temp_name(o->dst, NULL);
-	int rc;
-
-	if (!tmp)
-		return -ENOMEM;
-	if (o->backing || o->keep_chain) {
-		kl_free(tmp);
+	if (o->backing || o->keep_chain)
 		return kl_err(-ENOTSUP, "-O %s writes a single flat disk: -B and --keep-chain do "
 					"not apply",
 			      pkg->name);
-	}
+	return 0;
+}
+
+static int conv_pkg(const struct conv_package *pkg, const struct conv_opts *o,
+		    struct conv_stats *st)
+{
+	char *tmp;
+	int rc;
+
+	KL_TRY(conv_pkg_checks(pkg, o));
+	tmp = conv_temp_name(o->dst, NULL);
+	if (!tmp)
+		return -ENOMEM;
 	rc = pkg->run(o, tmp, st);
 	if (rc == 0 && conv_interrupted())
 		rc = kl_err(-EINTR, "interrupted by signal %d", conv_interrupted());
@@ -661,6 +666,30 @@ int conv_run(const struct conv_opts *uo, struct conv_stats *st)
 			      o->dst_fmt);
 	if (o->n_extra_srcs && !(pkg && pkg->run == conv_ova_write))
 		return kl_err(-EINVAL, "several sources make one output only with -O ova");
+	if (strcmp(o->dst, "-") == 0) {
+		/*
+		 * Standard output: only a format written strictly front to
+		 * back, with nothing to go back and patch (-O gce). It cannot
+		 * be renamed into place, so an error leaves what was written.
+		 */
+		if (!pkg || pkg->run != conv_gce_write)
+			return kl_err(-EINVAL, "DST '-' (standard output) takes only -O gce, which "
+					       "is written front to back; -O %s needs a file (./- "
+					       "for one named '-')",
+				      o->dst_fmt);
+		if (o->verify)
+			return kl_err(-EINVAL, "--verify reads DST back: not possible on standard "
+					       "output");
+		if (isatty(STDOUT_FILENO))
+			return kl_err(-EINVAL, "standard output is a terminal: redirect it to a "
+					       "file or a pipe");
+		rc = conv_pkg_checks(pkg, o);
+		if (rc == 0)
+			rc = pkg->run(o, "-", st);
+		st->layers = rc == 0;
+		st->seconds = kl_now() - t0;
+		return rc;
+	}
 	/*
 	 * An existing DST that is not a plain file must never meet the
 	 * write-a-temporary-then-rename path, which would replace it.

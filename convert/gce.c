@@ -17,7 +17,9 @@
 #include "convert/conv_int.h"
 #include "lib/lazy.h"
 
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #define GCE_GRAIN (1u << 20)
 #define GCE_GIB (1ULL << 30)
@@ -31,6 +33,7 @@ struct gce_out {
 	struct kl_file *f;
 	struct kl_pgz *gz;
 	uint64_t pos;
+	bool stdout_pipe; /* DST "-": standard output, written forward */
 	int rc;
 };
 
@@ -38,7 +41,7 @@ struct gce_out {
 static int gce_file_write(void *opaque, const void *buf, size_t len)
 {
 	struct gce_out *t = opaque;
-	int rc = kl_io_pwrite(t->f, t->pos, buf, len);
+	int rc = t->stdout_pipe ? kl_io_write(t->f, buf, len) : kl_io_pwrite(t->f, t->pos, buf, len);
 
 	if (rc == 0)
 		t->pos += len;
@@ -224,7 +227,22 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		map[0].len = vsize;
 		nmap = vsize ? 1 : 0;
 	}
-	rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | conv_kl_cache_flags(o), &t.f);
+	if (strcmp(tmp, "-") == 0) {
+		/* a pipe or a redirected file; nothing to sync or rename */
+		int fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0);
+
+		if (fd < 0) {
+			rc = kl_err(-errno, "standard output: %s", strerror(errno));
+			goto out;
+		}
+		rc = kl_io_fdopen(fd, "standard output", KL_O_RDWR | KL_O_NOSYNC, &t.f);
+		if (rc < 0)
+			close(fd);
+		t.stdout_pipe = true;
+	} else {
+		rc = kl_io_open(tmp, KL_O_RDWR | KL_O_CREAT | KL_O_TRUNC | conv_kl_cache_flags(o),
+				&t.f);
+	}
 	if (rc < 0)
 		goto out;
 	rc = kl_pgz_open((int)level, o->threads, gce_file_write, &t, &t.gz);

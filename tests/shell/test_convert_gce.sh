@@ -25,4 +25,15 @@ t "no output after an error" test ! -e e.tar.gz
 KEEL_CONV_SLOW_MS=1 KEEL_FAKE_TIME=1700000000 "$KEEL" convert -j 1 -O gce -f raw src.raw d1.tar.gz >/dev/null
 KEEL_FAKE_TIME=1700000000 "$KEEL" convert -j 4 -O gce -f raw src.raw d4.tar.gz >/dev/null
 t "deterministic output" cmp d1.tar.gz d4.tar.gz
+
+# DST '-': standard output, for `| gsutil cp - gs://...`; the summary goes to stderr
+KEEL_FAKE_TIME=1700000000 "$KEEL" convert -O gce -f raw src.raw - >so.tar.gz 2>so.err
+t "to standard output: the same bytes as into a file" cmp d1.tar.gz so.tar.gz
+t "...the summary on stderr" grep -q 'converted src.raw -> -' so.err
+t "...through a pipe into keel again" sh -c "'$KEEL' convert -O gce -o level=1 -f raw src.raw - 2>/dev/null | '$KEEL' convert -O qcow2 - back.qcow2"
+t "...matches" keel compare src.raw back.qcow2
+t "...--output json on stderr" sh -c "'$KEEL' convert --output json -O gce -f raw src.raw - 2>&1 >/dev/null | grep -q '\"synced\": false'"
+expect_err "other formats need a file" "DST '-' (standard output) takes only -O gce" keel convert -O qcow2 -f raw src.raw -
+t "...and no file named '-'" test ! -e ./-
+expect_err "--verify cannot read standard output back" "not possible on standard output" sh -c "'$KEEL' convert --verify -O gce -f raw src.raw - >/dev/null"
 finish
