@@ -38,6 +38,8 @@ need_cmd strace strace
 need_file /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a libclang-rt-14-dev
 if [ "${KEEL_DEPS_EXTRA:-1}" != 0 ]; then
 	need_cmd qcowinfo libqcow-utils
+	# the libyal *mount tools need it to unmount; without it the byte checks skip
+	need_cmd fusermount fuse
 	need_cmd vmdkinfo libvmdk-utils
 	need_cmd vhdiinfo libvhdi-utils
 	need_cmd qemu-system-x86_64 qemu-system-x86

@@ -124,7 +124,8 @@ PY
 have_vhdi=1
 command -v vhdiinfo >/dev/null || { have_vhdi=0; echo "# vhdiinfo (libvhdi-utils) not installed: libvhdi checks skipped"; }
 have_mount=0
-if command -v vhdimount >/dev/null && [ -e /dev/fuse ]; then
+# fusermount too: without it a mount made here would stay behind
+if command -v vhdimount >/dev/null && command -v fusermount >/dev/null && [ -e /dev/fuse ]; then
 	mkdir -p "$TMP/mnt"
 	keel convert -O vhd "$TMP/small.raw" "$TMP/probe.vhd" >/dev/null
 	if timeout 20 vhdimount "$TMP/probe.vhd" "$TMP/mnt" >/dev/null 2>&1 && [ -e "$TMP/mnt/vhdi1" ]; then
