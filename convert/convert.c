@@ -686,6 +686,7 @@ int conv_run(const struct conv_opts *uo, struct conv_stats *st)
 		rc = conv_pkg_checks(pkg, o);
 		if (rc == 0)
 			rc = pkg->run(o, "-", st);
+		st->output_size = rc == 0 ? st->bytes_stored : 0; /* what went down the pipe */
 		st->layers = rc == 0;
 		st->seconds = kl_now() - t0;
 		return rc;

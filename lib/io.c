@@ -862,7 +862,10 @@ int kl_io_pread_full(struct kl_file *f, uint64_t off, void *buf, size_t len, con
  * blocks) 2.5-2.7 s against qemu-img's 1.0-1.1 s, whose writes happen to
  * sit 1 MiB off. Smaller folios come from the lower-order free lists,
  * which the host has not taken back. Elsewhere the split costs one more
- * syscall per MiB.
+ * syscall per MiB. It is no general cure, though: on another day, with
+ * 1 s (not 13 s) between freeing and writing, the same 1.5 GB dd took
+ * 0.37-3.9 s at bs=1M, 2M and 4M alike, depending only on what the
+ * balloon had handed back by then (NOTE of stop 19).
  */
 #define KL_IO_BUFFERED_PIECE ((size_t)1 << 20)
 

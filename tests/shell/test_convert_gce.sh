@@ -33,6 +33,7 @@ t "...the summary on stderr" grep -q 'converted src.raw -> -' so.err
 t "...through a pipe into keel again" sh -c "'$KEEL' convert -O gce -o level=1 -f raw src.raw - 2>/dev/null | '$KEEL' convert -O qcow2 - back.qcow2"
 t "...matches" keel compare src.raw back.qcow2
 t "...--output json on stderr" sh -c "'$KEEL' convert --output json -O gce -f raw src.raw - 2>&1 >/dev/null | grep -q '\"synced\": false'"
+t "...whose output_size is the stream's" sh -c "KEEL_FAKE_TIME=1700000000 '$KEEL' convert --output json -O gce -f raw src.raw - 2>&1 >/dev/null | grep -q '\"output_size\": $(stat -c %s so.tar.gz),'"
 expect_err "other formats need a file" "DST '-' (standard output) takes only -O gce" keel convert -O qcow2 -f raw src.raw -
 t "...and no file named '-'" test ! -e ./-
 expect_err "--verify cannot read standard output back" "not possible on standard output" sh -c "'$KEEL' convert --verify -O gce -f raw src.raw - >/dev/null"
