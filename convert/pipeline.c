@@ -621,6 +621,40 @@ static int wait_done(struct conv_pipe *p, struct conv_job *j)
 }
 
 /*
+ * The walker's step: the next window of the source into the next free
+ * slot (read here when the source is sequential), queued for the workers.
+ * 1: queued; 0: the walk is over; < 0: an error. The caller wakes them.
+ */
+static int walk_queue(struct conv_pipe *p, uint64_t *off)
+{
+	struct conv_job *j;
+	uint64_t joff;
+	size_t jlen;
+	bool all_data;
+	int rc;
+
+	rc = walk_next(p, off, &joff, &jlen, &all_data);
+	if (rc <= 0)
+		return rc;
+	/* only the walker moves next_submit; the slot is free until queued */
+	j = &p->slots[p->next_submit % p->nslots];
+	j->preread = p->seq;
+	j->bytes_read = 0;
+	if (p->seq)
+		KL_TRY(read_window(p->c->src_dev, joff, j->buf, jlen, j->kzero, &j->bytes_read));
+	pthread_mutex_lock(&p->lock);
+	j->seq = p->next_submit;
+	j->off = joff;
+	j->len = jlen;
+	j->all_data = all_data;
+	j->rc = 0;
+	j->state = JOB_QUEUED;
+	p->next_submit++;
+	pthread_mutex_unlock(&p->lock);
+	return 1;
+}
+
+/*
  * A sequential source (a gzip stream) is read by one thread, in order.
  * On the writer's thread, reading (inflating) and committing took turns;
  * here the reader walks and reads ahead into free slots while the writer
@@ -629,15 +663,11 @@ static int wait_done(struct conv_pipe *p, struct conv_job *j)
 static void *reader_main(void *arg)
 {
 	struct conv_pipe *p = arg;
-	const struct conv_pipe_cfg *c = p->c;
 	uint64_t off = 0;
 	int rc;
 
 	for (;;) {
-		struct conv_job *j;
-		uint64_t joff;
-		size_t jlen;
-		bool all_data, stop;
+		bool stop;
 
 		pthread_mutex_lock(&p->lock);
 		while (!p->stop && p->next_submit - p->next_write >= p->nslots)
@@ -649,24 +679,10 @@ static void *reader_main(void *arg)
 			break;
 		}
 		kl_err_clear();
-		rc = walk_next(p, &off, &joff, &jlen, &all_data);
+		rc = walk_queue(p, &off);
 		if (rc <= 0)
 			break;
-		/* only this thread moves next_submit; the slot is free until queued */
-		j = &p->slots[p->next_submit % p->nslots];
-		j->preread = true;
-		j->bytes_read = 0;
-		rc = read_window(c->src_dev, joff, j->buf, jlen, j->kzero, &j->bytes_read);
-		if (rc < 0)
-			break;
 		pthread_mutex_lock(&p->lock);
-		j->seq = p->next_submit;
-		j->off = joff;
-		j->len = jlen;
-		j->all_data = all_data;
-		j->rc = 0;
-		j->state = JOB_QUEUED;
-		p->next_submit++;
 		pthread_cond_broadcast(&p->work_cv);
 		pthread_cond_broadcast(&p->done_cv);
 		pthread_mutex_unlock(&p->lock);
@@ -826,36 +842,10 @@ int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st)
 		} else if (p.next_submit - p.next_write > p.nslots / 2 && p.next_write < p.next_submit) {
 			/* enough queued: go on committing */
 		} else while (!walk_done && p.next_submit - p.next_write < p.nslots) {
-			uint64_t joff;
-			size_t jlen;
-			bool all_data;
-
-			rc = walk_next(&p, &off, &joff, &jlen, &all_data);
+			rc = walk_queue(&p, &off);
 			if (rc < 0)
 				goto out;
-			if (rc == 0) {
-				walk_done = true;
-				break;
-			}
-			j = &p.slots[p.next_submit % p.nslots];
-			j->preread = p.seq;
-			j->bytes_read = 0;
-			if (p.seq) {
-				/* the slot is free: no worker touches it until it is queued */
-				rc = read_window(c->src_dev, joff, j->buf, jlen, j->kzero,
-						 &j->bytes_read);
-				if (rc < 0)
-					goto out;
-			}
-			pthread_mutex_lock(&p.lock);
-			j->seq = p.next_submit;
-			j->off = joff;
-			j->len = jlen;
-			j->all_data = all_data;
-			j->rc = 0;
-			j->state = JOB_QUEUED;
-			p.next_submit++;
-			pthread_mutex_unlock(&p.lock);
+			walk_done = rc == 0;
 		}
 		pthread_mutex_lock(&p.lock);
 		if (p.next_take < p.next_submit)
