@@ -549,7 +549,6 @@ bool kl_io_is_stream(const struct kl_file *f)
 	return f->stream != NULL;
 }
 
-/* Consume up to len bytes of the pipe into buf (NULL: discard); the count, 0 at its end. */
 static int (*io_interrupted)(void);
 
 void kl_io_set_interrupt(int (*interrupted)(void))
@@ -577,6 +576,7 @@ static int stream_wait(struct kl_file *f)
 	}
 }
 
+/* Consume up to len bytes of the pipe into buf (NULL: discard); the count, 0 at its end. */
 static ssize_t stream_read(struct kl_file *f, uint8_t *buf, size_t len)
 {
 	struct kl_stream *st = f->stream;
@@ -913,6 +913,16 @@ static int raw_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t l
 	return 0;
 }
 
+/* Remember the first failed write-out and what it said (under lock while the thread runs). */
+static int wc_failed(struct kl_wcomb *wc, int rc)
+{
+	if (rc < 0 && !wc->err) {
+		wc->err = rc;
+		snprintf(wc->msg, sizeof(wc->msg), "%s", kl_errmsg());
+	}
+	return rc;
+}
+
 static void *wc_thread(void *arg)
 {
 	struct kl_file *f = arg;
@@ -929,10 +939,7 @@ static void *wc_thread(void *arg)
 		pthread_mutex_unlock(&wc->lock);
 		rc = raw_pwrite(f, wc->io_off, wc->spare, wc->io_len);
 		pthread_mutex_lock(&wc->lock);
-		if (rc < 0 && !wc->err) {
-			wc->err = rc;
-			snprintf(wc->msg, sizeof(wc->msg), "%s", kl_errmsg());
-		}
+		wc_failed(wc, rc);
 		wc->busy = false;
 		pthread_cond_broadcast(&wc->cv);
 	}
@@ -961,19 +968,14 @@ static int wc_wait(struct kl_file *f)
 static int wc_flush(struct kl_file *f)
 {
 	struct kl_wcomb *wc = f->wc;
-	int rc;
 
 	if (!wc)
 		return 0;
 	KL_TRY(wc_wait(f));
 	if (!wc->len)
 		return 0;
-	rc = raw_pwrite(f, wc->off, wc->buf, wc->len);
-	if (rc < 0) {
-		wc->err = rc; /* no thread runs now: no lock needed */
-		snprintf(wc->msg, sizeof(wc->msg), "%s", kl_errmsg());
-		return rc;
-	}
+	/* no write runs behind now: no lock needed */
+	KL_TRY(wc_failed(wc, raw_pwrite(f, wc->off, wc->buf, wc->len)));
 	wc->len = 0;
 	return 0;
 }
@@ -1003,10 +1005,7 @@ static int wc_drain(struct kl_file *f)
 		uint64_t at = wc->off;
 
 		wc->off = cut;
-		wc->err = raw_pwrite(f, at, full, n);
-		if (wc->err < 0)
-			snprintf(wc->msg, sizeof(wc->msg), "%s", kl_errmsg());
-		return wc->err;
+		return wc_failed(wc, raw_pwrite(f, at, full, n));
 	}
 	wc->io_off = wc->off;
 	wc->io_len = n;
@@ -1205,7 +1204,7 @@ int kl_io_sync(struct kl_file *f)
 void kl_io_writeback(struct kl_file *f)
 {
 	if (f->wc && wc_flush(f) < 0)
-		return; /* kept: kl_io_sync tries again and reports it */
+		return; /* sticky: kl_io_sync reports it */
 	if (!f->segs && (f->flags & (KL_O_RDWR | KL_O_NOSYNC)) == KL_O_RDWR && !fault_crashed())
 		(void)sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
