@@ -383,11 +383,8 @@ static int store_compressed(struct blk_dev *d, uint64_t ci, const uint8_t *z, si
 	struct qcow2_state *s = qcow2_s(d);
 	uint64_t coff, nsec, desc;
 
-	if (!s->combining) {
-		/* they land back to back: write them in MiB pieces, not one by one */
-		KL_TRY(kl_io_combine(d->file, QCOW2_COMBINE_BYTES));
-		s->combining = true;
-	}
+	/* they land back to back: write them in MiB pieces (a no-op once on) */
+	KL_TRY(kl_io_combine(d->file, QCOW2_COMBINE_BYTES));
 	KL_TRY(qcow2_alloc_bytes(d, zlen, &coff));
 	if (coff + zlen > s->coffset_mask)
 		return kl_err(-ENOSPC, "%s: compressed data offset %llu past the descriptor's limit",

@@ -251,7 +251,6 @@ struct qcow2_state {
 	uint64_t pend_ci;	 /* its guest cluster index */
 	bool pend;		 /* pbuf holds data not yet stored */
 	uint64_t free_byte_offset; /* where the next compressed cluster is packed, 0 = none */
-	bool combining;		 /* the file gathers compressed clusters (kl_io_combine) */
 	uint64_t sim_used;	 /* measure -c: bytes used in the open compressed cluster, 0 none */
 	bool sim_contig;	 /* ...and it is the last cluster allocated (a spill may follow) */
 	uint64_t free_hint;	 /* no free cluster below this index */

@@ -173,7 +173,8 @@ int kl_io_pwrite(struct kl_file *f, uint64_t off, const void *buf, size_t len);
  * writes out the gathered bytes first. Their write errors surface at the
  * next write-out (kl_io_sync at the latest) and stay: every later one
  * fails too. Other handles on the same file do not see the bytes before
- * they are written out. 0 stops it, writing them out.
+ * they are written out. 0 stops it, writing them out; a second call
+ * while it is on does nothing.
  */
 int kl_io_combine(struct kl_file *f, size_t bytes);
 ssize_t kl_io_read(struct kl_file *f, void *buf, size_t len);
