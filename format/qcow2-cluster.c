@@ -53,6 +53,10 @@ static int classify(struct blk_dev *d, uint64_t l2_off, uint32_t l2i, uint64_t e
 	uint32_t alloc = (uint32_t)bm, zero = (uint32_t)(bm >> 32);
 
 	if (ent & QCOW2_OFLAG_COMPRESSED) {
+		if (s->dfile)
+			return qcow2_corrupt(d, "%s: L2 table at %llu entry %u: compressed cluster in "
+					     "an image with an external data file", d->filename,
+					     (unsigned long long)l2_off, l2i);
 		*type = QCOW2_P_COMPRESSED;
 		*count = (s->ext_l2 ? QCOW2_SUBCLUSTERS : 1) - sc;
 		return 0;
@@ -70,11 +74,11 @@ static int classify(struct blk_dev *d, uint64_t l2_off, uint32_t l2i, uint64_t e
 						     (unsigned long long)l2_off, l2i);
 			*type = QCOW2_P_ZERO;
 		} else {
-			*type = host ? QCOW2_P_DATA : QCOW2_P_UNALLOC;
+			*type = qcow2_has_host(s, ent) ? QCOW2_P_DATA : QCOW2_P_UNALLOC;
 		}
 		return 0;
 	}
-	if (!host && alloc)
+	if (!qcow2_has_host(s, ent) && alloc)
 		return qcow2_corrupt(d, "%s: L2 table at %llu entry %u: subclusters allocated but no "
 				     "host cluster", d->filename, (unsigned long long)l2_off, l2i);
 	if (alloc & zero)
@@ -202,6 +206,19 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 		n = (size_t)KL_MIN(p.len, (uint64_t)len);
 		switch (p.type) {
 		case QCOW2_P_DATA:
+			if (s->dfile) {
+				/* reads past the data file's end are zeros, as under qemu */
+				if (p.host != off)
+					return qcow2_corrupt(d, "%s: guest offset %llu maps to offset "
+							     "%llu of the external data file; the "
+							     "two must be equal", d->filename,
+							     (unsigned long long)off,
+							     (unsigned long long)p.host);
+				r = kl_io_pread(s->dfile, p.host, b, n);
+				if (r < 0)
+					return (int)r;
+				break;
+			}
 			if (p.host >= s->file_size)
 				return qcow2_corrupt(d, "%s: data of guest offset %llu at host offset "
 						     "%llu lies past the end of the file (%llu)",

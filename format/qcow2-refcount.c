@@ -605,7 +605,7 @@ static void ck_ref(struct check_ctx *k, uint64_t off, uint64_t len, const char *
 	}
 }
 
-static int ck_l2(struct check_ctx *k, uint64_t l2_off, bool active)
+static int ck_l2(struct check_ctx *k, uint64_t l2_off, uint32_t l1i, bool active)
 {
 	struct blk_dev *d = k->d;
 	struct qcow2_state *s = qcow2_s(d);
@@ -632,6 +632,10 @@ static int ck_l2(struct check_ctx *k, uint64_t l2_off, bool active)
 		if (ent & QCOW2_OFLAG_COMPRESSED) {
 			uint64_t coff, clen;
 
+			if (s->dfile)
+				ck_corrupt(k, "compressed cluster in L2 table %llu entry %u of an "
+					   "image with an external data file",
+					   (unsigned long long)l2_off, i);
 			if (ent & QCOW2_OFLAG_COPIED)
 				ck_corrupt(k, "compressed cluster in L2 table %llu entry %u has the "
 					   "copied flag", (unsigned long long)l2_off, i);
@@ -644,20 +648,31 @@ static int ck_l2(struct check_ctx *k, uint64_t l2_off, bool active)
 		if (!s->ext_l2 && (ent & QCOW2_OFLAG_ZERO) && s->version < 3)
 			ck_corrupt(k, "zero flag in a version 2 image (L2 table %llu entry %u)",
 				   (unsigned long long)l2_off, i);
-		if (s->ext_l2 && !host && (bm & QCOW2_L2_BITMAP_ALL_ALLOC))
+		if (s->ext_l2 && !qcow2_has_host(s, ent) && (bm & QCOW2_L2_BITMAP_ALL_ALLOC))
 			ck_corrupt(k, "unallocated cluster with allocated subclusters (L2 table %llu "
 				   "entry %u)", (unsigned long long)l2_off, i);
 		if (s->ext_l2 && host && ((bm >> 32) & bm))
 			ck_corrupt(k, "subclusters both allocated and zero (L2 table %llu entry %u)",
 				   (unsigned long long)l2_off, i);
-		if (!host)
+		if (!qcow2_has_host(s, ent))
 			continue;
 		if (host % s->cluster_size) {
 			ck_corrupt(k, "data cluster offset %llu is not cluster aligned (L2 table %llu "
 				   "entry %u)", (unsigned long long)host, (unsigned long long)l2_off, i);
 			continue;
 		}
-		ck_ref(k, host, s->cluster_size, "data cluster", CK_DATA);
+		if (s->dfile) {
+			/* in the data file, at its guest offset, and not refcounted */
+			uint64_t guest = (((uint64_t)l1i << s->l2_bits) + i) << s->cluster_bits;
+
+			if (host != guest)
+				ck_corrupt(k, "data cluster of guest offset %llu at data file offset "
+					   "%llu (L2 table %llu entry %u); the two must be equal",
+					   (unsigned long long)guest, (unsigned long long)host,
+					   (unsigned long long)l2_off, i);
+		} else {
+			ck_ref(k, host, s->cluster_size, "data cluster", CK_DATA);
+		}
 		if (active)
 			k->guest_allocated++;
 	}
@@ -707,7 +722,7 @@ static int ck_l1(struct check_ctx *k, const uint64_t *l1, uint32_t n, bool activ
 		}
 		ck_ref(k, l2, s->cluster_size, "L2 table", CK_L2);
 		if ((l2 >> s->cluster_bits) < k->nclusters)
-			rc = ck_l2(k, l2, active);
+			rc = ck_l2(k, l2, i, active);
 	}
 out:
 	kl_free(seen);
@@ -870,7 +885,7 @@ static int ck_copied_one(struct check_ctx *k, const uint64_t *l1, uint32_t i, bo
 		}
 		ent = qcow2_l2_entry(s, e->buf, j);
 		host = ent & QCOW2_OFFSET_MASK;
-		if ((ent & QCOW2_OFLAG_COMPRESSED) || !host || host % s->cluster_size ||
+		if ((ent & QCOW2_OFLAG_COMPRESSED) || !host || s->dfile || host % s->cluster_size ||
 		    (host >> s->cluster_bits) >= k->nclusters)
 			continue;
 		KL_TRY(qcow2_get_refcount(d, host >> s->cluster_bits, &rc2));

@@ -238,8 +238,14 @@ static int parse_extensions(struct blk_dev *d, const uint8_t *c0, uint32_t start
 			s->bitmap_dir_offset = get_be64(p + 16);
 			break;
 		case QCOW2_EXT_DATA_FILE:
+			if (len == 0 || len > QCOW2_MAX_BACKING_NAME || memchr(p, 0, len))
+				return kl_err(-EUCLEAN,
+					      "%s: data file name extension at offset %u: %u bytes%s "
+					      "(1..%u without NUL bytes allowed)",
+					      d->filename, pos, len, len && memchr(p, 0, len) ?
+					      " with a NUL byte" : "", QCOW2_MAX_BACKING_NAME);
 			kl_free(s->data_file);
-			s->data_file = kl_strndup((const char *)p, KL_MIN(len, 1023u));
+			s->data_file = kl_strndup((const char *)p, len);
 			if (!s->data_file)
 				return -ENOMEM;
 			break;
@@ -330,6 +336,7 @@ static void qcow2_close(struct blk_dev *d)
 	kl_free(s->backing_file);
 	kl_free(s->backing_format);
 	kl_free(s->data_file);
+	kl_io_close(s->dfile);
 	kl_free(s->feature_table);
 	qcow2_workers_release(d);
 	kl_free(s->wbuf);
@@ -447,13 +454,6 @@ static int parse_header(struct blk_dev *d, uint64_t *vsize)
 		goto out;
 
 	/* feature bits: refuse what we cannot honour, naming it */
-	if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
-		rc = kl_err(-ENOTSUP,
-			    "%s: guest data lives in an external data file '%s' (incompatible "
-			    "feature bit 2); keel does not follow external data files",
-			    d->filename, s->data_file ? s->data_file : "(name not recorded)");
-		goto out;
-	}
 	if (s->incompat & ~QCOW2_INCOMPAT_KNOWN) {
 		unsigned bit = (unsigned)__builtin_ctzll(s->incompat & ~QCOW2_INCOMPAT_KNOWN);
 
@@ -538,6 +538,37 @@ out:
 	return rc;
 }
 
+/*
+ * External data file (incompatible bit 2): the guest's clusters live in
+ * another file, each at its guest offset (qcow2.rst: "The offset field in
+ * the Standard Cluster Descriptor must match the guest offset"), and this
+ * file keeps only the metadata. keel reads such images (info, map,
+ * compare, check, convert from them); it does not write them, which would
+ * mean allocating in the data file and, for a raw data file (autoclear
+ * bit 1), writing zeros there instead of setting zero flags. The name is
+ * resolved like a backing file's: inside the image's directory unless
+ * --allow-external-backing.
+ */
+static int open_data_file(struct blk_dev *d)
+{
+	struct qcow2_state *s = qcow2_s(d);
+
+	if (!s->data_file)
+		return kl_err(-EUCLEAN, "%s: external data file bit set (incompatible bit 2) but "
+			      "no data file name extension", d->filename);
+	if (!d->read_only)
+		return kl_err(-ENOTSUP, "%s: guest data lives in the external data file '%s'; "
+			      "keel reads such images but does not write them (convert it to "
+			      "another image first)", d->filename, s->data_file);
+	if (s->nb_snapshots)
+		return kl_err(-EUCLEAN, "%s: %u internal snapshots in an image with an external "
+			      "data file, which cannot have any", d->filename, s->nb_snapshots);
+	if ((s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW) && s->backing_file)
+		return kl_err(-EUCLEAN, "%s: raw external data file (autoclear bit 1) together "
+			      "with a backing file, which qcow2 does not allow", d->filename);
+	return blk_open_aux(d, s->data_file, KL_O_RDONLY, &s->dfile);
+}
+
 static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
 {
 	struct qcow2_state *s = qcow2_s(d);
@@ -552,6 +583,11 @@ static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
 	rc = parse_header(d, &vsize);
 	if (rc < 0)
 		goto err;
+	if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
+		rc = open_data_file(d);
+		if (rc < 0)
+			goto err;
+	}
 	if (d->snapshot) {
 		int i = qcow2_snapshot_find(d, d->snapshot);
 		char what[64];
@@ -932,6 +968,9 @@ static int qcow2_info(struct blk_dev *d, struct blk_info *out)
 	out->compression = kl_strdup(ctype);
 	if (!out->subformat || !out->compression)
 		return -ENOMEM;
+	if (s->data_file)
+		KL_TRY(blk_info_add_kv(out, "data file", "%s%s", s->data_file,
+				       s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW ? " (raw)" : ""));
 	if (s->backing_file) {
 		out->parent = kl_strdup(s->backing_file);
 		if (!out->parent)

@@ -219,6 +219,7 @@ struct qcow2_state {
 	char *backing_file;
 	char *backing_format;
 	char *data_file;
+	struct kl_file *dfile;	 /* the external data file, open (read-only) */
 	uint8_t *feature_table;	 /* raw 48-byte entries */
 	uint32_t feature_table_len;
 	bool has_bitmaps;
@@ -274,6 +275,16 @@ static inline struct qcow2_state *qcow2_s(struct blk_dev *d)
 static inline uint64_t qcow2_l2_entry(const struct qcow2_state *s, const uint8_t *l2, uint32_t i)
 {
 	return get_be64(l2 + (size_t)i * s->l2_entry_size);
+}
+
+/*
+ * A standard L2 entry has a host cluster when its offset is non-zero, or,
+ * with an external data file, when the copied flag marks offset 0 as the
+ * data file's first cluster (qcow2.rst, "Standard Cluster Descriptor").
+ */
+static inline bool qcow2_has_host(const struct qcow2_state *s, uint64_t ent)
+{
+	return (ent & QCOW2_OFFSET_MASK) || (s->dfile && (ent & QCOW2_OFLAG_COPIED));
 }
 
 static inline uint64_t qcow2_l2_bitmap(const struct qcow2_state *s, const uint8_t *l2, uint32_t i)

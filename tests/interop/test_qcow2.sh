@@ -183,6 +183,24 @@ for pf in vmdk vpc vhdx vdi; do
 	check_read "ov-$pf"
 done
 
+# external data files: guest clusters live in another file, each at its guest
+# offset; keel reads them (a raw one, too), checks them, refuses to write
+read_case dfile src.raw -o data_file=dfile.data
+read_case dfile-raw src.raw -o data_file=dfile-raw.data,data_file_raw=on
+qemu-img create -q -f qcow2 -o data_file=dfile-w.data dfile-w.qcow2 8M
+qemu-io -c "write -P 0x71 0 100000" -c "write -z 1M 1M" -c "write -P 0x72 3M 4k" \
+	-c "discard 0 64k" -c "write -P 0x73 7M 1M" dfile-w.qcow2 >/dev/null
+check_read dfile-w
+t "info names the data file" sh -c "'$KEEL' info dfile-raw.qcow2 | grep -q 'data file: dfile-raw.data (raw)'"
+t "check: an image with a data file is clean" keel check dfile.qcow2
+t "check: an image with a raw data file is clean" keel check dfile-raw.qcow2
+t "check counts clusters in the data file as allocated" sh -c "'$KEEL' check dfile-w.qcow2 | grep -q '^18/128 = '"
+expect_err "an image with a data file is not written" "does not write them" keel io -c "write 0 4k" dfile.qcow2
+mkdir -p dsub
+qemu-img create -q -f qcow2 -o data_file="$TMP/dfile-out.data" dsub/out.qcow2 1M
+expect_err "a data file outside the image's directory is not followed" "outside the image's directory" keel info dsub/out.qcow2
+t "... unless --allow-external-backing" keel info --allow-external-backing dsub/out.qcow2
+
 # internal snapshots: read @name, @id and the current state
 qemu-img convert -O qcow2 small.raw snap.qcow2
 qemu-img snapshot -c first snap.qcow2

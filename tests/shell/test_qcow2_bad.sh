@@ -140,8 +140,39 @@ t "corrupt bit: readable" rd corrupt.qcow2
 t "corrupt bit: info says so" sh -c "'$KEEL' info corrupt.qcow2 | grep -q 'corrupt: yes'"
 expect_err "corrupt bit: no writable open" "corrupt.qcow2: image is marked corrupt" keel io -c "write 0 4k" corrupt.qcow2
 if command -v qemu-img >/dev/null; then
+	# external data file: read, never written; its name and L2 entries checked
 	qemu-img create -q -f qcow2 -o data_file=datafile.raw ext.qcow2 1M
-	expect_err "external data file" "ext.qcow2: guest data lives in an external data file 'datafile.raw'" keel info ext.qcow2
+	qemu-io -c "write -P 0x5a 0 64k" -c "write -P 0x5b 128k 64k" ext.qcow2 >/dev/null
+	t "external data file: readable" rd ext.qcow2
+	expect_err "external data file: no writable open" "ext.qcow2: guest data lives in the external data file 'datafile.raw'; keel reads such images but does not write them" keel io -c "write 0 4k" ext.qcow2
+	cp ext.qcow2 extgone.qcow2; patch extgone.qcow2 '
+p = u32(100)
+while u32(p) != 0x44415441: p += 8 + (u32(p + 4) + 7) // 8 * 8
+wb(p + 8, b"nothere.raw!")'
+	expect_err "external data file: missing" "extgone.qcow2: 'nothere.raw!' not found" keel info extgone.qcow2
+	cp ext.qcow2 extnul.qcow2; patch extnul.qcow2 '
+p = u32(100)
+while u32(p) != 0x44415441: p += 8 + (u32(p + 4) + 7) // 8 * 8
+wb(p + 10, b"\0")'
+	expect_err "external data file: NUL in its name" "extnul.qcow2: data file name extension at offset [0-9]*: 12 bytes with a NUL byte" keel info extnul.qcow2
+	cp ext.qcow2 extmoved.qcow2; patch extmoved.qcow2 'w64(l2_of(), u64(l2_of()) + 65536)'
+	expect_err "external data file: cluster not at its guest offset" "extmoved.qcow2: guest offset 0 maps to offset 65536 of the external data file" rd extmoved.qcow2
+	t "external data file: check finds the moved cluster" sh -c "! '$KEEL' check extmoved.qcow2 >ck.out 2>&1; grep -q 'data cluster of guest offset 0 at data file offset 65536' ck.out"
+	cp ext.qcow2 extcomp.qcow2; patch extcomp.qcow2 'w64(l2_of(), (1 << 62) | 65536)'
+	expect_err "external data file: compressed cluster" "extcomp.qcow2: L2 table at [0-9]* entry 0: compressed cluster in an image with an external data file" rd extcomp.qcow2
+	# a snapshot first (qemu-img takes none with a data file), then the data file added
+	qemu-img create -q -f qcow2 extsnap.qcow2 1M; qemu-img snapshot -c s1 extsnap.qcow2
+	patch extsnap.qcow2 '
+p = u32(100)
+while u32(p) != 0: p += 8 + (u32(p + 4) + 7) // 8 * 8
+w32(p, 0x44415441); w32(p + 4, 12); wb(p + 8, b"datafile.raw\0\0\0\0"); wb(p + 24, bytes(8))
+w64(72, u64(72) | 4)'
+	expect_err "external data file: snapshots" "extsnap.qcow2: 1 internal snapshots in an image with an external data file" keel info extsnap.qcow2
+	cp ext.qcow2 extnoname.qcow2; patch extnoname.qcow2 '
+p = u32(100)
+while u32(p) != 0x44415441: p += 8 + (u32(p + 4) + 7) // 8 * 8
+w32(p, 0x12345678)'
+	expect_err "external data file: bit without a name" "extnoname.qcow2: external data file bit set (incompatible bit 2) but no data file name extension" keel info extnoname.qcow2
 fi
 cp good.qcow2 v2zero.qcow2; keel -q convert -O qcow2 -o compat=0.10 good.qcow2 v2zero.qcow2
 patch v2zero.qcow2 'w64(l2_of(), u64(l2_of()) | 1)'
