@@ -16,6 +16,9 @@ const char cmd_compare_usage[] =
 	"Exit status: 0 identical, 3 different (the first differing offset is\n"
 	"printed), 1 error.\n"
 	"\n"
+	"  --key-file F, --key-env V  passphrase of encrypted images (.keel, LUKS\n"
+	"                             qcow2)\n"
+	"\n"
 	"example: keel compare disk.raw disk.vmdk\n";
 
 int cmd_compare(int argc, char **argv)

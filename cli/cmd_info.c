@@ -19,9 +19,10 @@ const char cmd_info_usage[] =
 	"  --output json             machine-readable output\n"
 	"  --allow-external-backing  follow parents outside the image's directory\n"
 	"  --key-file F, --key-env V passphrase for an encrypted image; without\n"
-	"                            one, an encrypted .keel shows its header only\n"
-	"                            (size, cluster size, UUID, parent, key slots in\n"
-	"                            use), marked unverified, and JSON has \"locked\"\n"
+	"                            one, an encrypted .keel or LUKS qcow2 shows its\n"
+	"                            header only (size, cluster size, UUID, parent,\n"
+	"                            key slots in use), marked unverified, and JSON\n"
+	"                            has \"locked\"\n"
 	"\n"
 	"example: keel info --output json vault.keel\n";
 

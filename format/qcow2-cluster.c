@@ -53,10 +53,11 @@ static int classify(struct blk_dev *d, uint64_t l2_off, uint32_t l2i, uint64_t e
 	uint32_t alloc = (uint32_t)bm, zero = (uint32_t)(bm >> 32);
 
 	if (ent & QCOW2_OFLAG_COMPRESSED) {
-		if (s->dfile)
+		if (s->dfile || s->crypt_method)
 			return qcow2_corrupt(d, "%s: L2 table at %llu entry %u: compressed cluster in "
-					     "an image with an external data file", d->filename,
-					     (unsigned long long)l2_off, l2i);
+					     "an image with %s", d->filename,
+					     (unsigned long long)l2_off, l2i,
+					     s->dfile ? "an external data file" : "encryption");
 		*type = QCOW2_P_COMPRESSED;
 		*count = (s->ext_l2 ? QCOW2_SUBCLUSTERS : 1) - sc;
 		return 0;
@@ -191,6 +192,46 @@ int qcow2_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk
 
 /* ------------------------------------------------------------------ reads */
 
+/*
+ * n bytes of data at host offset host of f, decrypted when the image is
+ * encrypted: whole sectors in place, a partial first or last sector
+ * through a sector-sized bounce (the cipher works on whole sectors).
+ */
+static int read_data(struct blk_dev *d, struct kl_file *f, uint64_t host, uint8_t *b, size_t n)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	ssize_t r;
+
+	if (!s->luks) {
+		r = kl_io_pread(f, host, b, n);
+		return r < 0 ? (int)r : 0;
+	}
+	while (n > 0) {
+		size_t in = (size_t)(host % LUKS_SECTOR), take;
+
+		if (in || n < LUKS_SECTOR) {
+			uint8_t t[LUKS_SECTOR];
+
+			take = KL_MIN(LUKS_SECTOR - in, n);
+			r = kl_io_pread(f, host - in, t, LUKS_SECTOR);
+			if (r < 0)
+				return (int)r;
+			KL_TRY(luks_decrypt(s->luks, (host - in) / LUKS_SECTOR, t, LUKS_SECTOR));
+			memcpy(b, t + in, take);
+		} else {
+			take = n - n % LUKS_SECTOR;
+			r = kl_io_pread(f, host, b, take);
+			if (r < 0)
+				return (int)r;
+			KL_TRY(luks_decrypt(s->luks, host / LUKS_SECTOR, b, take));
+		}
+		host += take;
+		b += take;
+		n -= take;
+	}
+	return 0;
+}
+
 int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 {
 	struct qcow2_state *s = qcow2_s(d);
@@ -200,7 +241,6 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 	while (len > 0) {
 		struct qcow2_piece p;
 		size_t n;
-		ssize_t r;
 
 		KL_TRY(qcow2_map(d, off, len, false, &p));
 		n = (size_t)KL_MIN(p.len, (uint64_t)len);
@@ -214,9 +254,7 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 							     "two must be equal", d->filename,
 							     (unsigned long long)off,
 							     (unsigned long long)p.host);
-				r = kl_io_pread(s->dfile, p.host, b, n);
-				if (r < 0)
-					return (int)r;
+				KL_TRY(read_data(d, s->dfile, p.host, b, n));
 				break;
 			}
 			if (p.host >= s->file_size)
@@ -225,9 +263,7 @@ int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 						     d->filename, (unsigned long long)off,
 						     (unsigned long long)p.host,
 						     (unsigned long long)s->file_size);
-			r = kl_io_pread(d->file, p.host, b, n);
-			if (r < 0)
-				return (int)r;
+			KL_TRY(read_data(d, d->file, p.host, b, n));
 			break;
 		case QCOW2_P_COMPRESSED:
 			if ((off & (s->cluster_size - 1)) == 0 && len >= 2 * (size_t)s->cluster_size) {

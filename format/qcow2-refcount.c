@@ -956,6 +956,8 @@ static int check_pass(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 			goto out;
 	}
 	ck_ref(&k, s->snapshots_offset, s->snapshots_size, "snapshot table", CK_OWNED);
+	if (s->crypt_method == 2)
+		ck_ref(&k, s->crypt_off, s->crypt_len, "LUKS header", CK_OWNED);
 	ck_ref(&k, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size, "refcount table",
 	       CK_OWNED);
 	for (uint64_t i = 0; i < s->rt_entries; i++) {

@@ -237,6 +237,14 @@ static int parse_extensions(struct blk_dev *d, const uint8_t *c0, uint32_t start
 			s->bitmap_dir_size = get_be64(p + 8);
 			s->bitmap_dir_offset = get_be64(p + 16);
 			break;
+		case QCOW2_EXT_CRYPTO:
+			if (len != 16)
+				return kl_err(-EUCLEAN,
+					      "%s: encryption header extension at offset %u: %u bytes, "
+					      "16 expected", d->filename, pos, len);
+			s->crypt_off = get_be64(p);
+			s->crypt_len = get_be64(p + 8);
+			break;
 		case QCOW2_EXT_DATA_FILE:
 			if (len == 0 || len > QCOW2_MAX_BACKING_NAME || memchr(p, 0, len))
 				return kl_err(-EUCLEAN,
@@ -337,6 +345,7 @@ static void qcow2_close(struct blk_dev *d)
 	kl_free(s->backing_format);
 	kl_free(s->data_file);
 	kl_io_close(s->dfile);
+	luks_close(s->luks);
 	kl_free(s->feature_table);
 	qcow2_workers_release(d);
 	kl_free(s->wbuf);
@@ -461,9 +470,24 @@ static int parse_header(struct blk_dev *d, uint64_t *vsize)
 			    bit, feature_name(s, 0, bit, fname, sizeof(fname)));
 		goto out;
 	}
-	if (crypt) {
-		rc = kl_err(-ENOTSUP, "%s: encrypted qcow2 (crypt_method %u, %s) is not supported",
-			    d->filename, crypt, crypt == 1 ? "AES" : crypt == 2 ? "LUKS" : "unknown");
+	s->crypt_method = crypt;
+	if (crypt == 1) {
+		rc = kl_err(-ENOTSUP, "%s: encrypted qcow2 (crypt_method 1, legacy AES) is not "
+			    "supported; LUKS (crypt_method 2) is", d->filename);
+		goto out;
+	}
+	if (crypt > 2) {
+		rc = kl_err(-EUCLEAN, "%s: unknown encryption method %u at offset 32", d->filename,
+			    crypt);
+		goto out;
+	}
+	if (crypt == 2 && (s->crypt_len < LUKS_HEADER_LEN || s->crypt_len > QCOW2_MAX_CRYPT_HDR ||
+			   s->crypt_off % s->cluster_size || s->crypt_off < s->cluster_size ||
+			   s->crypt_off > s->file_size || s->crypt_len > s->file_size - s->crypt_off)) {
+		rc = kl_err(-EUCLEAN, "%s: LUKS header area of %llu bytes at %llu (from extension "
+			    "0x0537be77) is missing, misplaced or past the end of the file (%llu)",
+			    d->filename, (unsigned long long)s->crypt_len,
+			    (unsigned long long)s->crypt_off, (unsigned long long)s->file_size);
 		goto out;
 	}
 	if (s->incompat & QCOW2_INCOMPAT_COMPRESSION) {
@@ -569,6 +593,34 @@ static int open_data_file(struct blk_dev *d)
 	return blk_open_aux(d, s->data_file, KL_O_RDONLY, &s->dfile);
 }
 
+/*
+ * LUKS encryption (crypt_method 2): the LUKS header and key material live
+ * in clusters of the image (extension 0x0537be77); each data cluster is
+ * encrypted in 512-byte sectors whose IVs count from the start of the file
+ * (host offsets: qemu's crypt_physical_offset). keel decrypts; writing
+ * would mean encrypting every cluster it allocates, which it does not do.
+ */
+static int open_luks(struct blk_dev *d)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint8_t *area;
+	int rc;
+
+	if (!d->read_only)
+		return kl_err(-ENOTSUP, "%s is encrypted (LUKS); keel reads such images but does "
+			      "not write them (convert it to another image first)", d->filename);
+	area = kl_malloc((size_t)s->crypt_len);
+	if (!area)
+		return -ENOMEM;
+	rc = kl_io_pread_full(d->file, s->crypt_off, area, (size_t)s->crypt_len,
+			      "LUKS header area");
+	if (rc == 0)
+		rc = luks_open(area, (size_t)s->crypt_len, d->key, d->key_len, d->filename, &s->luks);
+	kl_wipe(area, (size_t)s->crypt_len);
+	kl_free(area);
+	return rc;
+}
+
 static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
 {
 	struct qcow2_state *s = qcow2_s(d);
@@ -585,6 +637,11 @@ static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
 		goto err;
 	if (s->incompat & QCOW2_INCOMPAT_DATA_FILE) {
 		rc = open_data_file(d);
+		if (rc < 0)
+			goto err;
+	}
+	if (s->crypt_method == 2) {
+		rc = open_luks(d);
 		if (rc < 0)
 			goto err;
 	}
@@ -968,6 +1025,8 @@ static int qcow2_info(struct blk_dev *d, struct blk_info *out)
 	out->compression = kl_strdup(ctype);
 	if (!out->subformat || !out->compression)
 		return -ENOMEM;
+	if (s->luks)
+		KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, %s", luks_describe(s->luks)));
 	if (s->data_file)
 		KL_TRY(blk_info_add_kv(out, "data file", "%s%s", s->data_file,
 				       s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW ? " (raw)" : ""));
@@ -1004,6 +1063,24 @@ static int qcow2_info(struct blk_dev *d, struct blk_info *out)
 	if (s->has_bitmaps)
 		KL_TRY(blk_info_add_feature(out, "bitmaps"));
 	return qcow2_snapshot_list(d, &out->snaps, &out->nsnaps);
+}
+
+/* An encrypted image and no key: what the header says (cmd_info's info_nokey). */
+static int qcow2_info_nokey(struct blk_dev *d, struct blk_info *out)
+{
+	struct qcow2_state *s = qcow2_s(d);
+	uint64_t vsize = 0;
+
+	s->cur_snap = -1;
+	KL_TRY(kl_io_size(d->file, &s->file_size));
+	KL_TRY(parse_header(d, &vsize));
+	/* not encrypted itself: the key was wanted further down its chain */
+	if (s->crypt_method != 2)
+		return kl_err(-ENOKEY, "%s is not encrypted", d->filename);
+	out->virtual_size = vsize;
+	out->cluster_size = s->cluster_size;
+	KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, locked (no key given)"));
+	return qcow2_info(d, out);
 }
 
 /* ------------------------------------------------------------------ rebase */
@@ -1190,6 +1267,7 @@ const struct blk_driver blk_qcow2_driver = {
 	.block_status = qcow2_block_status,
 	.flush = qcow2_flush,
 	.close = qcow2_close,
+	.info_nokey = qcow2_info_nokey,
 	.info = qcow2_info,
 	.check = qcow2_check,
 	.snapshot_list = qcow2_snapshot_list,

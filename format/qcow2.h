@@ -17,6 +17,7 @@
 #define KEEL_QCOW2_H
 
 #include "format/format_int.h"
+#include "format/luks.h"
 
 #include <zlib.h>
 #include <zstd.h>
@@ -75,6 +76,8 @@
 #define QCOW2_MAX_SNAPSHOTS 65536u
 #define QCOW2_MAX_SNAPSHOT_TABLE (64u << 20)
 #define QCOW2_MAX_BACKING_NAME 1023u
+/* a LUKS header area: qemu's is 2 MiB (8 slots of 4000 stripes of 64 bytes) */
+#define QCOW2_MAX_CRYPT_HDR (64u << 20)
 #define QCOW2_MAX_HOST_OFFSET (1ULL << 56)
 
 #define QCOW2_COMP_ZLIB 0
@@ -220,6 +223,9 @@ struct qcow2_state {
 	char *backing_format;
 	char *data_file;
 	struct kl_file *dfile;	 /* the external data file, open (read-only) */
+	uint32_t crypt_method;	 /* 0 none, 1 legacy AES, 2 LUKS */
+	uint64_t crypt_off, crypt_len; /* the LUKS header area (extension 0x0537be77) */
+	struct luks *luks;	 /* unlocked: data clusters are decrypted on read */
 	uint8_t *feature_table;	 /* raw 48-byte entries */
 	uint32_t feature_table_len;
 	bool has_bitmaps;

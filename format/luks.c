@@ -1,0 +1,396 @@
+/*
+ * format/luks.c - LUKS version 1, read side: the header qemu writes into
+ * encrypted qcow2 images (qcow2.rst "Full disk encryption header pointer";
+ * the LUKS1 on-disk format specification, version 1.2.3).
+ *
+ * A passphrase opens a key slot: PBKDF2 over the slot's salt gives a key
+ * that decrypts the slot's key material, whose anti-forensic stripes merge
+ * (AF merge: XOR and diffuse with the header's hash) into the master key;
+ * PBKDF2 of that must equal the header's master key digest. The payload is
+ * then decrypted in 512-byte sectors, the sector number giving each IV.
+ *
+ * OpenSSL does PBKDF2, the hashes and the ciphers. What is LUKS's own, the
+ * header layout and the AF merge, is here. Supported: AES in XTS, CBC and
+ * ECB modes with plain, plain64 and essiv:HASH IVs, which is every AES
+ * choice qemu offers; other ciphers (serpent, twofish, cast5) are refused
+ * by name. Everything read from the header is bounded before use: lengths,
+ * stripe counts and iteration counts (a hostile image must not make us
+ * allocate gigabytes or run PBKDF2 for hours).
+ */
+#include "format/luks.h"
+
+#include "lib/kl.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+
+#define LUKS_MAGIC "LUKS\xba\xbe"
+#define LUKS_SLOTS 8
+#define LUKS_SLOT_ACTIVE 0x00ac71f3u
+#define LUKS_SLOT_INACTIVE 0x0000deadu
+#define LUKS_DIGEST_LEN 20
+#define LUKS_SALT_LEN 32
+/* qemu and cryptsetup use 4000 stripes */
+#define LUKS_MAX_STRIPES 65536u
+/*
+ * PBKDF2 rounds we are willing to run per slot: qemu's default (2 s of
+ * PBKDF2-SHA256) is about 8 million here; this is 8 times that. Fuzzing
+ * gets a small cap so a hostile header cannot time the target out.
+ */
+#ifdef KEEL_FUZZ
+#define LUKS_MAX_ITER 65536u
+#else
+#define LUKS_MAX_ITER (1u << 26)
+#endif
+
+enum luks_iv { IV_NONE, IV_PLAIN, IV_PLAIN64, IV_ESSIV };
+
+struct luks_cipher {
+	EVP_CIPHER_CTX *ctx;
+	EVP_CIPHER_CTX *essiv; /* ECB, keyed with hash(key), for IV_ESSIV */
+};
+
+struct luks {
+	char cipher[33], mode[33], hash[33];
+	const EVP_CIPHER *evp;
+	const EVP_CIPHER *essiv_evp;
+	const EVP_MD *essiv_md;
+	enum luks_iv iv;
+	uint32_t key_bytes;
+	int slot;
+	struct luks_cipher payload;
+	char desc[128];
+};
+
+static void cipher_release(struct luks_cipher *c)
+{
+	EVP_CIPHER_CTX_free(c->ctx);
+	EVP_CIPHER_CTX_free(c->essiv);
+	memset(c, 0, sizeof(*c));
+}
+
+static int cipher_init(const struct luks *l, const uint8_t *key, struct luks_cipher *c)
+{
+	uint8_t salt[EVP_MAX_MD_SIZE];
+	unsigned slen = 0;
+	int ok;
+
+	memset(c, 0, sizeof(*c));
+	c->ctx = EVP_CIPHER_CTX_new();
+	ok = c->ctx && EVP_DecryptInit_ex(c->ctx, l->evp, NULL, key, NULL) == 1 &&
+	     EVP_CIPHER_CTX_set_padding(c->ctx, 0) == 1;
+	if (ok && l->iv == IV_ESSIV) {
+		/* ESSIV: the IV is the sector number encrypted under hash(key) */
+		c->essiv = EVP_CIPHER_CTX_new();
+		ok = c->essiv && EVP_Digest(key, l->key_bytes, salt, &slen, l->essiv_md, NULL) == 1 &&
+		     EVP_EncryptInit_ex(c->essiv, l->essiv_evp, NULL, salt, NULL) == 1 &&
+		     EVP_CIPHER_CTX_set_padding(c->essiv, 0) == 1;
+		kl_wipe(salt, sizeof(salt));
+	}
+	if (!ok) {
+		cipher_release(c);
+		return kl_err(-EIO, "LUKS: cannot set up %s-%s", l->cipher, l->mode);
+	}
+	return 0;
+}
+
+static int cipher_run(const struct luks *l, struct luks_cipher *c, uint64_t sector, uint8_t *buf,
+		      size_t len)
+{
+	uint8_t iv[16] = { 0 }, plain[16];
+	int n, ok = 1;
+
+	for (size_t done = 0; ok && done < len; done += LUKS_SECTOR, sector++) {
+		uint8_t *p = buf + done;
+
+		memset(iv, 0, sizeof(iv));
+		switch (l->iv) {
+		case IV_NONE:
+			break;
+		case IV_PLAIN:
+			put_le32(iv, (uint32_t)sector);
+			break;
+		case IV_PLAIN64:
+			put_le64(iv, sector);
+			break;
+		case IV_ESSIV:
+			memset(plain, 0, sizeof(plain));
+			put_le64(plain, sector);
+			ok = EVP_EncryptUpdate(c->essiv, iv, &n, plain, 16) == 1 && n == 16;
+			break;
+		}
+		ok = ok && EVP_DecryptInit_ex(c->ctx, NULL, NULL, NULL, l->iv == IV_NONE ? NULL : iv) == 1 &&
+		     EVP_DecryptUpdate(c->ctx, p, &n, p, (int)LUKS_SECTOR) == 1 && n == (int)LUKS_SECTOR;
+	}
+	return ok ? 0 : kl_err(-EIO, "LUKS: %s-%s decryption failed at sector %llu", l->cipher,
+			       l->mode, (unsigned long long)sector);
+}
+
+/* A NUL-terminated string field of 32 bytes. */
+static int str_field(const uint8_t *p, char out[33], const char *who, const char *what)
+{
+	if (!memchr(p, 0, 32))
+		return kl_err(-EUCLEAN, "%s: LUKS header: %s is not NUL-terminated", who, what);
+	memcpy(out, p, 32);
+	out[32] = 0;
+	return 0;
+}
+
+/* Cipher, mode and IV generator from the header's names and key size. */
+static int pick_cipher(struct luks *l, const char *who)
+{
+	const char *ivs = strchr(l->mode, '-');
+	size_t mlen = ivs ? (size_t)(ivs - l->mode) : strlen(l->mode);
+	uint32_t kb = l->key_bytes;
+	bool xts = mlen == 3 && !strncmp(l->mode, "xts", 3);
+	bool cbc = mlen == 3 && !strncmp(l->mode, "cbc", 3);
+	bool ecb = mlen == 3 && !strncmp(l->mode, "ecb", 3);
+
+	if (strcmp(l->cipher, "aes") != 0)
+		return kl_err(-ENOTSUP, "%s: LUKS cipher '%s' is not supported (keel decrypts aes)",
+			      who, l->cipher);
+	if (xts)
+		l->evp = kb == 32 ? EVP_aes_128_xts() : kb == 64 ? EVP_aes_256_xts() : NULL;
+	else if (cbc)
+		l->evp = kb == 16 ? EVP_aes_128_cbc() : kb == 24 ? EVP_aes_192_cbc() :
+			 kb == 32 ? EVP_aes_256_cbc() : NULL;
+	else if (ecb)
+		l->evp = kb == 16 ? EVP_aes_128_ecb() : kb == 24 ? EVP_aes_192_ecb() :
+			 kb == 32 ? EVP_aes_256_ecb() : NULL;
+	else
+		return kl_err(-ENOTSUP, "%s: LUKS cipher mode '%s' is not supported (xts, cbc and "
+			      "ecb are)", who, l->mode);
+	if (!l->evp)
+		return kl_err(-EUCLEAN, "%s: LUKS header: %u key bytes do not fit aes-%s", who, kb,
+			      l->mode);
+	if (ecb) {
+		/* ECB takes no IV; qemu still names its default ("ecb-plain64") */
+		l->iv = IV_NONE;
+		return 0;
+	}
+	if (!ivs)
+		return kl_err(-EUCLEAN, "%s: LUKS header: cipher mode '%s' names no IV", who, l->mode);
+	ivs++;
+	if (!strcmp(ivs, "plain")) {
+		l->iv = IV_PLAIN;
+	} else if (!strcmp(ivs, "plain64")) {
+		l->iv = IV_PLAIN64;
+	} else if (!strncmp(ivs, "essiv:", 6)) {
+		int mdlen;
+
+		l->iv = IV_ESSIV;
+		l->essiv_md = EVP_get_digestbyname(ivs + 6);
+		mdlen = l->essiv_md ? EVP_MD_get_size(l->essiv_md) : 0;
+		l->essiv_evp = mdlen == 16 ? EVP_aes_128_ecb() : mdlen == 24 ? EVP_aes_192_ecb() :
+			       mdlen == 32 ? EVP_aes_256_ecb() : NULL;
+		if (!l->essiv_evp)
+			return kl_err(-ENOTSUP, "%s: LUKS ESSIV hash '%s' is unknown or gives no AES "
+				      "key size", who, ivs + 6);
+	} else {
+		return kl_err(-ENOTSUP, "%s: LUKS IV generator '%s' is not supported (plain, "
+			      "plain64 and essiv are)", who, ivs);
+	}
+	return 0;
+}
+
+/* AF merge: XOR each stripe in and diffuse, all but the last (LUKS1 spec §2.4). */
+static int af_merge(const EVP_MD *md, const uint8_t *src, uint32_t kb, uint32_t stripes,
+		    uint8_t *out)
+{
+	uint8_t d[64], h[EVP_MAX_MD_SIZE], be[4];
+	size_t ds = (size_t)EVP_MD_get_size(md);
+	EVP_MD_CTX *mc = EVP_MD_CTX_new();
+	int ok = mc != NULL;
+
+	memset(d, 0, sizeof(d));
+	for (uint32_t s = 0; ok && s + 1 < stripes; s++) {
+		for (uint32_t i = 0; i < kb; i++)
+			d[i] ^= src[(size_t)s * kb + i];
+		/* diffuse: each digest-sized block becomes hash(be32(index) || block) */
+		for (uint32_t b = 0; ok && (size_t)b * ds < kb; b++) {
+			size_t off = (size_t)b * ds, n = KL_MIN(ds, kb - off);
+			unsigned hl;
+
+			put_be32(be, b);
+			ok = EVP_DigestInit_ex(mc, md, NULL) == 1 &&
+			     EVP_DigestUpdate(mc, be, 4) == 1 &&
+			     EVP_DigestUpdate(mc, d + off, n) == 1 &&
+			     EVP_DigestFinal_ex(mc, h, &hl) == 1;
+			memcpy(d + off, h, n);
+		}
+	}
+	for (uint32_t i = 0; i < kb; i++)
+		out[i] = d[i] ^ src[(size_t)(stripes - 1) * kb + i];
+	EVP_MD_CTX_free(mc);
+	kl_wipe(d, sizeof(d));
+	kl_wipe(h, sizeof(h));
+	return ok ? 0 : kl_err(-EIO, "LUKS: hashing failed in the AF merge");
+}
+
+/* One active slot: 1 and the master key when the passphrase opens it, 0 when not. */
+static int try_slot(struct luks *l, const EVP_MD *md, const uint8_t *area, const uint8_t *slot,
+		    const uint8_t *hdr, const uint8_t *pass, size_t pass_len, uint8_t *mk)
+{
+	uint32_t iter = get_be32(slot + 4), ko = get_be32(slot + 40), stripes = get_be32(slot + 44);
+	size_t mlen = KL_ALIGN_UP((size_t)l->key_bytes * stripes, LUKS_SECTOR);
+	uint8_t key[64], digest[LUKS_DIGEST_LEN];
+	struct luks_cipher c;
+	uint8_t *mat = kl_malloc(mlen);
+	int rc;
+
+	if (!mat)
+		return -ENOMEM;
+	memcpy(mat, area + (size_t)ko * LUKS_SECTOR, mlen);
+	rc = PKCS5_PBKDF2_HMAC((const char *)pass, (int)pass_len, slot + 8, LUKS_SALT_LEN, (int)iter,
+			       md, (int)l->key_bytes, key) == 1 ? 0 : kl_err(-EIO, "LUKS: PBKDF2 failed");
+	if (rc == 0 && (rc = cipher_init(l, key, &c)) == 0) {
+		rc = cipher_run(l, &c, 0, mat, mlen);
+		cipher_release(&c);
+	}
+	if (rc == 0)
+		rc = af_merge(md, mat, l->key_bytes, stripes, mk);
+	if (rc == 0)
+		rc = PKCS5_PBKDF2_HMAC((const char *)mk, (int)l->key_bytes, hdr + 132, LUKS_SALT_LEN,
+				       (int)get_be32(hdr + 164), md, LUKS_DIGEST_LEN, digest) == 1
+			     ? 0 : kl_err(-EIO, "LUKS: PBKDF2 failed");
+	if (rc == 0)
+		rc = memcmp(digest, hdr + 112, LUKS_DIGEST_LEN) == 0;
+	kl_wipe(key, sizeof(key));
+	kl_wipe(mat, mlen);
+	kl_free(mat);
+	return rc;
+}
+
+int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_len,
+	      const char *who, struct luks **out)
+{
+	const uint8_t *h = area;
+	const EVP_MD *md;
+	uint8_t mk[64] = { 0 };
+	struct luks *l;
+	uint32_t mk_iter;
+	int rc, nactive = 0;
+
+	*out = NULL;
+	if (len < LUKS_HEADER_LEN || memcmp(h, LUKS_MAGIC, 6) != 0)
+		return kl_err(-EUCLEAN, "%s: no LUKS header (magic) in the encryption header area",
+			      who);
+	if (get_be16(h + 6) != 1)
+		return kl_err(-ENOTSUP, "%s: LUKS version %u; keel reads version 1", who,
+			      get_be16(h + 6));
+	l = kl_calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->slot = -1;
+	rc = str_field(h + 8, l->cipher, who, "cipher name");
+	if (rc == 0)
+		rc = str_field(h + 40, l->mode, who, "cipher mode");
+	if (rc == 0)
+		rc = str_field(h + 72, l->hash, who, "hash");
+	if (rc < 0)
+		goto err;
+	l->key_bytes = get_be32(h + 108);
+	mk_iter = get_be32(h + 164);
+	if (l->key_bytes == 0 || l->key_bytes > 64) {
+		rc = kl_err(-EUCLEAN, "%s: LUKS header: %u key bytes (1..64 allowed)", who,
+			    l->key_bytes);
+		goto err;
+	}
+	if (mk_iter == 0 || mk_iter > LUKS_MAX_ITER) {
+		rc = kl_err(-EUCLEAN, "%s: LUKS header: master key digest iterations %u (1..%u "
+			    "allowed)", who, mk_iter, LUKS_MAX_ITER);
+		goto err;
+	}
+	md = EVP_get_digestbyname(l->hash);
+	if (!md || EVP_MD_get_size(md) <= 0) {
+		rc = kl_err(-ENOTSUP, "%s: LUKS hash '%s' is not known", who, l->hash);
+		goto err;
+	}
+	rc = pick_cipher(l, who);
+	if (rc < 0)
+		goto err;
+	/* every slot is checked before any is tried: damage is reported, not skipped */
+	for (int i = 0; i < LUKS_SLOTS; i++) {
+		const uint8_t *s = h + 208 + 48 * i;
+		uint32_t st = get_be32(s), iter = get_be32(s + 4);
+		uint32_t ko = get_be32(s + 40), stripes = get_be32(s + 44);
+
+		if (st == LUKS_SLOT_INACTIVE)
+			continue;
+		if (st != LUKS_SLOT_ACTIVE) {
+			rc = kl_err(-EUCLEAN, "%s: LUKS key slot %d: state %#x is neither active "
+				    "nor inactive", who, i, st);
+			goto err;
+		}
+		if (iter == 0 || iter > LUKS_MAX_ITER || stripes == 0 ||
+		    stripes > LUKS_MAX_STRIPES || ko < LUKS_HEADER_LEN / LUKS_SECTOR + 1 ||
+		    (uint64_t)ko * LUKS_SECTOR +
+			    KL_ALIGN_UP((uint64_t)l->key_bytes * stripes, LUKS_SECTOR) > len) {
+			rc = kl_err(-EUCLEAN, "%s: LUKS key slot %d: iterations %u, %u stripes at "
+				    "sector %u do not fit the %zu-byte header area", who, i, iter,
+				    stripes, ko, len);
+			goto err;
+		}
+		nactive++;
+	}
+	if (!nactive) {
+		rc = kl_err(-EKEYREJECTED, "%s: LUKS header has no active key slot", who);
+		goto err;
+	}
+	if (!pass || !pass_len) {
+		rc = kl_err(-ENOKEY, "%s is encrypted (LUKS): a passphrase is needed (--key-file "
+			    "FILE or --key-env VAR)", who);
+		goto err;
+	}
+	for (int i = 0; i < LUKS_SLOTS && l->slot < 0; i++) {
+		const uint8_t *s = h + 208 + 48 * i;
+
+		if (get_be32(s) != LUKS_SLOT_ACTIVE)
+			continue;
+		rc = try_slot(l, md, area, s, h, pass, pass_len, mk);
+		if (rc < 0)
+			goto err;
+		if (rc == 1)
+			l->slot = i;
+	}
+	if (l->slot < 0) {
+		rc = kl_err(-EKEYREJECTED, "%s: wrong passphrase: no LUKS key slot opens with it",
+			    who);
+		goto err;
+	}
+	rc = cipher_init(l, mk, &l->payload);
+	kl_wipe(mk, sizeof(mk));
+	if (rc < 0)
+		goto err;
+	snprintf(l->desc, sizeof(l->desc), "%s-%u %s, %s, key slot %d", l->cipher,
+		 (l->evp == EVP_aes_128_xts() || l->evp == EVP_aes_256_xts() ? l->key_bytes / 2
+									      : l->key_bytes) * 8,
+		 l->mode, l->hash, l->slot);
+	*out = l;
+	return 0;
+err:
+	kl_wipe(mk, sizeof(mk));
+	luks_close(l);
+	return rc;
+}
+
+int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len)
+{
+	if (len % LUKS_SECTOR)
+		return kl_err(-EINVAL, "LUKS: %zu bytes are not whole sectors", len);
+	return cipher_run(l, &l->payload, sector, buf, len);
+}
+
+const char *luks_describe(const struct luks *l)
+{
+	return l->desc;
+}
+
+void luks_close(struct luks *l)
+{
+	if (!l)
+		return;
+	cipher_release(&l->payload);
+	kl_free(l);
+}

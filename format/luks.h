@@ -1,0 +1,30 @@
+/*
+ * format/luks.h - LUKS version 1 key slots and sector decryption, for the
+ * images qemu encrypts (qcow2 encrypt.format=luks). Read only.
+ */
+#ifndef KEEL_FORMAT_LUKS_H
+#define KEEL_FORMAT_LUKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LUKS_SECTOR 512u
+#define LUKS_HEADER_LEN 592u
+
+struct luks;
+
+/*
+ * Unlock the LUKS header in area[0, len) (header and key material, as one
+ * buffer) with a passphrase. who names the image in errors. -ENOKEY without
+ * a passphrase, -EKEYREJECTED when no key slot opens, -ENOTSUP for a cipher
+ * keel does not do, -EUCLEAN for a damaged header.
+ */
+int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_len,
+	      const char *who, struct luks **out);
+/* Decrypt len bytes (whole sectors) in place; sector numbers the IVs. */
+int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len);
+/* "aes-256 xts-plain64, sha256, key slot 0" */
+const char *luks_describe(const struct luks *l);
+void luks_close(struct luks *l);
+
+#endif
