@@ -382,6 +382,43 @@ int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len)
 	return cipher_run(l, &l->payload, sector, buf, len);
 }
 
+int luks_read(struct luks *l, struct kl_file *f, uint64_t pos, uint64_t base, void *buf, size_t n)
+{
+	uint8_t *b = buf;
+	ssize_t r;
+
+	if (pos < base || base % LUKS_SECTOR)
+		return kl_err(-EINVAL, "LUKS: read at %llu before the payload at %llu",
+			      (unsigned long long)pos, (unsigned long long)base);
+	while (n > 0) {
+		size_t in = (size_t)((pos - base) % LUKS_SECTOR), take;
+		uint64_t sector = (pos - base) / LUKS_SECTOR;
+
+		if (in || n < LUKS_SECTOR) {
+			/* a partial sector: decrypt it whole, copy the part asked for */
+			uint8_t t[LUKS_SECTOR];
+
+			take = KL_MIN(LUKS_SECTOR - in, n);
+			r = kl_io_pread(f, pos - in, t, LUKS_SECTOR);
+			if (r < 0)
+				return (int)r;
+			KL_TRY(luks_decrypt(l, sector, t, LUKS_SECTOR));
+			memcpy(b, t + in, take);
+			kl_wipe(t, sizeof(t));
+		} else {
+			take = n - n % LUKS_SECTOR;
+			r = kl_io_pread(f, pos, b, take);
+			if (r < 0)
+				return (int)r;
+			KL_TRY(luks_decrypt(l, sector, b, take));
+		}
+		pos += take;
+		b += take;
+		n -= take;
+	}
+	return 0;
+}
+
 const char *luks_describe(const struct luks *l)
 {
 	return l->desc;

@@ -23,6 +23,13 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 	      const char *who, struct luks **out);
 /* Decrypt len bytes (whole sectors) in place; sector numbers the IVs. */
 int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len);
+struct kl_file;
+/*
+ * Read n bytes at pos of f and decrypt them, sector numbers counting from
+ * base (the payload's start; a multiple of the sector size, <= pos). Partial
+ * first and last sectors are read and decrypted whole, then cut.
+ */
+int luks_read(struct luks *l, struct kl_file *f, uint64_t pos, uint64_t base, void *buf, size_t n);
 /* "aes-256 xts-plain64, sha256, key slot 0" */
 const char *luks_describe(const struct luks *l);
 void luks_close(struct luks *l);

@@ -192,44 +192,16 @@ int qcow2_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk
 
 /* ------------------------------------------------------------------ reads */
 
-/*
- * n bytes of data at host offset host of f, decrypted when the image is
- * encrypted: whole sectors in place, a partial first or last sector
- * through a sector-sized bounce (the cipher works on whole sectors).
- */
+/* n bytes of data at host offset host of f, decrypted (IVs from host offsets) when encrypted. */
 static int read_data(struct blk_dev *d, struct kl_file *f, uint64_t host, uint8_t *b, size_t n)
 {
 	struct qcow2_state *s = qcow2_s(d);
 	ssize_t r;
 
-	if (!s->luks) {
-		r = kl_io_pread(f, host, b, n);
-		return r < 0 ? (int)r : 0;
-	}
-	while (n > 0) {
-		size_t in = (size_t)(host % LUKS_SECTOR), take;
-
-		if (in || n < LUKS_SECTOR) {
-			uint8_t t[LUKS_SECTOR];
-
-			take = KL_MIN(LUKS_SECTOR - in, n);
-			r = kl_io_pread(f, host - in, t, LUKS_SECTOR);
-			if (r < 0)
-				return (int)r;
-			KL_TRY(luks_decrypt(s->luks, (host - in) / LUKS_SECTOR, t, LUKS_SECTOR));
-			memcpy(b, t + in, take);
-		} else {
-			take = n - n % LUKS_SECTOR;
-			r = kl_io_pread(f, host, b, take);
-			if (r < 0)
-				return (int)r;
-			KL_TRY(luks_decrypt(s->luks, host / LUKS_SECTOR, b, take));
-		}
-		host += take;
-		b += take;
-		n -= take;
-	}
-	return 0;
+	if (s->luks)
+		return luks_read(s->luks, f, host, 0, b, n);
+	r = kl_io_pread(f, host, b, n);
+	return r < 0 ? (int)r : 0;
 }
 
 int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)

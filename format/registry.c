@@ -17,6 +17,7 @@ extern const struct blk_driver blk_vmdk_driver;
 extern const struct blk_driver blk_ova_driver;
 extern const struct blk_driver blk_vhdx_driver;
 extern const struct blk_driver blk_gce_driver;
+extern const struct blk_driver blk_luks_driver;
 
 const struct blk_driver *const blk_drivers[] = {
 	&blk_keel_driver,
@@ -27,6 +28,7 @@ const struct blk_driver *const blk_drivers[] = {
 	&blk_ova_driver,
 	&blk_vhdx_driver,
 	&blk_gce_driver,
+	&blk_luks_driver,
 	&blk_raw_driver,
 	NULL,
 };

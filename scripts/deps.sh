@@ -43,6 +43,8 @@ if [ "${KEEL_DEPS_EXTRA:-1}" != 0 ]; then
 	need_cmd vmdkinfo libvmdk-utils
 	need_cmd vhdiinfo libvhdi-utils
 	need_cmd qemu-system-x86_64 qemu-system-x86
+	# LUKS1 images formatted by cryptsetup (test_luks.sh; no root needed to format a file)
+	need_cmd cryptsetup cryptsetup-bin
 	need_cmd busybox busybox-static
 	need_cmd mkfs.xfs xfsprogs
 	need_cmd depmod kmod

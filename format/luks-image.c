@@ -1,0 +1,138 @@
+/*
+ * format/luks-image.c - LUKS1 volumes as disk images: qemu-img's "luks"
+ * format, and images of disks that cryptsetup formatted (luksFormat
+ * --type luks1). The file is the LUKS header and key material, then the
+ * payload from payload_offset sectors on, encrypted sector by sector with
+ * IVs counted from the payload's start. Read only, like LUKS in qcow2: the
+ * guest sees the decrypted payload, all of it data (a hole in the file
+ * decrypts to noise, as under qemu, so nothing is reported as zero).
+ */
+#include "format/format_int.h"
+#include "format/luks.h"
+
+#include <string.h>
+
+#define LUKSIMG_MAGIC "LUKS\xba\xbe"
+/* qemu and cryptsetup put the payload 2 MiB in; this bounds what we load */
+#define LUKSIMG_MAX_HEADER (64u << 20)
+
+struct luksimg_state {
+	struct luks *luks;
+	uint64_t payload; /* byte offset of the payload */
+};
+
+static int luksimg_probe(const struct blk_probe_buf *pb)
+{
+	/* version 2 too: open then says which version it is */
+	return pb->head_len >= 8 && !memcmp(pb->head, LUKSIMG_MAGIC, 6) ? 100 : 0;
+}
+
+/* The payload's offset and the virtual size, from the header's first sector. */
+static int read_layout(struct blk_dev *d, uint8_t *hdr, uint64_t *payload, uint64_t *fsize)
+{
+	KL_TRY(kl_io_size(d->file, fsize));
+	KL_TRY(kl_io_pread_full(d->file, 0, hdr, LUKS_HEADER_LEN, "LUKS header"));
+	if (memcmp(hdr, LUKSIMG_MAGIC, 6) != 0)
+		return kl_err(-EUCLEAN, "%s: no LUKS magic at offset 0", d->filename);
+	if (get_be16(hdr + 6) != 1)
+		return kl_err(-ENOTSUP, "%s: LUKS version %u; keel reads version 1", d->filename,
+			      get_be16(hdr + 6));
+	*payload = (uint64_t)get_be32(hdr + 104) * LUKS_SECTOR;
+	if (*payload < LUKS_HEADER_LEN || *payload > LUKSIMG_MAX_HEADER || *payload > *fsize)
+		return kl_err(-EUCLEAN, "%s: LUKS payload offset %llu (header field at 104) lies "
+			      "inside the header, past %u MiB or past the end of the file (%llu)",
+			      d->filename, (unsigned long long)*payload, LUKSIMG_MAX_HEADER >> 20,
+			      (unsigned long long)*fsize);
+	return 0;
+}
+
+static int luksimg_open(struct blk_dev *d, const struct blk_open_opts *o)
+{
+	struct luksimg_state *s = d->priv;
+	uint8_t hdr[LUKS_HEADER_LEN], *area;
+	uint64_t fsize;
+	int rc;
+
+	(void)o;
+	KL_TRY(read_layout(d, hdr, &s->payload, &fsize));
+	if (!d->read_only)
+		return kl_err(-ENOTSUP, "%s is encrypted (LUKS); keel reads such images but does "
+			      "not write them (convert it to another image first)", d->filename);
+	area = kl_malloc((size_t)s->payload);
+	if (!area)
+		return -ENOMEM;
+	rc = kl_io_pread_full(d->file, 0, area, (size_t)s->payload, "LUKS header and key material");
+	if (rc == 0)
+		rc = luks_open(area, (size_t)s->payload, d->key, d->key_len, d->filename, &s->luks);
+	kl_wipe(area, (size_t)s->payload);
+	kl_free(area);
+	if (rc < 0)
+		return rc;
+	d->size = fsize - s->payload;
+	d->cluster_size = 65536;
+	return 0;
+}
+
+static int luksimg_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
+{
+	struct luksimg_state *s = d->priv;
+
+	return luks_read(s->luks, d->file, s->payload + off, s->payload, buf, len);
+}
+
+static int luksimg_block_status(struct blk_dev *d, uint64_t off, uint64_t len,
+				struct blk_extent *e)
+{
+	struct luksimg_state *s = d->priv;
+
+	(void)len;
+	e->type = BLK_DATA;
+	e->len = d->size - off;
+	e->host_off = s->payload + off;
+	return 0;
+}
+
+static void luksimg_close(struct blk_dev *d)
+{
+	struct luksimg_state *s = d->priv;
+
+	if (!s)
+		return;
+	luks_close(s->luks);
+	s->luks = NULL;
+}
+
+static int luksimg_info(struct blk_dev *d, struct blk_info *out)
+{
+	struct luksimg_state *s = d->priv;
+
+	KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, %s", luks_describe(s->luks)));
+	return blk_info_add_kv(out, "payload offset", "%llu", (unsigned long long)s->payload);
+}
+
+static int luksimg_info_nokey(struct blk_dev *d, struct blk_info *out)
+{
+	struct luksimg_state *s = d->priv;
+	uint8_t hdr[LUKS_HEADER_LEN];
+	uint64_t fsize;
+
+	KL_TRY(read_layout(d, hdr, &s->payload, &fsize));
+	out->virtual_size = fsize - s->payload;
+	KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, locked (no key given)"));
+	return blk_info_add_kv(out, "payload offset", "%llu", (unsigned long long)s->payload);
+}
+
+const struct blk_driver blk_luks_driver = {
+	.name = "luks",
+	.ext = "luks",
+	.desc = "LUKS1 volume (qemu 'luks', cryptsetup): read with the passphrase",
+	.instance_size = sizeof(struct luksimg_state),
+	.flags = BLK_DRV_FLAT,
+	.probe = luksimg_probe,
+	.open = luksimg_open,
+	.pread = luksimg_pread,
+	.block_status = luksimg_block_status,
+	.close = luksimg_close,
+	.info = luksimg_info,
+	.info_nokey = luksimg_info_nokey,
+};

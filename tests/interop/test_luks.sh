@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# LUKS1 volumes as images (format "luks"): what qemu-img's luks driver and
+# cryptsetup write, keel reads with the passphrase, byte for byte as qemu
+# reads them. qemu-img is the judge; cryptsetup formats real LUKS1 headers
+# (keel then has to agree with qemu on every byte of the payload, written
+# or not). Damaged and hostile headers are in test_qcow2_bad.sh, which
+# shares the LUKS code.
+. "$(dirname "$0")/../shell/lib.sh"
+command -v qemu-img >/dev/null || skip "qemu-img not installed"
+cd "$TMP" || exit 1
+printf 'luks pass' >pw
+
+q_luks() { # q_luks FILE QEMU-ARGS...: a qemu tool on a LUKS file, unlocked
+	local f=$1 tool=$2; shift 2
+	"$tool" --object secret,id=s0,file=pw --image-opts "$@" "driver=luks,file.filename=$f,key-secret=s0"
+}
+luks_case() { # luks_case NAME [CREATE-OPTS]
+	local n=$1 o=${2:-} try
+	for try in 1 2 3; do # qemu-img's PBKDF2 timing now and then fails
+		rm -f "$n.luks"
+		qemu-img create -q -f luks --object secret,id=s0,file=pw \
+			-o "key-secret=s0,iter-time=10${o:+,$o}" "$n.luks" 5M 2>/dev/null && break
+	done
+	[ -f "$n.luks" ] || { bad "$n: qemu-img create failed"; return; }
+	q_luks "$n.luks" qemu-io -c "write -P 0x5a 1000 70000" -c "write -P 0x42 4M 10000" >/dev/null
+	qemu-img convert --object secret,id=s0,file=pw --image-opts -O raw \
+		"driver=luks,file.filename=$n.luks,key-secret=s0" "$n.ref.raw"
+	t "$n: probed as luks" sh -c "'$KEEL' info '$n.luks' 2>/dev/null | grep -q 'file format: luks'"
+	t "$n: keel compare with qemu-img's raw" keel compare --key-file pw "$n.ref.raw" "$n.luks"
+	t "$n: reads off sector boundaries" keel io --key-file pw -c "read -P 0x5a 1001 77" \
+		-c "read -P 0x42 4194305 9998" "$n.luks"
+}
+luks_case default
+luks_case cbc-essiv cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=sha256
+luks_case xts-plain cipher-alg=aes-128,ivgen-alg=plain,hash-alg=sha512
+
+t "convert to qcow2: qemu-img compares it equal" sh -c \
+	"'$KEEL' -q convert --key-file pw -O qcow2 default.luks plain.qcow2 && qemu-img compare default.ref.raw plain.qcow2"
+t "info with the key names the cipher and payload" sh -c \
+	"'$KEEL' info --key-file pw default.luks | grep -q 'encryption: LUKS, aes-256 xts-plain64, sha256, key slot 0'"
+t "info without the key: the header, locked" sh -c \
+	"'$KEEL' info --output json default.luks 2>/dev/null | grep -q '\"locked\": *true'"
+printf 'wrong' >bad.pw
+expect_err "a wrong passphrase" "default.luks: wrong passphrase: no LUKS key slot opens with it" keel info --key-file bad.pw default.luks
+expect_err "not written" "default.luks is encrypted (LUKS); keel reads such images but does not write them" keel io --key-file pw -c "write 0 4k" default.luks
+cp default.luks off.luks
+python3 -c "import sys; f = open(sys.argv[1], 'r+b'); f.seek(104); f.write((1 << 31).to_bytes(4, 'big'))" off.luks
+expect_err "payload offset past the end" "off.luks: LUKS payload offset 1099511627776" keel info --key-file pw off.luks
+
+if command -v cryptsetup >/dev/null; then
+	# cryptsetup's LUKS1 (no root needed to format a file); qemu and keel read it
+	truncate -s 6M cs.img
+	printf 'cs pass' >cs.pw
+	if cryptsetup luksFormat --batch-mode --type luks1 --pbkdf-force-iterations 1000 \
+		--key-file cs.pw cs.img >cs.log 2>&1; then
+		qemu-io --object secret,id=s1,file=cs.pw --image-opts -c "write -P 0x6b 300000 5000" \
+			"driver=luks,file.filename=cs.img,key-secret=s1" >/dev/null
+		qemu-img convert --object secret,id=s1,file=cs.pw --image-opts -O raw \
+			"driver=luks,file.filename=cs.img,key-secret=s1" cs.ref.raw
+		t "cryptsetup LUKS1: keel reads what qemu reads (written and unwritten)" \
+			keel compare --key-file cs.pw cs.ref.raw cs.img
+		cryptsetup luksAddKey --batch-mode --pbkdf-force-iterations 1000 --key-file cs.pw \
+			--key-slot 6 cs.img <(printf 'slot six') >/dev/null 2>&1
+		printf 'slot six' >six.pw
+		t "cryptsetup LUKS1: key slot 6 opens" sh -c "'$KEEL' info --key-file six.pw cs.img | grep -q 'key slot 6'"
+		truncate -s 20M cs2.img
+		if cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+			--key-file cs.pw cs2.img >/dev/null 2>&1; then
+			expect_err "LUKS2 is refused by name" "cs2.img: LUKS version 2; keel reads version 1" keel info --key-file cs.pw cs2.img
+		fi
+	else
+		bad "cryptsetup luksFormat failed"; sed 's/^/    # /' cs.log
+	fi
+else
+	echo "SKIP: cryptsetup not installed (apt-get install cryptsetup-bin): its LUKS1 images untested"
+fi
+finish
