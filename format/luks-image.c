@@ -49,25 +49,13 @@ static int read_layout(struct blk_dev *d, uint8_t *hdr, uint64_t *payload, uint6
 static int luksimg_open(struct blk_dev *d, const struct blk_open_opts *o)
 {
 	struct luksimg_state *s = d->priv;
-	uint8_t hdr[LUKS_HEADER_LEN], *area;
+	uint8_t hdr[LUKS_HEADER_LEN];
 	uint64_t fsize;
-	int rc;
 
 	(void)o;
 	KL_TRY(read_layout(d, hdr, &s->payload, &fsize));
-	if (!d->read_only)
-		return kl_err(-ENOTSUP, "%s is encrypted (LUKS); keel reads such images but does "
-			      "not write them (convert it to another image first)", d->filename);
-	area = kl_malloc((size_t)s->payload);
-	if (!area)
-		return -ENOMEM;
-	rc = kl_io_pread_full(d->file, 0, area, (size_t)s->payload, "LUKS header and key material");
-	if (rc == 0)
-		rc = luks_open(area, (size_t)s->payload, d->key, d->key_len, d->filename, &s->luks);
-	kl_wipe(area, (size_t)s->payload);
-	kl_free(area);
-	if (rc < 0)
-		return rc;
+	KL_TRY(luks_open_file(d->file, 0, (size_t)s->payload, !d->read_only, d->key, d->key_len,
+			      d->filename, &s->luks));
 	d->size = fsize - s->payload;
 	d->cluster_size = 65536;
 	return 0;

@@ -382,6 +382,27 @@ int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len)
 	return cipher_run(l, &l->payload, sector, buf, len);
 }
 
+int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
+		   const uint8_t *pass, size_t pass_len, const char *who, struct luks **out)
+{
+	uint8_t *area;
+	int rc;
+
+	*out = NULL;
+	if (writable)
+		return kl_err(-ENOTSUP, "%s is encrypted (LUKS); keel reads such images but does "
+			      "not write them (convert it to another image first)", who);
+	area = kl_malloc(len);
+	if (!area)
+		return -ENOMEM;
+	rc = kl_io_pread_full(f, off, area, len, "LUKS header and key material");
+	if (rc == 0)
+		rc = luks_open(area, len, pass, pass_len, who, out);
+	kl_wipe(area, len);
+	kl_free(area);
+	return rc;
+}
+
 int luks_read(struct luks *l, struct kl_file *f, uint64_t pos, uint64_t base, void *buf, size_t n)
 {
 	uint8_t *b = buf;

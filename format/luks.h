@@ -5,6 +5,7 @@
 #ifndef KEEL_FORMAT_LUKS_H
 #define KEEL_FORMAT_LUKS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,13 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 /* Decrypt len bytes (whole sectors) in place; sector numbers the IVs. */
 int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len);
 struct kl_file;
+/*
+ * luks_open on the header area [off, off+len) of f (read, unlocked, then
+ * wiped from memory). writable: the caller wants to write the image, which
+ * keel does not do to LUKS images: refused, naming who.
+ */
+int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
+		   const uint8_t *pass, size_t pass_len, const char *who, struct luks **out);
 /*
  * Read n bytes at pos of f and decrypt them, sector numbers counting from
  * base (the payload's start; a multiple of the sector size, <= pos). Partial

@@ -603,22 +603,9 @@ static int open_data_file(struct blk_dev *d)
 static int open_luks(struct blk_dev *d)
 {
 	struct qcow2_state *s = qcow2_s(d);
-	uint8_t *area;
-	int rc;
 
-	if (!d->read_only)
-		return kl_err(-ENOTSUP, "%s is encrypted (LUKS); keel reads such images but does "
-			      "not write them (convert it to another image first)", d->filename);
-	area = kl_malloc((size_t)s->crypt_len);
-	if (!area)
-		return -ENOMEM;
-	rc = kl_io_pread_full(d->file, s->crypt_off, area, (size_t)s->crypt_len,
-			      "LUKS header area");
-	if (rc == 0)
-		rc = luks_open(area, (size_t)s->crypt_len, d->key, d->key_len, d->filename, &s->luks);
-	kl_wipe(area, (size_t)s->crypt_len);
-	kl_free(area);
-	return rc;
+	return luks_open_file(d->file, s->crypt_off, (size_t)s->crypt_len, !d->read_only, d->key,
+			      d->key_len, d->filename, &s->luks);
 }
 
 static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
