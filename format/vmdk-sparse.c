@@ -104,6 +104,51 @@ int vmdk_hdr_decode(const uint8_t *p, const char *name, const char *what, uint64
 }
 
 /*
+ * vmfsSparse (COWD): the ESXi snapshot delta ("-delta.vmdk" on VMFS 5). A
+ * 2048-byte little-endian header after the magic: version 1, flags, the
+ * capacity and grain size in sectors, the grain directory's sector and
+ * entry count, the file's sector count, then geometry. Tables are fixed at
+ * 4096 entries of 32-bit sector numbers, there is no redundant directory
+ * and no zeroed-grain entry (qemu's vmdk_open_vmfs_sparse reads it the same
+ * way). Mapped onto the hosted header so the sparse code reads it.
+ */
+#define VMDK_COWD_MAGIC 0x44574f43u /* "COWD" read little-endian */
+#define VMDK_COWD_HEADER_SECTORS 4u
+#define VMDK_COWD_GTES 4096u
+
+static int cowd_hdr_decode(const uint8_t *p, const char *name, struct vmdk_hdr *h)
+{
+	uint32_t version = get_le32(p + 4), ngd = get_le32(p + 24);
+	uint64_t span;
+
+	memset(h, 0, sizeof(*h));
+	if (version != 1)
+		return kl_err(-ENOTSUP, "%s: vmfsSparse (COWD) version %u is not supported (1)",
+			      name, version);
+	h->version = 1;
+	h->capacity = get_le32(p + 12);
+	h->grain = get_le32(p + 16);
+	h->gd_off = get_le32(p + 20);
+	h->gtes = VMDK_COWD_GTES;
+	/* what keel check counts as laid out up front: the header and the directory */
+	h->overhead = h->gd_off + KL_DIV_ROUND_UP((uint64_t)ngd * 4, VMDK_SECTOR);
+	if (!KL_IS_POW2(h->grain) || h->grain > VMDK_MAX_GRAIN_SECTORS)
+		return kl_err(-EUCLEAN,
+			      "%s: vmfsSparse header: grain size %llu sectors is not a power of two "
+			      "up to %u", name, (unsigned long long)h->grain, VMDK_MAX_GRAIN_SECTORS);
+	span = (uint64_t)h->gtes * h->grain;
+	if (ngd < KL_DIV_ROUND_UP(h->capacity, span))
+		return kl_err(-EUCLEAN,
+			      "%s: vmfsSparse header: %u grain directory entries cannot map %llu "
+			      "sectors (%llu needed)", name, ngd, (unsigned long long)h->capacity,
+			      (unsigned long long)KL_DIV_ROUND_UP(h->capacity, span));
+	if (h->gd_off < VMDK_COWD_HEADER_SECTORS)
+		return kl_err(-EUCLEAN, "%s: vmfsSparse header: grain directory at sector %llu lies "
+			      "inside the header", name, (unsigned long long)h->gd_off);
+	return 0;
+}
+
+/*
  * The stream footer: a copy of the header with the real GD offset, in the
  * sector before the end-of-stream marker, itself after a FOOTER marker.
  * Tools pad files after the EOS marker, so skip zero sectors from the end.
@@ -192,7 +237,14 @@ int vmdk_sparse_open(struct vmdk_extent *x, bool rw)
 		return kl_err(-EUCLEAN, "%s: truncated: %llu bytes, a sparse extent header needs 512",
 			      x->name, (unsigned long long)x->file_size);
 	KL_TRY(kl_io_pread_full(x->file, 0, hdr, sizeof(hdr), "sparse extent header"));
-	KL_TRY(vmdk_hdr_decode(hdr, x->name, "sparse extent header", x->file_size, &h));
+	if (get_le32(hdr) == VMDK_COWD_MAGIC) {
+		if (rw)
+			return kl_err(-ENOTSUP, "%s: vmfsSparse (COWD) extents are read-only in keel",
+				      x->name);
+		KL_TRY(cowd_hdr_decode(hdr, x->name, &h));
+	} else {
+		KL_TRY(vmdk_hdr_decode(hdr, x->name, "sparse extent header", x->file_size, &h));
+	}
 	s = kl_calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
@@ -212,6 +264,7 @@ int vmdk_sparse_open(struct vmdk_extent *x, bool rw)
 	} else {
 		s->h = h;
 	}
+	s->cowd = get_le32(hdr) == VMDK_COWD_MAGIC;
 	s->compressed = s->h.compress == VMDK_COMPRESS_DEFLATE;
 	s->markers = s->h.flags & VMDK_FLAG_MARKERS;
 	s->zero_grain = s->h.flags & VMDK_FLAG_ZERO_GRAIN;

@@ -7,7 +7,8 @@
  *
  * Reads: monolithicSparse, streamOptimized (footer and no-footer layouts),
  * twoGbMaxExtentSparse, monolithicFlat, twoGbMaxExtentFlat, vmfs/vmfsThin
- * flat descriptors, ZERO extents; hosted sparse versions 1-3.
+ * flat descriptors, ZERO extents; hosted sparse versions 1-3; vmfsSparse
+ * (COWD) extents, read only.
  * Writes: sparse and flat extents in place; streamOptimized only as a new,
  * empty image filled in increasing offset order (keel convert).
  *
@@ -86,7 +87,7 @@ static int vmdk_probe(const struct blk_probe_buf *pb)
 	if (pb->head_len >= 8 && memcmp(pb->head, VMDK_MAGIC_BYTES, 4) == 0)
 		return get_le32(pb->head + 4) >= 1 && get_le32(pb->head + 4) <= 3 ? 100 : 60;
 	if (pb->head_len >= 4 && memcmp(pb->head, COWD_MAGIC_BYTES, 4) == 0)
-		return 100; /* refused with a clear message at open */
+		return 100; /* a vmfsSparse (ESXi snapshot delta) extent on its own */
 	if (head_has(pb, 1024, "# Disk DescriptorFile", NULL))
 		return 90;
 	if (first_line_is_version(pb) && head_has(pb, 4096, "createType", NULL))
@@ -205,6 +206,7 @@ static int open_desc_extents(struct blk_dev *d)
 		case VMDK_EXT_FLAT:
 		case VMDK_EXT_VMFS:
 		case VMDK_EXT_SPARSE:
+		case VMDK_EXT_VMFSSPARSE: /* COWD: the sparse code reads it (vmdk-sparse.c) */
 		case VMDK_EXT_ZERO:
 			break;
 		default:
@@ -221,7 +223,8 @@ static int open_desc_extents(struct blk_dev *d)
 				      "read-only",
 				      d->filename, de->line);
 		KL_TRY(add_extent(s, &x));
-		x->type = de->type == VMDK_EXT_VMFS ? VMDK_EXT_FLAT : de->type;
+		x->type = de->type == VMDK_EXT_VMFS	  ? VMDK_EXT_FLAT :
+			  de->type == VMDK_EXT_VMFSSPARSE ? VMDK_EXT_SPARSE : de->type;
 		x->access = de->access;
 		x->start = start;
 		x->len = de->sectors * VMDK_SECTOR;
@@ -397,8 +400,8 @@ static int vmdk_open(struct blk_dev *d, const struct blk_open_opts *o)
 	if (memcmp(magic, VMDK_MAGIC_BYTES, 4) == 0) {
 		rc = open_hosted(d, size);
 	} else if (memcmp(magic, COWD_MAGIC_BYTES, 4) == 0) {
-		rc = kl_err(-ENOTSUP, "%s: vmfsSparse (COWD) extents are not supported",
-			    d->filename);
+		/* a delta without its descriptor: the extent alone, no parent */
+		rc = open_hosted(d, size);
 	} else {
 		rc = open_text(d, size);
 	}
@@ -422,7 +425,8 @@ static int vmdk_open(struct blk_dev *d, const struct blk_open_opts *o)
 		s->create_type = kl_strdup(s->desc.create_type);
 	else if (s->next == 1 && s->ext[0].sp)
 		s->create_type = kl_strdup(s->ext[0].sp->compressed ? "streamOptimized" :
-								     "monolithicSparse");
+					   s->ext[0].sp->cowd	    ? "vmfsSparse" :
+								      "monolithicSparse");
 	d->cluster_size = s->max_grain ? s->max_grain : 65536;
 	d->write_align = s->stream_w ? 1 : KL_MAX(s->max_grain, 1u);
 	rc = open_parent(d);

@@ -175,6 +175,7 @@ struct vmdk_sparse {
 	uint32_t *rgd;		  /* redundant directory when written too, else NULL */
 	uint64_t gt_bytes;	  /* one grain table on disk, whole sectors */
 	bool compressed, markers, zero_grain;
+	bool cowd;		  /* a vmfsSparse (COWD) extent: read only */
 	struct vmdk_gt_slot cache[VMDK_GT_CACHE];
 	uint64_t tick;
 	uint64_t next_sector;	  /* allocation point for writes */

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/fuzz/corpus.d/vmdk.sh OUTDIR WORKDIR - seeds for fuzz_vmdk (single-file
-# VMDKs: monolithicSparse, streamOptimized) and fuzz_vmdk_desc (descriptors),
+# VMDKs: monolithicSparse, streamOptimized, vmfsSparse) and fuzz_vmdk_desc (descriptors),
 # made small by keel and qemu-img.
 set -eu
 out=$1 w=$2/vmdk
@@ -47,3 +47,6 @@ for f in "$out"/vmdk/*; do
 done
 printf '# Disk DescriptorFile\r\nversion=3\r\nCID=0000000a\r\nparentCID=1b2c3d4e\r\ncreateType="vmfs"\r\nparentFileNameHint="a b.vmdk"\r\nRW 100 VMFS "x y-flat.vmdk"\r\nRDONLY 8 ZERO\r\nNOACCESS 9 FLAT "z" 77\r\nddb.uuid = "60 00"\r\n' \
 	> "$out/vmdk_desc/crlf.txt"
+# vmfsSparse (COWD) extents alone, as ESXi deltas hold them (no writer here: the test generator)
+python3 tests/common/mkcowd.py "$out/vmdk/cowd-g1" 4096 1 5
+python3 tests/common/mkcowd.py "$out/vmdk/cowd-g8" 20000 8 6
