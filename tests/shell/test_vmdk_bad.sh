@@ -128,7 +128,9 @@ expect_err "flat extent shorter than declared" "outside.bin: flat extent file ho
 printf '# Disk DescriptorFile\nversion=1\nRW 100 SPARSE "outside.bin"\n' > "$TMP/d/notsparse.vmdk"
 expect_err "sparse extent without a header" "outside.bin: sparse extent header has no KDMV magic" keel info "$TMP/d/notsparse.vmdk"
 printf '# Disk DescriptorFile\nversion=1\nRW 100 VMFSSPARSE "outside.bin"\n' > "$TMP/d/cowd.vmdk"
-expect_err "unsupported extent type" "cowd.vmdk: extent type VMFSSPARSE .* not supported" keel info "$TMP/d/cowd.vmdk"
+expect_err "vmfsSparse extent without a header" "outside.bin: sparse extent header has no KDMV magic" keel info "$TMP/d/cowd.vmdk"
+printf '# Disk DescriptorFile\nversion=1\nRW 100 SESPARSE "outside.bin"\n' > "$TMP/d/sesparse.vmdk"
+expect_err "unsupported extent type" "sesparse.vmdk: extent type SESPARSE .* not supported" keel info "$TMP/d/sesparse.vmdk"
 printf '# Disk DescriptorFile\nversion=1\nRW 100 FLAT "outside.bin" 0\n\001\002\003' > "$TMP/d/bin.vmdk"
 expect_err "binary garbage in a descriptor" "bin.vmdk: descriptor line 4 holds control byte" keel info "$TMP/d/bin.vmdk"
 f=$(fresh edesc.vmdk); desc_replace "$f" 'CID=' 'CID=zz'
