@@ -103,10 +103,12 @@ static int luksimg_info_nokey(struct blk_dev *d, struct blk_info *out)
 	struct luksimg_state *s = d->priv;
 	uint8_t hdr[LUKS_HEADER_LEN];
 	uint64_t fsize;
+	char what[160];
 
 	KL_TRY(read_layout(d, hdr, &s->payload, &fsize));
 	out->virtual_size = fsize - s->payload;
-	KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, locked (no key given)"));
+	KL_TRY(luks_peek(hdr, sizeof(hdr), d->filename, what, sizeof(what)));
+	KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, %s; locked (no key given)", what));
 	return blk_info_add_kv(out, "payload offset", "%llu", (unsigned long long)s->payload);
 }
 

@@ -262,6 +262,27 @@ static int try_slot(struct luks *l, const EVP_MD *md, const uint8_t *area, const
 	return rc;
 }
 
+int luks_peek(const uint8_t *hdr, size_t len, const char *who, char *out, size_t cap)
+{
+	char cipher[33], mode[33], hash[33];
+	int active = 0;
+
+	if (len < LUKS_HEADER_LEN || memcmp(hdr, LUKS_MAGIC, 6) != 0)
+		return kl_err(-EUCLEAN, "%s: no LUKS header (magic) in the encryption header area",
+			      who);
+	if (get_be16(hdr + 6) != 1)
+		return kl_err(-ENOTSUP, "%s: LUKS version %u; keel reads version 1", who,
+			      get_be16(hdr + 6));
+	KL_TRY(str_field(hdr + 8, cipher, who, "cipher name"));
+	KL_TRY(str_field(hdr + 40, mode, who, "cipher mode"));
+	KL_TRY(str_field(hdr + 72, hash, who, "hash"));
+	for (int i = 0; i < LUKS_SLOTS; i++)
+		active += get_be32(hdr + 208 + 48 * i) == LUKS_SLOT_ACTIVE;
+	snprintf(out, cap, "%s %s, %s, %d of %d key slots active", cipher, mode, hash, active,
+		 LUKS_SLOTS);
+	return 0;
+}
+
 int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_len,
 	      const char *who, struct luks **out)
 {

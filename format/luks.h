@@ -22,6 +22,11 @@ struct luks;
  */
 int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_len,
 	      const char *who, struct luks **out);
+/*
+ * What the header says without a passphrase, for keel info: "aes
+ * xts-plain64, sha256, 1 of 8 key slots active". Nothing is verified.
+ */
+int luks_peek(const uint8_t *hdr, size_t len, const char *who, char *out, size_t cap);
 /* Decrypt len bytes (whole sectors) in place; sector numbers the IVs. */
 int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len);
 struct kl_file;

@@ -1056,7 +1056,9 @@ static int qcow2_info(struct blk_dev *d, struct blk_info *out)
 static int qcow2_info_nokey(struct blk_dev *d, struct blk_info *out)
 {
 	struct qcow2_state *s = qcow2_s(d);
+	uint8_t hdr[LUKS_HEADER_LEN];
 	uint64_t vsize = 0;
+	char what[160];
 
 	s->cur_snap = -1;
 	KL_TRY(kl_io_size(d->file, &s->file_size));
@@ -1066,7 +1068,9 @@ static int qcow2_info_nokey(struct blk_dev *d, struct blk_info *out)
 		return kl_err(-ENOKEY, "%s is not encrypted", d->filename);
 	out->virtual_size = vsize;
 	out->cluster_size = s->cluster_size;
-	KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, locked (no key given)"));
+	KL_TRY(kl_io_pread_full(d->file, s->crypt_off, hdr, sizeof(hdr), "LUKS header"));
+	KL_TRY(luks_peek(hdr, sizeof(hdr), d->filename, what, sizeof(what)));
+	KL_TRY(blk_info_add_kv(out, "encryption", "LUKS, %s; locked (no key given)", what));
 	return qcow2_info(d, out);
 }
 

@@ -40,6 +40,8 @@ t "info with the key names the cipher and payload" sh -c \
 	"'$KEEL' info --key-file pw default.luks | grep -q 'encryption: LUKS, aes-256 xts-plain64, sha256, key slot 0'"
 t "info without the key: the header, locked" sh -c \
 	"'$KEEL' info --output json default.luks 2>/dev/null | grep -q '\"locked\": *true'"
+t "info without the key names the cipher" sh -c \
+	"'$KEEL' info cbc-essiv.luks 2>/dev/null | grep -q 'encryption: LUKS, aes cbc-essiv:sha256, sha256, 1 of 8 key slots active; locked'"
 printf 'wrong' >bad.pw
 expect_err "a wrong passphrase" "default.luks: wrong passphrase: no LUKS key slot opens with it" keel info --key-file bad.pw default.luks
 expect_err "not written" "default.luks is encrypted (LUKS); keel reads such images but does not write them" keel io --key-file pw -c "write 0 4k" default.luks
