@@ -508,12 +508,18 @@ START_TEST(bad_input)
 	tu_copy(good, p);
 	put_be64(b, 1ULL << 2);
 	poke(p, 72, b, 8);
-	expect_open_fail(p, -ENOTSUP, "external data file");
+	expect_open_fail(p, -EUCLEAN, "external data file bit set (incompatible bit 2) but no "
+				       "data file name extension");
 
 	tu_copy(good, p);
 	put_be32(b, 1);
 	poke(p, 32, b, 4);
-	expect_open_fail(p, -ENOTSUP, "encrypted");
+	expect_open_fail(p, -ENOTSUP, "legacy AES");
+
+	tu_copy(good, p);
+	put_be32(b, 2);
+	poke(p, 32, b, 4);
+	expect_open_fail(p, -EUCLEAN, "LUKS header area of 0 bytes");
 }
 END_TEST
 
