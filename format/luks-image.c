@@ -115,7 +115,7 @@ static int luksimg_info_nokey(struct blk_dev *d, struct blk_info *out)
 const struct blk_driver blk_luks_driver = {
 	.name = "luks",
 	.ext = "luks",
-	.desc = "LUKS1 volume (qemu 'luks', cryptsetup): read with the passphrase",
+	.desc = "LUKS1 volume (qemu luks, cryptsetup), read with the passphrase",
 	.instance_size = sizeof(struct luksimg_state),
 	.flags = BLK_DRV_FLAT,
 	.probe = luksimg_probe,
