@@ -8,7 +8,7 @@
  * Reads: monolithicSparse, streamOptimized (footer and no-footer layouts),
  * twoGbMaxExtentSparse, monolithicFlat, twoGbMaxExtentFlat, vmfs/vmfsThin
  * flat descriptors, ZERO extents; hosted sparse versions 1-3; vmfsSparse
- * (COWD) extents, read only.
+ * (COWD) and seSparse (vmdk-sesparse.c) extents, read only.
  * Writes: sparse and flat extents in place; streamOptimized only as a new,
  * empty image filled in increasing offset order (keel convert).
  *
@@ -24,6 +24,7 @@
 
 #define VMDK_MAGIC_BYTES "KDMV"
 #define COWD_MAGIC_BYTES "COWD"
+#define SESPARSE_MAGIC_BYTES "\xbe\xba\xfe\xca\0\0\0\0" /* u64 0xcafebabe, little-endian */
 #define VMDK_DESC_SECTORS 20 /* what qemu and VMware reserve for an embedded descriptor */
 
 struct vmdk_state {
@@ -88,6 +89,8 @@ static int vmdk_probe(const struct blk_probe_buf *pb)
 		return get_le32(pb->head + 4) >= 1 && get_le32(pb->head + 4) <= 3 ? 100 : 60;
 	if (pb->head_len >= 4 && memcmp(pb->head, COWD_MAGIC_BYTES, 4) == 0)
 		return 100; /* a vmfsSparse (ESXi snapshot delta) extent on its own */
+	if (pb->head_len >= 8 && memcmp(pb->head, SESPARSE_MAGIC_BYTES, 8) == 0)
+		return 100; /* a seSparse one */
 	if (head_has(pb, 1024, "# Disk DescriptorFile", NULL))
 		return 90;
 	if (first_line_is_version(pb) && head_has(pb, 4096, "createType", NULL))
@@ -130,6 +133,7 @@ static void close_extents(struct vmdk_state *s)
 		struct vmdk_extent *x = &s->ext[i];
 
 		vmdk_sparse_close(x);
+		vmdk_sesparse_close(x);
 		if (x->own_file)
 			kl_io_close(x->file);
 		kl_free(x->name);
@@ -209,6 +213,11 @@ static int open_desc_extents(struct blk_dev *d)
 		case VMDK_EXT_VMFSSPARSE: /* COWD: the sparse code reads it (vmdk-sparse.c) */
 		case VMDK_EXT_ZERO:
 			break;
+		case VMDK_EXT_SESPARSE:
+			if (!d->read_only)
+				return kl_err(-ENOTSUP, "%s: seSparse extent (descriptor line %u) is "
+					      "read-only in keel", d->filename, de->line);
+			break;
 		default:
 			return kl_err(-ENOTSUP,
 				      "%s: extent type %s (descriptor line %u) is not supported",
@@ -247,6 +256,15 @@ static int open_desc_extents(struct blk_dev *d)
 		x->own_file = true;
 		if (x->type == VMDK_EXT_FLAT) {
 			rc = open_flat(d, x, de);
+		} else if (x->type == VMDK_EXT_SESPARSE) {
+			rc = kl_io_size(x->file, &x->file_size);
+			if (rc == 0)
+				rc = vmdk_sesparse_open(x);
+			if (rc == 0 && vmdk_sesparse_capacity(x) < de->sectors)
+				rc = kl_err(-EUCLEAN, "%s: seSparse capacity of %llu sectors is less "
+					    "than the %llu the descriptor gives", x->name,
+					    (unsigned long long)vmdk_sesparse_capacity(x),
+					    (unsigned long long)de->sectors);
 		} else {
 			rc = kl_io_size(x->file, &x->file_size);
 			if (rc == 0)
@@ -322,6 +340,31 @@ static int open_hosted(struct blk_dev *d, uint64_t file_size)
 		s->stream_w = true;
 		d->encoded_writes = true;
 	}
+	return 0;
+}
+
+/* A seSparse extent without its descriptor: the delta alone, no parent. */
+static int open_sesparse_alone(struct blk_dev *d, uint64_t file_size)
+{
+	struct vmdk_state *s = d->priv;
+	struct vmdk_extent *x;
+
+	if (!d->read_only)
+		return kl_err(-ENOTSUP, "%s: seSparse extents are read-only in keel", d->filename);
+	KL_TRY(add_extent(s, &x));
+	x->type = VMDK_EXT_SESPARSE;
+	x->file = d->file;
+	x->file_size = file_size;
+	x->name = kl_strdup(d->filename);
+	if (!x->name)
+		return -ENOMEM;
+	KL_TRY(vmdk_sesparse_open(x));
+	if (vmdk_sesparse_capacity(x) > VMDK_MAX_SIZE / VMDK_SECTOR)
+		return kl_err(-EUCLEAN, "%s: seSparse capacity of %llu sectors is larger than %llu "
+			      "TiB", d->filename, (unsigned long long)vmdk_sesparse_capacity(x),
+			      (unsigned long long)(VMDK_MAX_SIZE >> 40));
+	x->len = vmdk_sesparse_capacity(x) * VMDK_SECTOR;
+	d->size = x->len;
 	return 0;
 }
 
@@ -402,6 +445,8 @@ static int vmdk_open(struct blk_dev *d, const struct blk_open_opts *o)
 	} else if (memcmp(magic, COWD_MAGIC_BYTES, 4) == 0) {
 		/* a delta without its descriptor: the extent alone, no parent */
 		rc = open_hosted(d, size);
+	} else if (memcmp(magic, SESPARSE_MAGIC_BYTES, 4) == 0) {
+		rc = open_sesparse_alone(d, size);
 	} else {
 		rc = open_text(d, size);
 	}
@@ -427,6 +472,8 @@ static int vmdk_open(struct blk_dev *d, const struct blk_open_opts *o)
 		s->create_type = kl_strdup(s->ext[0].sp->compressed ? "streamOptimized" :
 					   s->ext[0].sp->cowd	    ? "vmfsSparse" :
 								      "monolithicSparse");
+	else if (s->next == 1 && s->ext[0].se)
+		s->create_type = kl_strdup("seSparse");
 	d->cluster_size = s->max_grain ? s->max_grain : 65536;
 	d->write_align = s->stream_w ? 1 : KL_MAX(s->max_grain, 1u);
 	rc = open_parent(d);
@@ -467,6 +514,9 @@ static int vmdk_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 			break;
 		case VMDK_EXT_ZERO:
 			memset(b, 0, n);
+			break;
+		case VMDK_EXT_SESPARSE:
+			KL_TRY(vmdk_sesparse_read(d, x, rel, b, n));
 			break;
 		default:
 			KL_TRY(vmdk_sparse_read(d, x, rel, b, n));
@@ -638,6 +688,8 @@ static int vmdk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, stru
 		e->type = BLK_ZERO;
 		e->len = x->len - rel;
 		return 0;
+	case VMDK_EXT_SESPARSE:
+		return vmdk_sesparse_status(x, rel, len, x->file == d->file, e);
 	default:
 		return vmdk_sparse_status(d, x, rel, len, x->file == d->file, e);
 	}
@@ -742,6 +794,8 @@ static int vmdk_check(struct blk_dev *d, struct blk_check_report *r, unsigned fl
 	for (size_t i = 0; i < s->next; i++) {
 		if (s->ext[i].sp)
 			KL_TRY(vmdk_sparse_check(&s->ext[i], r, flags));
+		else if (s->ext[i].se)
+			KL_TRY(vmdk_sesparse_check(&s->ext[i], r));
 		else if (s->ext[i].type == VMDK_EXT_FLAT)
 			r->total_clusters += KL_DIV_ROUND_UP(s->ext[i].len, 65536);
 	}

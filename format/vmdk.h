@@ -199,6 +199,7 @@ struct vmdk_extent {
 	uint64_t flat_off;	 /* FLAT: byte offset of the extent in its file */
 	uint64_t file_size;	 /* tracked across our own writes */
 	struct vmdk_sparse *sp;	 /* SPARSE */
+	struct vmdk_sesparse *se; /* SESPARSE (vmdk-sesparse.c) */
 };
 
 /*
@@ -241,6 +242,20 @@ int vmdk_sparse_zero(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uin
 		     bool has_parent, unsigned flags);
 /* Consistency walk for `keel check`. */
 int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigned flags);
+
+/*
+ * seSparse extents (ESXi on VMFS 6), read only: open validates both headers
+ * and loads the grain directory (x->file, x->file_size, x->name set); the
+ * capacity is in sectors. Status and reads as for sparse extents.
+ */
+int vmdk_sesparse_open(struct vmdk_extent *x);
+void vmdk_sesparse_close(struct vmdk_extent *x);
+uint64_t vmdk_sesparse_capacity(const struct vmdk_extent *x);
+int vmdk_sesparse_status(struct vmdk_extent *x, uint64_t rel, uint64_t len, bool host_ok,
+			 struct blk_extent *e);
+int vmdk_sesparse_read(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uint8_t *buf,
+		       size_t len);
+int vmdk_sesparse_check(struct vmdk_extent *x, struct blk_check_report *r);
 
 struct vmdk_layout {
 	uint64_t capacity;   /* sectors */

@@ -130,7 +130,9 @@ expect_err "sparse extent without a header" "outside.bin: sparse extent header h
 printf '# Disk DescriptorFile\nversion=1\nRW 100 VMFSSPARSE "outside.bin"\n' > "$TMP/d/cowd.vmdk"
 expect_err "vmfsSparse extent without a header" "outside.bin: sparse extent header has no KDMV magic" keel info "$TMP/d/cowd.vmdk"
 printf '# Disk DescriptorFile\nversion=1\nRW 100 SESPARSE "outside.bin"\n' > "$TMP/d/sesparse.vmdk"
-expect_err "unsupported extent type" "sesparse.vmdk: extent type SESPARSE .* not supported" keel info "$TMP/d/sesparse.vmdk"
+expect_err "seSparse extent without a header" "outside.bin: no seSparse header magic" keel info "$TMP/d/sesparse.vmdk"
+printf '# Disk DescriptorFile\nversion=1\nRW 100 VMFSRDM "outside.bin"\n' > "$TMP/d/rdm.vmdk"
+expect_err "unsupported extent type" "rdm.vmdk: extent type VMFSRDM .* not supported" keel info "$TMP/d/rdm.vmdk"
 printf '# Disk DescriptorFile\nversion=1\nRW 100 FLAT "outside.bin" 0\n\001\002\003' > "$TMP/d/bin.vmdk"
 expect_err "binary garbage in a descriptor" "bin.vmdk: descriptor line 4 holds control byte" keel info "$TMP/d/bin.vmdk"
 f=$(fresh edesc.vmdk); desc_replace "$f" 'CID=' 'CID=zz'

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/fuzz/corpus.d/vmdk.sh OUTDIR WORKDIR - seeds for fuzz_vmdk (single-file
-# VMDKs: monolithicSparse, streamOptimized, vmfsSparse) and fuzz_vmdk_desc (descriptors),
+# VMDKs: monolithicSparse, streamOptimized, vmfsSparse, seSparse) and fuzz_vmdk_desc (descriptors),
 # made small by keel and qemu-img.
 set -eu
 out=$1 w=$2/vmdk
@@ -50,3 +50,6 @@ printf '# Disk DescriptorFile\r\nversion=3\r\nCID=0000000a\r\nparentCID=1b2c3d4e
 # vmfsSparse (COWD) extents alone, as ESXi deltas hold them (no writer here: the test generator)
 python3 tests/common/mkcowd.py "$out/vmdk/cowd-g1" 4096 1 5
 python3 tests/common/mkcowd.py "$out/vmdk/cowd-g8" 20000 8 6
+# seSparse extents alone (VMFS 6 deltas; the test generator again)
+python3 tests/common/mksesparse.py "$out/vmdk/sesparse-1" 4096 7
+python3 tests/common/mksesparse.py "$out/vmdk/sesparse-2" 300000 8
