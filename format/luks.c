@@ -262,17 +262,24 @@ static int try_slot(struct luks *l, const EVP_MD *md, const uint8_t *area, const
 	return rc;
 }
 
+/* A LUKS header of the one version keel reads. */
+static int check_magic(const uint8_t *h, size_t len, const char *who)
+{
+	if (len < LUKS_HEADER_LEN || memcmp(h, LUKS_MAGIC, 6) != 0)
+		return kl_err(-EUCLEAN, "%s: no LUKS header (magic) in the encryption header area",
+			      who);
+	if (get_be16(h + 6) != 1)
+		return kl_err(-ENOTSUP, "%s: LUKS version %u; keel reads version 1", who,
+			      get_be16(h + 6));
+	return 0;
+}
+
 int luks_peek(const uint8_t *hdr, size_t len, const char *who, char *out, size_t cap)
 {
 	char cipher[33], mode[33], hash[33];
 	int active = 0;
 
-	if (len < LUKS_HEADER_LEN || memcmp(hdr, LUKS_MAGIC, 6) != 0)
-		return kl_err(-EUCLEAN, "%s: no LUKS header (magic) in the encryption header area",
-			      who);
-	if (get_be16(hdr + 6) != 1)
-		return kl_err(-ENOTSUP, "%s: LUKS version %u; keel reads version 1", who,
-			      get_be16(hdr + 6));
+	KL_TRY(check_magic(hdr, len, who));
 	KL_TRY(str_field(hdr + 8, cipher, who, "cipher name"));
 	KL_TRY(str_field(hdr + 40, mode, who, "cipher mode"));
 	KL_TRY(str_field(hdr + 72, hash, who, "hash"));
@@ -294,12 +301,7 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 	int rc, nactive = 0;
 
 	*out = NULL;
-	if (len < LUKS_HEADER_LEN || memcmp(h, LUKS_MAGIC, 6) != 0)
-		return kl_err(-EUCLEAN, "%s: no LUKS header (magic) in the encryption header area",
-			      who);
-	if (get_be16(h + 6) != 1)
-		return kl_err(-ENOTSUP, "%s: LUKS version %u; keel reads version 1", who,
-			      get_be16(h + 6));
+	KL_TRY(check_magic(h, len, who));
 	l = kl_calloc(1, sizeof(*l));
 	if (!l)
 		return -ENOMEM;

@@ -219,15 +219,20 @@ expect_err "vmfsSparse: not written" "vmfsSparse (COWD) extents are read-only in
 cp cw2-delta.vmdk cwleak-delta.vmdk && head -c 65536 /dev/urandom >>cwleak-delta.vmdk
 mkdesc cwleak.vmdk vmfsSparse VMFSSPARSE 300001 cwleak-delta.vmdk 1a2b3c4f
 t "vmfsSparse: check reports space no table uses" sh -c "! '$KEEL' check cwleak.vmdk >cwl.out 2>&1; grep -q 'used by nothing (leaked)' cwl.out"
-cowd_bad() { # cowd_bad NAME PYTHON MESSAGE: a damaged copy of cw1's delta
-	cp cw1-delta.vmdk $1-delta.vmdk
+# damaged NAME DELTA CREATETYPE EXTTYPE SECTORS PYTHON MESSAGE: a copy of DELTA
+# patched by PYTHON (w32/w64 write little-endian), behind its own descriptor
+damaged() {
+	local n=$1 ext=${2##*-}
+	cp "$2" "$n-$ext"
 	python3 -c "import struct, sys
 f = open(sys.argv[1], 'r+b')
 def w32(o, v): f.seek(o); f.write(struct.pack('<I', v))
-$2" $1-delta.vmdk
-	mkdesc $1.vmdk vmfsSparse VMFSSPARSE 40960 $1-delta.vmdk 1a2b3c4d
-	expect_err "vmfsSparse: $1" "$3" keel convert -O raw $1.vmdk $1.raw
+def w64(o, v): f.seek(o); f.write(struct.pack('<Q', v))
+$6" "$n-$ext"
+	mkdesc $n.vmdk $3 $4 $5 "$n-$ext" 1a2b3c4d
+	expect_err "$3: $n" "$7" keel convert -O raw $n.vmdk $n.raw
 }
+cowd_bad() { damaged "$1" cw1-delta.vmdk vmfsSparse VMFSSPARSE 40960 "$2" "$3"; }
 cowd_bad cwver 'w32(4, 2)' "vmfsSparse (COWD) version 2 is not supported"
 cowd_bad cwgrain 'w32(16, 3)' "vmfsSparse header: grain size 3 sectors is not a power of two"
 cowd_bad cwngd 'w32(24, 1)' "vmfsSparse header: 1 grain directory entries cannot map 40960 sectors"
@@ -253,15 +258,7 @@ t "seSparse: converts to VHDX that qemu-img compares equal" sh -c \
 	"'$KEEL' -q convert -O vhdx se3.vmdk se3.vhdx && qemu-img compare se3.ref.raw se3.vhdx"
 t "seSparse: a delta alone reads (without its parent)" sh -c "'$KEEL' info se1-sesparse.vmdk | grep -q 'vmdk (seSparse)' && '$KEEL' check se1-sesparse.vmdk"
 expect_err "seSparse: not written" "seSparse extent (descriptor line [0-9]*) is read-only in keel" keel io -c "write 0 4k" se1.vmdk
-se_bad() { # se_bad NAME PYTHON MESSAGE: a damaged copy of se1's delta
-	cp se1-sesparse.vmdk $1-sesparse.vmdk
-	python3 -c "import struct, sys
-f = open(sys.argv[1], 'r+b')
-def w64(o, v): f.seek(o); f.write(struct.pack('<Q', v))
-$2" $1-sesparse.vmdk
-	mkdesc $1.vmdk seSparse SESPARSE 81920 $1-sesparse.vmdk 1a2b3c50
-	expect_err "seSparse: $1" "$3" keel convert -O raw $1.vmdk $1.raw
-}
+se_bad() { damaged "$1" se1-sesparse.vmdk seSparse SESPARSE 81920 "$2" "$3"; }
 se_bad semagic 'w64(0, 0)' "no seSparse header magic"
 se_bad sever 'w64(8, 1)' "seSparse version 0x1 is not supported"
 se_bad segrain 'w64(24, 16)' "seSparse grains of 16 sectors and tables of 64 sectors are not supported"
