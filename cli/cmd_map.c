@@ -19,6 +19,7 @@ struct map_run {
 	int type, depth;
 	unsigned flags;
 	bool valid;
+	const char *file; /* the driver's, when the data is not in the layer's own file */
 };
 
 static const char *type_name(const struct map_run *r)
@@ -28,8 +29,12 @@ static const char *type_name(const struct map_run *r)
 	return (r->flags & BLK_EXT_NOT_ALLOCATED) ? "unallocated" : "zero";
 }
 
-static const char *layer_file(struct blk_dev *d, int depth)
+static const char *layer_file(struct blk_dev *d, const struct map_run *r)
 {
+	int depth = r->depth;
+
+	if (r->file)
+		return r->file;
 	while (depth-- > 0 && blk_parent(d))
 		d = blk_parent(d);
 	return blk_filename(d);
@@ -50,18 +55,18 @@ static void emit(struct blk_dev *d, const struct map_run *r, bool json, struct k
 		if (r->flags & BLK_EXT_COMPRESSED)
 			kl_json_bool(j, "compressed", true);
 		if (r->type == BLK_DATA)
-			kl_json_str(j, "file", layer_file(d, r->depth));
+			kl_json_str(j, "file", layer_file(d, r));
 		kl_json_obj_close(j);
 		return;
 	}
 	if (r->type == BLK_DATA && r->host != BLK_NO_HOST_OFFSET)
 		printf("%#-18llx %#-18llx %-11s %5d %#-18llx %s\n", (unsigned long long)r->off,
 		       (unsigned long long)r->len, type_name(r), r->depth,
-		       (unsigned long long)r->host, layer_file(d, r->depth));
+		       (unsigned long long)r->host, layer_file(d, r));
 	else
 		printf("%#-18llx %#-18llx %-11s %5d %-18s %s\n", (unsigned long long)r->off,
 		       (unsigned long long)r->len, type_name(r), r->depth, "-",
-		       r->type == BLK_DATA ? layer_file(d, r->depth) : "");
+		       r->type == BLK_DATA ? layer_file(d, r) : "");
 }
 
 int cmd_map(int argc, char **argv)
@@ -120,13 +125,15 @@ int cmd_map(int argc, char **argv)
 		       (run.flags & BLK_EXT_NOT_ALLOCATED) == (e.flags & BLK_EXT_NOT_ALLOCATED) &&
 		       (run.flags & BLK_EXT_COMPRESSED) == (e.flags & BLK_EXT_COMPRESSED);
 		if (same && e.type == BLK_DATA)
-			same = run.host != BLK_NO_HOST_OFFSET && e.host_off == run.host + run.len;
+			same = run.host != BLK_NO_HOST_OFFSET && e.host_off == run.host + run.len &&
+			       (run.file == e.file || (run.file && e.file && !strcmp(run.file, e.file)));
 		if (same) {
 			run.len += e.len;
 		} else {
 			if (run.valid)
 				emit(d, &run, json, &j);
-			run = (struct map_run){ off, e.len, e.host_off, e.type, e.depth, e.flags, true };
+			run = (struct map_run){ off, e.len, e.host_off, e.type, e.depth, e.flags, true,
+						e.file };
 		}
 		off += e.len;
 	}

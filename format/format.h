@@ -34,6 +34,8 @@ struct blk_extent {
 	uint64_t len;	   /* > 0; may exceed what was asked, never past the virtual size */
 	int type;	   /* enum blk_status */
 	uint64_t host_off; /* offset of the data in the image file, or BLK_NO_HOST_OFFSET */
+	const char *file;  /* the file host_off is in when not the image file (a qcow2
+			    * external data file): the driver's, valid while it is open */
 	unsigned flags;	   /* BLK_EXT_* */
 	int depth;	   /* chain queries: 0 this image, 1 its parent, ... */
 };

@@ -174,6 +174,7 @@ int qcow2_block_status(struct blk_dev *d, uint64_t off, uint64_t len, struct blk
 	case QCOW2_P_DATA:
 		e->type = BLK_DATA;
 		e->host_off = p.host;
+		e->file = s->dfile ? s->data_file : NULL;
 		break;
 	case QCOW2_P_COMPRESSED:
 		e->type = BLK_DATA;

@@ -192,6 +192,7 @@ qemu-io -c "write -P 0x71 0 100000" -c "write -z 1M 1M" -c "write -P 0x72 3M 4k"
 	-c "discard 0 64k" -c "write -P 0x73 7M 1M" dfile-w.qcow2 >/dev/null
 check_read dfile-w
 t "info names the data file" sh -c "'$KEEL' info dfile-raw.qcow2 | grep -q 'data file: dfile-raw.data (raw)'"
+t "map names the data file, as qemu-img map does" sh -c "'$KEEL' map --output json dfile-w.qcow2 | grep -q '\"file\": *\"dfile-w.data\"'"
 t "check: an image with a data file is clean" keel check dfile.qcow2
 t "check: an image with a raw data file is clean" keel check dfile-raw.qcow2
 t "check counts clusters in the data file as allocated" sh -c "'$KEEL' check dfile-w.qcow2 | grep -q '^18/128 = '"
