@@ -194,7 +194,7 @@ static int grain(struct vmdk_extent *x, uint64_t g, enum se_kind *kind, uint64_t
 /* grains one status call looks at */
 #define SE_STATUS_SCAN 8192
 
-int vmdk_sesparse_status(struct vmdk_extent *x, uint64_t rel, uint64_t len, bool host_ok,
+int vmdk_sesparse_status(struct vmdk_extent *x, uint64_t rel, uint64_t len,
 			 struct blk_extent *e)
 {
 	uint64_t g = rel / SE_GRAIN_BYTES, end = rel + len, run_end, host = 0, h2 = 0;
@@ -212,7 +212,7 @@ int vmdk_sesparse_status(struct vmdk_extent *x, uint64_t rel, uint64_t len, bool
 	}
 	e->type = kind == SE_DATA ? BLK_DATA : kind == SE_ZERO ? BLK_ZERO : BLK_UNALLOC;
 	e->len = run_end - rel;
-	e->host_off = kind == SE_DATA && host_ok ? host + rel % SE_GRAIN_BYTES : BLK_NO_HOST_OFFSET;
+	e->host_off = kind == SE_DATA ? host + rel % SE_GRAIN_BYTES : BLK_NO_HOST_OFFSET;
 	return 0;
 }
 

@@ -498,7 +498,7 @@ static int classify(struct vmdk_extent *x, uint64_t g, uint32_t gte, enum vmdk_c
 #define VMDK_STATUS_SCAN 8192
 
 int vmdk_sparse_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uint64_t len,
-		       bool host_ok, struct blk_extent *e)
+		       struct blk_extent *e)
 {
 	struct vmdk_sparse *s = x->sp;
 	uint64_t g = rel >> s->grain_shift, end = rel + len, run_end, next_host = 0;
@@ -572,8 +572,6 @@ int vmdk_sparse_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, u
 		break;
 	default:
 		e->type = BLK_DATA;
-		if (!host_ok)
-			e->host_off = BLK_NO_HOST_OFFSET;
 		break;
 	}
 	return 0;

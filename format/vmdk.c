@@ -641,8 +641,7 @@ static int vmdk_pwrite_zeroes(struct blk_dev *d, uint64_t off, uint64_t len, uns
  * Holes in a flat extent file read as zeros: report them as ZERO, as raw
  * does, so walkers skip the unwritten part of a preallocated-size flat disk.
  */
-static int flat_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel,
-		       struct blk_extent *e)
+static int flat_status(struct vmdk_extent *x, uint64_t rel, struct blk_extent *e)
 {
 	uint64_t pos = x->flat_off + rel, end = x->flat_off + x->len, data, hole;
 	int rc;
@@ -666,7 +665,7 @@ static int flat_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel,
 	} else {
 		kl_err_clear();
 	}
-	e->host_off = x->file == d->file ? pos : BLK_NO_HOST_OFFSET;
+	e->host_off = pos;
 	return 0;
 }
 
@@ -683,16 +682,23 @@ static int vmdk_block_status(struct blk_dev *d, uint64_t off, uint64_t len, stru
 	len = KL_MIN(len, x->len - rel);
 	switch (x->type) {
 	case VMDK_EXT_FLAT:
-		return flat_status(d, x, rel, e);
+		KL_TRY(flat_status(x, rel, e));
+		break;
 	case VMDK_EXT_ZERO:
 		e->type = BLK_ZERO;
 		e->len = x->len - rel;
 		return 0;
 	case VMDK_EXT_SESPARSE:
-		return vmdk_sesparse_status(x, rel, len, x->file == d->file, e);
+		KL_TRY(vmdk_sesparse_status(x, rel, len, e));
+		break;
 	default:
-		return vmdk_sparse_status(d, x, rel, len, x->file == d->file, e);
+		KL_TRY(vmdk_sparse_status(d, x, rel, len, e));
+		break;
 	}
+	/* host offsets in an extent file of their own name it (keel map, like qemu-img map) */
+	if (e->host_off != BLK_NO_HOST_OFFSET && x->file != d->file)
+		e->file = x->name;
+	return 0;
 }
 
 static int vmdk_flush(struct blk_dev *d)

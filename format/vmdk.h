@@ -221,10 +221,10 @@ int vmdk_sparse_gte(struct vmdk_extent *x, uint64_t g, uint32_t *gte);
 /*
  * Status of [rel, rel+len) inside extent x (rel relative to the extent).
  * Fills e->type/len/host_off/flags; e->len covers at least one byte.
- * host_ok says whether host offsets are meaningful (x lives in d->file).
+ * host_off is in x->file (the caller names the file when it is not d's).
  */
 int vmdk_sparse_status(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uint64_t len,
-		       bool host_ok, struct blk_extent *e);
+		       struct blk_extent *e);
 /* Read [rel, rel+len) of extent x; unallocated parts come from below d. */
 int vmdk_sparse_read(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uint8_t *buf,
 		     size_t len);
@@ -251,7 +251,7 @@ int vmdk_sparse_check(struct vmdk_extent *x, struct blk_check_report *r, unsigne
 int vmdk_sesparse_open(struct vmdk_extent *x);
 void vmdk_sesparse_close(struct vmdk_extent *x);
 uint64_t vmdk_sesparse_capacity(const struct vmdk_extent *x);
-int vmdk_sesparse_status(struct vmdk_extent *x, uint64_t rel, uint64_t len, bool host_ok,
+int vmdk_sesparse_status(struct vmdk_extent *x, uint64_t rel, uint64_t len,
 			 struct blk_extent *e);
 int vmdk_sesparse_read(struct blk_dev *d, struct vmdk_extent *x, uint64_t rel, uint8_t *buf,
 		       size_t len);

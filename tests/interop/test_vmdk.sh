@@ -77,6 +77,37 @@ for src in src big; do
 done
 t "zeroed grains are ZERO in keel map" sh -c "'$KEEL' map --output json '$TMP/z-src.vmdk' | python3 -c 'import json,sys; m=json.load(sys.stdin); assert m[0][\"type\"]==\"zero\" and m[0][\"length\"]>=1<<20, m[0]'"
 t "info shows subformat, version and extents" sh -c "'$KEEL' info '$TMP/r-src-twoGbMaxExtentSparse/d.vmdk' | grep -q 'twoGbMaxExtentSparse' && '$KEEL' info '$TMP/z-src.vmdk' | grep -q 'sparse version: 2' && '$KEEL' info --output json '$TMP/r-big-twoGbMaxExtentFlat/d.vmdk' | grep -q 'd-f003.vmdk'"
+# keel map against qemu-img map: the data extents, with offsets in the extent
+# files. qemu maps a flat extent as data throughout, where keel asks the
+# filesystem for holes, so each keel data run must lie inside a qemu one at
+# the same offset (sparse extents: the runs are equal).
+map_as_qemu() {
+	qemu-img map -f vmdk --output=json "$1" >"$1.qmap" && "$KEEL" map --output json "$1" >"$1.kmap" &&
+	python3 - "$1.qmap" "$1.kmap" "${2:-}" <<'PY'
+import json, sys
+def runs(m):
+    out = []
+    for e in m:
+        if not e.get('data') or 'offset' not in e:
+            continue
+        if out and out[-1][0] + out[-1][1] == e['start'] and out[-1][2] + out[-1][1] == e['offset']:
+            out[-1][1] += e['length']
+        else:
+            out.append([e['start'], e['length'], e['offset']])
+    return out
+q, k = (runs(json.load(open(p))) for p in sys.argv[1:3])
+kfiles = {e.get('file', '') for e in json.load(open(sys.argv[2])) if e.get('data')}
+assert k and all(f for f in kfiles), (k, kfiles)
+for s, n, o in k:
+    assert any(qs <= s and s + n <= qs + qn and o - s == qo - qs for qs, qn, qo in q), ((s, n, o), q)
+if sys.argv[3:] == ['sparse']:
+    assert q == k, (q, k)
+PY
+}
+t "map: twoGbMaxExtentSparse extents and offsets as qemu-img map" map_as_qemu "$TMP/r-big-twoGbMaxExtentSparse/d.vmdk" sparse
+t "map: twoGbMaxExtentFlat extents and offsets as qemu-img map" map_as_qemu "$TMP/r-big-twoGbMaxExtentFlat/d.vmdk"
+t "map: monolithicFlat extents and offsets as qemu-img map" map_as_qemu "$TMP/r-src-monolithicFlat/d.vmdk"
+t "map names the extent file" sh -c "'$KEEL' map --output json '$TMP/r-big-twoGbMaxExtentSparse/d.vmdk' | grep -q '\"file\": *\".*d-s003.vmdk\"'"
 t "stream block status says compressed" sh -c "'$KEEL' map --output json '$TMP/r-src-streamOptimized/d.vmdk' | grep -q compressed"
 
 # a qemu child over a qemu base
