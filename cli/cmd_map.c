@@ -9,7 +9,8 @@ const char cmd_map_usage[] =
 	"usage: keel map [-f FMT] [--output json] FILE[@SNAP]\n"
 	"\n"
 	"Prints the extent map a guest sees: each range is data (with the layer\n"
-	"of the parent chain that holds it and its offset in that file), zero, or\n"
+	"of the parent chain that holds it and its offset in that file: a VMDK\n"
+	"extent file or a qcow2 data file where the data lives there), zero, or\n"
 	"unallocated (no layer holds it; reads as zeros). Only metadata is read.\n"
 	"\n"
 	"example: keel map --output json disk.qcow2\n";
