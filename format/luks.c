@@ -22,6 +22,7 @@
 #include "lib/kl.h"
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -290,12 +291,61 @@ int luks_peek(const uint8_t *hdr, size_t len, const char *who, char *out, size_t
 	return 0;
 }
 
+/*
+ * Unlocking costs what the header asks for: qemu's default is 2 seconds of
+ * PBKDF2 per try (8 million rounds here), and keel convert opens its source
+ * once per worker thread, and measure once more. So the master key of the
+ * last header unlocked is kept for the process, with SHA-256 digests of the
+ * header area and of the passphrase that opened it: the same area and
+ * passphrase give the same key without PBKDF2. The key is in every open
+ * image's cipher context anyway; nothing is written anywhere.
+ */
+static struct {
+	pthread_mutex_t lock;
+	bool valid;
+	uint8_t area[32], pass[32]; /* digests of what key came from */
+	uint8_t key[64];
+	int slot;
+} unlock_memo = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/*
+ * The digests of area and pass into da and dp; when they were unlocked
+ * before, also the key into mk and its slot into *slot (else *slot stays).
+ */
+static int unlocked_before(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_len,
+			   uint8_t da[32], uint8_t dp[32], uint8_t *mk, uint32_t kb, int *slot)
+{
+	if (EVP_Digest(area, len, da, NULL, EVP_sha256(), NULL) != 1 ||
+	    EVP_Digest(pass, pass_len, dp, NULL, EVP_sha256(), NULL) != 1)
+		return kl_err(-EIO, "LUKS: SHA-256 failed");
+	pthread_mutex_lock(&unlock_memo.lock);
+	if (unlock_memo.valid && !memcmp(unlock_memo.area, da, 32) &&
+	    !memcmp(unlock_memo.pass, dp, 32)) {
+		memcpy(mk, unlock_memo.key, kb);
+		*slot = unlock_memo.slot;
+	}
+	pthread_mutex_unlock(&unlock_memo.lock);
+	return 0;
+}
+
+static void remember_unlock(const uint8_t da[32], const uint8_t dp[32], const uint8_t *mk,
+			    uint32_t kb, int slot)
+{
+	pthread_mutex_lock(&unlock_memo.lock);
+	memcpy(unlock_memo.area, da, 32);
+	memcpy(unlock_memo.pass, dp, 32);
+	memcpy(unlock_memo.key, mk, kb);
+	unlock_memo.slot = slot;
+	unlock_memo.valid = true;
+	pthread_mutex_unlock(&unlock_memo.lock);
+}
+
 int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_len,
 	      const char *who, struct luks **out)
 {
 	const uint8_t *h = area;
 	const EVP_MD *md;
-	uint8_t mk[64] = { 0 };
+	uint8_t mk[64] = { 0 }, da[32] = { 0 }, dp[32] = { 0 };
 	struct luks *l;
 	uint32_t mk_iter;
 	int rc, nactive = 0;
@@ -366,6 +416,9 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 			    "FILE or --key-env VAR)", who);
 		goto err;
 	}
+	rc = unlocked_before(area, len, pass, pass_len, da, dp, mk, l->key_bytes, &l->slot);
+	if (rc < 0)
+		goto err;
 	for (int i = 0; i < LUKS_SLOTS && l->slot < 0; i++) {
 		const uint8_t *s = h + 208 + 48 * i;
 
@@ -374,8 +427,10 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 		rc = try_slot(l, md, area, s, h, pass, pass_len, mk);
 		if (rc < 0)
 			goto err;
-		if (rc == 1)
+		if (rc == 1) {
 			l->slot = i;
+			remember_unlock(da, dp, mk, l->key_bytes, i);
+		}
 	}
 	if (l->slot < 0) {
 		rc = kl_err(-EKEYREJECTED, "%s: wrong passphrase: no LUKS key slot opens with it",
@@ -384,6 +439,7 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 	}
 	rc = cipher_init(l, mk, &l->payload);
 	kl_wipe(mk, sizeof(mk));
+	kl_wipe(dp, sizeof(dp));
 	if (rc < 0)
 		goto err;
 	snprintf(l->desc, sizeof(l->desc), "%s-%u %s, %s, key slot %d", l->cipher,
@@ -394,6 +450,7 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 	return 0;
 err:
 	kl_wipe(mk, sizeof(mk));
+	kl_wipe(dp, sizeof(dp));
 	luks_close(l);
 	return rc;
 }

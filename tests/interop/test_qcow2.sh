@@ -237,6 +237,10 @@ luks_case luks-xts-essiv encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256
 qemu-img create -q -f raw luks-base.raw 6M
 qemu-io -f raw -c "write -P 0x21 0 6M" luks-base.raw >/dev/null
 luks_case luks-overlay "" luks-base.raw
+# one passphrase, two images, two master keys: what one open remembers must
+# not decrypt the other (the unlock memo in format/luks.c)
+t "luks: two images with one passphrase compare identical (same data, own keys)" \
+	keel compare --key-file luks.pw luks-default.qcow2 luks-cbc-plain64.qcow2
 t "luks: convert to a plain qcow2 that qemu-img reads the same" sh -c "'$KEEL' -q convert --key-file luks.pw -O qcow2 luks-default.qcow2 luks-plain.qcow2 && qemu-img compare luks-default.ref.raw luks-plain.qcow2"
 t "luks: check counts the LUKS header's clusters" keel check --key-file luks.pw luks-default.qcow2
 t "luks: info names the cipher" sh -c "'$KEEL' info --key-file luks.pw luks-cbc-essiv.qcow2 | grep -q 'encryption: LUKS, aes-128 cbc-essiv:sha256, sha1, key slot 0'"
