@@ -127,6 +127,21 @@ static int add_extent(struct vmdk_state *s, struct vmdk_extent **out)
 	return 0;
 }
 
+/* An extent that is the image file itself (a sparse file without a descriptor file). */
+static int add_self_extent(struct blk_dev *d, enum vmdk_ext_type type, uint64_t file_size,
+			   struct vmdk_extent **out)
+{
+	struct vmdk_extent *x;
+
+	KL_TRY(add_extent(d->priv, &x));
+	x->type = type;
+	x->file = d->file;
+	x->file_size = file_size;
+	x->name = kl_strdup(d->filename);
+	*out = x;
+	return x->name ? 0 : -ENOMEM;
+}
+
 static void close_extents(struct vmdk_state *s)
 {
 	for (size_t i = 0; i < s->next; i++) {
@@ -290,13 +305,7 @@ static int open_hosted(struct blk_dev *d, uint64_t file_size)
 	char *who;
 	int rc;
 
-	KL_TRY(add_extent(s, &x));
-	x->type = VMDK_EXT_SPARSE;
-	x->file = d->file;
-	x->file_size = file_size;
-	x->name = kl_strdup(d->filename);
-	if (!x->name)
-		return -ENOMEM;
+	KL_TRY(add_self_extent(d, VMDK_EXT_SPARSE, file_size, &x));
 	KL_TRY(vmdk_sparse_open(x, !d->read_only));
 	sp = x->sp;
 	if (sp->h.desc_off && sp->h.desc_size) {
@@ -346,18 +355,11 @@ static int open_hosted(struct blk_dev *d, uint64_t file_size)
 /* A seSparse extent without its descriptor: the delta alone, no parent. */
 static int open_sesparse_alone(struct blk_dev *d, uint64_t file_size)
 {
-	struct vmdk_state *s = d->priv;
 	struct vmdk_extent *x;
 
 	if (!d->read_only)
 		return kl_err(-ENOTSUP, "%s: seSparse extents are read-only in keel", d->filename);
-	KL_TRY(add_extent(s, &x));
-	x->type = VMDK_EXT_SESPARSE;
-	x->file = d->file;
-	x->file_size = file_size;
-	x->name = kl_strdup(d->filename);
-	if (!x->name)
-		return -ENOMEM;
+	KL_TRY(add_self_extent(d, VMDK_EXT_SESPARSE, file_size, &x));
 	KL_TRY(vmdk_sesparse_open(x));
 	if (vmdk_sesparse_capacity(x) > VMDK_MAX_SIZE / VMDK_SECTOR)
 		return kl_err(-EUCLEAN, "%s: seSparse capacity of %llu sectors is larger than %llu "
