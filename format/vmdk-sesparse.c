@@ -93,6 +93,12 @@ int vmdk_sesparse_open(struct vmdk_extent *x)
 		return kl_err(-EUCLEAN, "%s: seSparse grain directory at sector %llu (%llu sectors) "
 			      "lies past the end of the file", x->name, (unsigned long long)gd_off,
 			      (unsigned long long)gd_secs);
+	if (get_le64(h + 144) > x->file_size / VMDK_SECTOR ||
+	    get_le64(h + 192) > x->file_size / VMDK_SECTOR)
+		return kl_err(-EUCLEAN, "%s: seSparse grain tables (sector %llu) or grains (sector "
+			      "%llu) start past the end of the file", x->name,
+			      (unsigned long long)get_le64(h + 144),
+			      (unsigned long long)get_le64(h + 192));
 	s = kl_calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
