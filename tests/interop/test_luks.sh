@@ -16,10 +16,10 @@ q_luks() { # q_luks FILE QEMU-ARGS...: a qemu tool on a LUKS file, unlocked
 }
 luks_case() { # luks_case NAME [CREATE-OPTS]
 	local n=$1 o=${2:-} try
-	for try in 1 2 3; do # qemu-img's PBKDF2 timing now and then fails
+	for it in 10 20 50 100 200 10 20 50; do # qemu-img times PBKDF2 and now and then fails to ("Unable to get accurate CPU usage"): try again, longer
 		rm -f "$n.luks"
 		qemu-img create -q -f luks --object secret,id=s0,file=pw \
-			-o "key-secret=s0,iter-time=10${o:+,$o}" "$n.luks" 5M 2>/dev/null && break
+			-o "key-secret=s0,iter-time=$it${o:+,$o}" "$n.luks" 5M 2>/dev/null && break
 	done
 	[ -f "$n.luks" ] || { bad "$n: qemu-img create failed"; return; }
 	q_luks "$n.luks" qemu-io -c "write -P 0x5a 1000 70000" -c "write -P 0x42 4M 10000" >/dev/null

@@ -212,11 +212,10 @@ luks_io() { # luks_io IMAGE QEMU-IO-ARGS...: qemu-io on an encrypted image
 }
 luks_case() { # luks_case NAME [CREATE-OPTS [BACKING]]
 	local n=$1 o=${2:-} b=${3:-} try
-	# qemu-img's PBKDF2 timing now and then fails ("Unable to get accurate CPU usage")
-	for try in 1 2 3; do
+	for it in 10 20 50 100 200 10 20 50; do # qemu-img times PBKDF2 and now and then fails to ("Unable to get accurate CPU usage"): try again, longer
 		rm -f "$n.qcow2"
 		qemu-img create -q -f qcow2 --object secret,id=s0,file=luks.pw ${b:+-b "$b" -F raw} \
-			-o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10${o:+,$o}" \
+			-o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=$it${o:+,$o}" \
 			"$n.qcow2" 6M 2>/dev/null && break
 	done
 	[ -f "$n.qcow2" ] || { bad "luks $n: qemu-img create failed"; return; }
