@@ -15,7 +15,7 @@ q_luks() { # q_luks FILE QEMU-ARGS...: a qemu tool on a LUKS file, unlocked
 	"$tool" --object secret,id=s0,file=pw --image-opts "$@" "driver=luks,file.filename=$f,key-secret=s0"
 }
 luks_case() { # luks_case NAME [CREATE-OPTS]
-	local n=$1 o=${2:-} try
+	local n=$1 o=${2:-} it
 	for it in 10 20 50 100 200 10 20 50; do # qemu-img times PBKDF2 and now and then fails to ("Unable to get accurate CPU usage"): try again, longer
 		rm -f "$n.luks"
 		qemu-img create -q -f luks --object secret,id=s0,file=pw \

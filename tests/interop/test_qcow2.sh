@@ -211,7 +211,7 @@ luks_io() { # luks_io IMAGE QEMU-IO-ARGS...: qemu-io on an encrypted image
 		"driver=qcow2,file.filename=$n,encrypt.key-secret=s0" >/dev/null
 }
 luks_case() { # luks_case NAME [CREATE-OPTS [BACKING]]
-	local n=$1 o=${2:-} b=${3:-} try
+	local n=$1 o=${2:-} b=${3:-} it
 	for it in 10 20 50 100 200 10 20 50; do # qemu-img times PBKDF2 and now and then fails to ("Unable to get accurate CPU usage"): try again, longer
 		rm -f "$n.qcow2"
 		qemu-img create -q -f qcow2 --object secret,id=s0,file=luks.pw ${b:+-b "$b" -F raw} \
