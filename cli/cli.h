@@ -63,6 +63,7 @@ struct cli_open {
 	const char *key_env;
 	uint8_t *key; /* loaded secret, wiped on release */
 	size_t key_len;
+	size_t key_nl; /* newline bytes cut off a key file's end (blk_open_opts) */
 	bool force_share; /* -U: copy a source another program is writing */
 };
 /* BLK_OPEN_* flags for the source of a copy (convert, backup): co's, plus

@@ -228,6 +228,7 @@ int cmd_convert(int argc, char **argv)
 	o.dst_opts = opts;
 	o.key = co.key;
 	o.key_len = co.key_len;
+	o.key_nl = co.key_nl;
 	o.dst_key = co.key;
 	o.dst_key_len = co.key_len;
 	o.progress = o.progress || cli_force_progress;

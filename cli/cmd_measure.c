@@ -121,6 +121,7 @@ int cmd_measure(int argc, char **argv)
 	o.dst_opts = opts;
 	o.key = co.key;
 	o.key_len = co.key_len;
+	o.key_nl = co.key_nl;
 	o.progress = cli_force_progress;
 	rc = conv_measure(&o, size, &m);
 	kl_opts_free(opts);

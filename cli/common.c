@@ -137,7 +137,7 @@ bool cli_open_option(struct cli_open *co, int opt, const char *arg)
 	}
 }
 
-static int read_key_file(const char *path, uint8_t **out, size_t *len)
+static int read_key_file(const char *path, uint8_t **out, size_t *len, size_t *nl)
 {
 	struct kl_file *f;
 	uint64_t size;
@@ -165,10 +165,17 @@ static int read_key_file(const char *path, uint8_t **out, size_t *len)
 		kl_free(buf);
 		return (int)n;
 	}
-	/* a passphrase file usually ends with a newline that is not part of it */
+	/*
+	 * A passphrase file usually ends with a newline that is not part of
+	 * it; the newline stays in the buffer, after the key, because qemu's
+	 * and cryptsetup's key files are taken verbatim (LUKS tries both).
+	 */
+	*nl = (size_t)n;
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
 		n--;
+	*nl -= (size_t)n;
 	if (n == 0) {
+		kl_wipe(buf, (size_t)size);
 		kl_free(buf);
 		return kl_err(-EINVAL, "key file %s is empty", path);
 	}
@@ -215,7 +222,7 @@ int cli_load_key(struct cli_open *co, bool prompt, bool confirm)
 	if (co->key)
 		return 0;
 	if (co->key_file)
-		return read_key_file(co->key_file, &co->key, &co->key_len);
+		return read_key_file(co->key_file, &co->key, &co->key_len, &co->key_nl);
 	if (co->key_env) {
 		const char *v = getenv(co->key_env);
 
@@ -265,6 +272,7 @@ int cli_open_image(struct cli_open *co, const char *spec, unsigned flags, struct
 		KL_TRY(cli_load_key(co, false, false));
 	o.key = co->key;
 	o.key_len = co->key_len;
+	o.key_nl = co->key_nl;
 	rc = blk_open(spec, &o, out);
 	if (rc == -ENOKEY && !co->key && isatty(STDIN_FILENO)) {
 		/* encrypted and no key given: ask, once */
@@ -279,11 +287,12 @@ int cli_open_image(struct cli_open *co, const char *spec, unsigned flags, struct
 void cli_open_release(struct cli_open *co)
 {
 	if (co->key) {
-		kl_wipe(co->key, co->key_len);
+		kl_wipe(co->key, co->key_len + co->key_nl);
 		kl_free(co->key);
 	}
 	co->key = NULL;
 	co->key_len = 0;
+	co->key_nl = 0;
 }
 
 bool cli_has_s3_arg(int argc, char **argv)

@@ -48,6 +48,9 @@ struct conv_pipe_cfg {
 
 int conv_pipe_run(const struct conv_pipe_cfg *c, struct conv_stats *st);
 
+/* The options that open o's source read-only (its format, flags, key, snapshot). */
+void conv_src_open_opts(const struct conv_opts *o, struct blk_open_opts *so);
+
 /* Number of CPUs online (at least 1). */
 int conv_ncpus(void);
 

@@ -106,13 +106,14 @@ out:
 
 /* ------------------------------------------------------------------ one image */
 
-static void src_open_opts(const struct conv_opts *o, struct blk_open_opts *so)
+void conv_src_open_opts(const struct conv_opts *o, struct blk_open_opts *so)
 {
 	memset(so, 0, sizeof(*so));
 	so->format = o->src_fmt;
 	so->flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR;
 	so->key = o->key;
 	so->key_len = o->key_len;
+	so->key_nl = o->key_nl;
 	so->snapshot = o->src_select;
 }
 
@@ -176,7 +177,7 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 	struct stat sst;
 	int rc;
 
-	src_open_opts(o, &so);
+	conv_src_open_opts(o, &so);
 	rc = blk_open(o->src, &so, &src);
 	if (rc < 0)
 		return rc;
@@ -350,7 +351,7 @@ static int conv_chain(const struct conv_opts *o, struct conv_stats *st)
 
 	if (!drv)
 		return kl_err(-EINVAL, "unknown format '%s' (see 'keel help formats')", o->dst_fmt);
-	src_open_opts(o, &so);
+	conv_src_open_opts(o, &so);
 	KL_TRY(blk_open(o->src, &so, &top));
 	for (struct blk_dev *d = top; d; d = blk_parent(d))
 		n++;
@@ -597,7 +598,7 @@ static int conv_device(const struct conv_opts *o, struct conv_stats *st)
 		rc = kl_err(-errno, "%s: size of the device: %s", o->dst, strerror(errno));
 		goto out;
 	}
-	src_open_opts(o, &so);
+	conv_src_open_opts(o, &so);
 	rc = blk_open(o->src, &so, &src);
 	if (rc < 0)
 		goto out;

@@ -49,6 +49,7 @@ struct conv_opts {
 	int threads;		/* 0 = number of CPUs */
 	const uint8_t *key;	/* source secret */
 	size_t key_len;
+	size_t key_nl;		/* blk_open_opts.key_nl */
 	const uint8_t *dst_key; /* destination secret */
 	size_t dst_key_len;
 };

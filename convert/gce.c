@@ -166,11 +166,7 @@ static int gce_feed(struct archive *a, struct gce_out *t, struct blk_dev *src, u
 
 int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats *st)
 {
-	struct blk_open_opts so = { .format = o->src_fmt,
-				    .flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR,
-				    .key = o->key,
-				    .key_len = o->key_len,
-				    .snapshot = o->src_select };
+	struct blk_open_opts so;
 	struct gce_out t = { 0 };
 	struct blk_dev *src = NULL;
 	struct archive *a = NULL;
@@ -194,6 +190,7 @@ int conv_gce_write(const struct conv_opts *o, const char *tmp, struct conv_stats
 		rc = kl_opts_check_unused(o->dst_opts, "gce");
 	if (rc < 0)
 		return rc;
+	conv_src_open_opts(o, &so);
 	KL_TRY(blk_open(o->src, &so, &src));
 	vsize = blk_size(src);
 	msize = KL_ALIGN_UP(vsize, GCE_GIB);

@@ -121,11 +121,7 @@ static int generic_estimate(const char *fmt, const struct blk_create_opts *co, s
 static int measure_encoded(const struct conv_opts *o, const struct blk_create_opts *co,
 			   struct blk_dev *in, uint64_t *stored, bool *encoded)
 {
-	struct blk_open_opts so = { .format = o->src_fmt,
-				    .flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR,
-				    .key = o->key,
-				    .key_len = o->key_len,
-				    .snapshot = o->src_select };
+	struct blk_open_opts so;
 	struct blk_open_opts dop = { .format = o->dst_fmt, .flags = BLK_OPEN_RDWR };
 	struct conv_pipe_cfg pc = { 0 };
 	struct conv_stats st = { 0 };
@@ -133,6 +129,7 @@ static int measure_encoded(const struct conv_opts *o, const struct blk_create_op
 	char *dir, *path;
 	int rc;
 
+	conv_src_open_opts(o, &so);
 	KL_TRY(scratch_image(o->dst_fmt, co, &dir, &path));
 	dop.opts = co->opts;
 	rc = blk_open(path, &dop, &dst);
@@ -157,11 +154,7 @@ static int measure_encoded(const struct conv_opts *o, const struct blk_create_op
 int conv_measure(const struct conv_opts *uo, uint64_t size, struct conv_measure *m)
 {
 	struct conv_opts lo = *uo, *o = &lo;
-	struct blk_open_opts so = { .format = o->src_fmt,
-				    .flags = o->src_flags & ~(unsigned)BLK_OPEN_RDWR,
-				    .key = o->key,
-				    .key_len = o->key_len,
-				    .snapshot = o->src_select };
+	struct blk_open_opts so;
 	struct blk_create_opts co = { 0 };
 	struct blk_measure bm;
 	struct blk_dev *in = NULL;
@@ -169,6 +162,7 @@ int conv_measure(const struct conv_opts *uo, uint64_t size, struct conv_measure 
 	int rc;
 
 	memset(m, 0, sizeof(*m));
+	conv_src_open_opts(o, &so);
 	if (lo.dst_opts)
 		KL_TRY(conv_apply_profiles(&lo.dst_opts, &lo.dst_fmt));
 	if (!o->dst_fmt)

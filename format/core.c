@@ -436,6 +436,7 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 	d->chain = chain;
 	d->key = o->key;
 	d->key_len = o->key_len;
+	d->key_nl = o->key_nl;
 	d->write_align = 1;
 	if (drv->instance_size) {
 		d->priv = kl_calloc(1, drv->instance_size);
@@ -448,6 +449,7 @@ static int open_path(const char *path, const char *snapshot, const struct blk_op
 	d->chain = NULL;
 	d->key = NULL;
 	d->key_len = 0;
+	d->key_nl = 0;
 	if (rc < 0) {
 		blk_close(d->parent);
 		d->parent = NULL;
@@ -522,6 +524,7 @@ int blk_open_parent(struct blk_dev *d, const char *ref, const char *fmt)
 	}
 	po.key = d->key;
 	po.key_len = d->key_len;
+	po.key_nl = d->key_nl;
 	rc = open_path(path, NULL, &po, d->chain, d->depth + 1, NULL, &d->parent);
 	if (rc < 0)
 		rc = kl_err_prefix(rc, "opening parent '%s' of %s", ref, d->filename);

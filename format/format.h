@@ -69,6 +69,12 @@ struct blk_open_opts {
 	/* secret for encrypted images; borrowed, never stored by the caller's handle */
 	const uint8_t *key;
 	size_t key_len;
+	/*
+	 * Newline bytes that followed the key in its file and were cut off;
+	 * they follow key_len bytes in the buffer. LUKS (qemu, cryptsetup)
+	 * takes key files verbatim, so it tries the key with them too.
+	 */
+	size_t key_nl;
 };
 
 /*

@@ -55,6 +55,7 @@ struct blk_dev {
 	int depth;		 /* 0 for the top image */
 	const uint8_t *key;	 /* borrowed secret, valid during open only */
 	size_t key_len;
+	size_t key_nl;		 /* blk_open_opts.key_nl */
 	bool encoded_writes;	 /* set by open: encode_cluster/write_encoded apply (see below) */
 };
 

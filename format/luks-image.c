@@ -55,7 +55,7 @@ static int luksimg_open(struct blk_dev *d, const struct blk_open_opts *o)
 	(void)o;
 	KL_TRY(read_layout(d, hdr, &s->payload, &fsize));
 	KL_TRY(luks_open_file(d->file, 0, (size_t)s->payload, !d->read_only, d->key, d->key_len,
-			      d->filename, &s->luks));
+			      d->key_nl, d->filename, &s->luks));
 	d->size = fsize - s->payload;
 	d->cluster_size = 65536;
 	return 0;

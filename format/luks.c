@@ -463,7 +463,8 @@ int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len)
 }
 
 int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
-		   const uint8_t *pass, size_t pass_len, const char *who, struct luks **out)
+		   const uint8_t *pass, size_t pass_len, size_t pass_nl, const char *who,
+		   struct luks **out)
 {
 	uint8_t *area;
 	int rc;
@@ -478,6 +479,16 @@ int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
 	rc = kl_io_pread_full(f, off, area, len, "LUKS header and key material");
 	if (rc == 0)
 		rc = luks_open(area, len, pass, pass_len, who, out);
+	if (rc == -EKEYREJECTED && pass_nl) {
+		/*
+		 * qemu's secret file= and cryptsetup --key-file take the file
+		 * verbatim: `echo pass > key` made a passphrase ending in a
+		 * newline, which reading the key file cut off.
+		 */
+		rc = luks_open(area, len, pass, pass_len + pass_nl, who, out);
+		if (rc == -EKEYREJECTED)
+			kl_err_prefix(rc, "the key file, with and without its final newline");
+	}
 	kl_wipe(area, len);
 	kl_free(area);
 	return rc;

@@ -605,7 +605,7 @@ static int open_luks(struct blk_dev *d)
 	struct qcow2_state *s = qcow2_s(d);
 
 	return luks_open_file(d->file, s->crypt_off, (size_t)s->crypt_len, !d->read_only, d->key,
-			      d->key_len, d->filename, &s->luks);
+			      d->key_len, d->key_nl, d->filename, &s->luks);
 }
 
 static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)

@@ -14,14 +14,18 @@ q_luks() { # q_luks FILE QEMU-ARGS...: a qemu tool on a LUKS file, unlocked
 	local f=$1 tool=$2; shift 2
 	"$tool" --object secret,id=s0,file=pw --image-opts "$@" "driver=luks,file.filename=$f,key-secret=s0"
 }
-luks_case() { # luks_case NAME [CREATE-OPTS]
-	local n=$1 o=${2:-} it
+q_create() { # q_create FILE SECRET-FILE [CREATE-OPTS]: a 5 MiB LUKS volume
+	local f=$1 pw=$2 o=${3:-} it
 	for it in 10 20 50 100 200 10 20 50; do # qemu-img times PBKDF2 and now and then fails to ("Unable to get accurate CPU usage"): try again, longer
-		rm -f "$n.luks"
-		qemu-img create -q -f luks --object secret,id=s0,file=pw \
-			-o "key-secret=s0,iter-time=$it${o:+,$o}" "$n.luks" 5M 2>/dev/null && break
+		rm -f "$f"
+		qemu-img create -q -f luks --object "secret,id=s0,file=$pw" \
+			-o "key-secret=s0,iter-time=$it${o:+,$o}" "$f" 5M 2>/dev/null && break
 	done
-	[ -f "$n.luks" ] || { bad "$n: qemu-img create failed"; return; }
+	[ -f "$f" ] || { bad "$f: qemu-img create failed"; return 1; }
+}
+luks_case() { # luks_case NAME [CREATE-OPTS]
+	local n=$1 o=${2:-}
+	q_create "$n.luks" pw "$o" || return
 	q_luks "$n.luks" qemu-io -c "write -P 0x5a 1000 70000" -c "write -P 0x42 4M 10000" >/dev/null
 	qemu-img convert --object secret,id=s0,file=pw --image-opts -O raw \
 		"driver=luks,file.filename=$n.luks,key-secret=s0" "$n.ref.raw"
@@ -45,6 +49,25 @@ t "info without the key names the cipher" sh -c \
 printf 'wrong' >bad.pw
 expect_err "a wrong passphrase" "default.luks: wrong passphrase: no LUKS key slot opens with it" keel info --key-file bad.pw default.luks
 expect_err "not written" "default.luks is encrypted (LUKS); keel reads such images but does not write them" keel io --key-file pw -c "write 0 4k" default.luks
+# qemu (secret file=) and cryptsetup (--key-file) take a key file verbatim,
+# newline and all; keel cuts a final newline off, and tries it both ways
+printf 'nl pass\n' >nl.pw
+printf 'nl pass' >nl-cut.pw
+if q_create nl.luks nl.pw; then
+	t "a passphrase ending in a newline opens (qemu's secret file, verbatim)" sh -c \
+		"'$KEEL' info --key-file nl.pw nl.luks | grep -q 'key slot 0'"
+	qemu-img convert --object secret,id=s0,file=nl.pw --image-opts -O raw \
+		"driver=luks,file.filename=nl.luks,key-secret=s0" nl.ref.raw
+	t "...and convert reads what qemu reads" sh -c \
+		"'$KEEL' -q convert --key-file nl.pw -O raw nl.luks nl.raw && cmp nl.raw nl.ref.raw"
+	expect_err "...but not without the newline" "nl.luks: wrong passphrase" keel info --key-file nl-cut.pw nl.luks
+fi
+printf 'luks pass\n' >pw-nl
+t "a key file ending in a newline opens a passphrase without one" \
+	keel compare --key-file pw-nl default.ref.raw default.luks
+printf 'wrong\n' >bad-nl.pw
+expect_err "wrong both ways: says so" "the key file, with and without its final newline: default.luks: wrong passphrase" \
+	keel info --key-file bad-nl.pw default.luks
 cp default.luks off.luks
 python3 -c "import sys; f = open(sys.argv[1], 'r+b'); f.seek(104); f.write((1 << 31).to_bytes(4, 'big'))" off.luks
 expect_err "payload offset past the end" "off.luks: LUKS payload offset 1099511627776" keel info --key-file pw off.luks
