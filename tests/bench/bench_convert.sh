@@ -15,8 +15,8 @@
 # fsync: qemu-img's default) against qemu-img's default (r_uns).
 #
 # Method: each row runs BENCH_RUNS times (default 5; once when qemu-img
-# takes more than 20 s), keel and qemu-img alternating, and prints the
-# medians. Before every timed run the source is read into the page cache
+# takes more than 20 s), keel and qemu-img alternating (odd rounds keel
+# first, even rounds qemu-img first), and prints the medians. Before every timed run the source is read into the page cache
 # and `sync` empties the dirty pages that earlier runs left behind, so no
 # tool pays for another's writeback. Also prints the CPU seconds (user +
 # system) of the median run: on a machine shared with other work the
@@ -33,6 +33,7 @@
 #   BENCH_IMG=/path/to/image.raw   another source image
 #   BENCH_DIR=/tmp/...             scratch directory (about 8 GiB free)
 #   BENCH_RUNS=N                   runs per row (median)
+#   BENCH_ONLY=TEXT                only the rows whose name holds TEXT
 #   BENCH_GCE=0                    skip the GCE tar.gz row (its source takes ~35 s)
 set -u
 : "${KEEL:=$PWD/build/keel}"
@@ -85,6 +86,8 @@ med_cpu() { awk -v m="$(med_time "$1")" '$1 == m { print $2; exit }' "$dir/$1.t"
 
 row() { # row NAME KEEL_FMT "KEEL_ARGS" "QEMU_ARGS" SRC SRCFMT EXT DURABLE(0/1)
 	local name=$1 kfmt=$2 kargs=$3 qargs=$4 src=$5 sfmt=$6 ext=$7 dur=$8 kt qt dt rd ut ru ks qs
+	local i order which
+	case $name in *"${BENCH_ONLY:-}"*) ;; *) return ;; esac
 	local qfmt
 	if ! have "$kfmt"; then
 		printf '%-28s %8s\n' "$name" "n/a (keel has no $kfmt writer yet)"
@@ -92,33 +95,46 @@ row() { # row NAME KEEL_FMT "KEEL_ARGS" "QEMU_ARGS" SRC SRCFMT EXT DURABLE(0/1)
 	fi
 	qfmt=$( [ "$sfmt" = vhd ] && echo vpc || echo "$sfmt")
 	rm -f "$dir"/k.t "$dir"/q.t "$dir"/d.t "$dir"/u.t
-	for _ in $(seq "$runs"); do
-		warm "$src"
-		# shellcheck disable=SC2086
-		if ! timed k "$dir/k.$ext" "$KEEL" convert -f "$sfmt" $kargs "$src" "$dir/k.$ext"; then
-			printf '%-28s keel failed: %s\n' "$name" "$(head -1 "$dir/err")"
-			return
-		fi
-		ks=$(size_of "$dir/k.$ext")
-		rm -f "$dir/k.$ext"
-		warm "$src"
-		# shellcheck disable=SC2086
-		timed q "$dir/q.$ext" qemu-img convert -f "$qfmt" $qargs "$src" "$dir/q.$ext" ||
-			{ printf '%-28s qemu-img failed: %s\n' "$name" "$(head -1 "$dir/err")"; return; }
-		qs=$(size_of "$dir/q.$ext")
-		rm -f "$dir/q.$ext"
-		if [ "$dur" = 1 ]; then
-			warm "$src"
-			# shellcheck disable=SC2086
-			timed d "$dir/q.$ext" qemu-img convert -t none -f "$qfmt" $qargs "$src" \
-				"$dir/q.$ext" || echo "0 0" >>"$dir/d.t"
-			rm -f "$dir/q.$ext"
-			warm "$src"
-			# shellcheck disable=SC2086
-			timed u "$dir/k.$ext" "$KEEL" convert -t unsafe -f "$sfmt" $kargs "$src" \
-				"$dir/k.$ext" || echo "0 0" >>"$dir/u.t"
-			rm -f "$dir/k.$ext"
-		fi
+	for i in $(seq "$runs"); do
+		# the four runs in one order, then the reverse: a run that
+		# follows another tool's freed page cache (see Method) is
+		# not always the same tool's
+		order="k q d u"
+		[ $((i % 2)) = 0 ] && order="u d q k"
+		for which in $order; do
+			case $which in
+			k)
+				warm "$src"
+				# shellcheck disable=SC2086
+				if ! timed k "$dir/k.$ext" "$KEEL" convert -f "$sfmt" $kargs "$src" "$dir/k.$ext"; then
+					printf '%-28s keel failed: %s\n' "$name" "$(head -1 "$dir/err")"
+					return
+				fi
+				ks=$(size_of "$dir/k.$ext")
+				rm -f "$dir/k.$ext" ;;
+			q)
+				warm "$src"
+				# shellcheck disable=SC2086
+				timed q "$dir/q.$ext" qemu-img convert -f "$qfmt" $qargs "$src" "$dir/q.$ext" ||
+					{ printf '%-28s qemu-img failed: %s\n' "$name" "$(head -1 "$dir/err")"; return; }
+				qs=$(size_of "$dir/q.$ext")
+				rm -f "$dir/q.$ext" ;;
+			d)
+				[ "$dur" = 1 ] || continue
+				warm "$src"
+				# shellcheck disable=SC2086
+				timed d "$dir/q.$ext" qemu-img convert -t none -f "$qfmt" $qargs "$src" \
+					"$dir/q.$ext" || echo "0 0" >>"$dir/d.t"
+				rm -f "$dir/q.$ext" ;;
+			u)
+				[ "$dur" = 1 ] || continue
+				warm "$src"
+				# shellcheck disable=SC2086
+				timed u "$dir/k.$ext" "$KEEL" convert -t unsafe -f "$sfmt" $kargs "$src" \
+					"$dir/k.$ext" || echo "0 0" >>"$dir/u.t"
+				rm -f "$dir/k.$ext" ;;
+			esac
+		done
 		# slow rows (qemu-img's single-threaded deflate) once only
 		[ "$(awk -v t="$(tail -1 "$dir/q.t" | cut -d' ' -f1)" 'BEGIN { print (t > 20) }')" = 1 ] &&
 			break
@@ -172,13 +188,14 @@ gce_row() {
 	kt=$(med_time k)
 	qt=$(med_time q)
 	printf '%-28s %8s %8s %6.2f %10s %6s %10s %6s %12s %12s %6.3f %8.2f %8.2f\n' \
-		"gce tar.gz->qcow2 (tar+qemu)" "$kt" "$qt" \
+		"$gce_name" "$kt" "$qt" \
 		"$(awk -v a="$kt" -v b="$qt" 'BEGIN { print (b > 0 ? a / b : 0) }')" - - - - \
 		"$ks" "$qs" "$(awk -v a="$ks" -v b="$qs" 'BEGIN { print (b > 0 ? a / b : 0) }')" \
 		"$(med_cpu k)" "$(med_cpu q)"
 	rm -f "$dir/src.tar.gz"
 }
-[ "${BENCH_GCE:-1}" = 1 ] && gce_row
+gce_name="gce tar.gz->qcow2 (tar+qemu)"
+case $gce_name in *"${BENCH_ONLY:-}"*) [ "${BENCH_GCE:-1}" = 1 ] && gce_row ;; esac
 echo "# goals: ratio <= 1.0 uncompressed rows, <= 0.4 compressed rows; size <= 1.03"
 echo "# ratio: keel default (durable) / qemu-img default (unflushed)"
 echo "# r_dur: keel default / qemu-img -t none (both durable)"
