@@ -243,6 +243,8 @@ static int try_slot(struct luks *l, const EVP_MD *md, const uint8_t *area, const
 	if (!mat)
 		return -ENOMEM;
 	memcpy(mat, area + (size_t)ko * LUKS_SECTOR, mlen);
+	/* tests count these: one unlock per process (unlocked_before) */
+	kl_debug("LUKS: PBKDF2 on a key slot, %u iterations", iter);
 	rc = PKCS5_PBKDF2_HMAC((const char *)pass, (int)pass_len, slot + 8, LUKS_SALT_LEN, (int)iter,
 			       md, (int)l->key_bytes, key) == 1 ? 0 : kl_err(-EIO, "LUKS: PBKDF2 failed");
 	if (rc == 0 && (rc = cipher_init(l, key, &c)) == 0) {
@@ -326,6 +328,18 @@ static int unlocked_before(const uint8_t *area, size_t len, const uint8_t *pass,
 	}
 	pthread_mutex_unlock(&unlock_memo.lock);
 	return 0;
+}
+
+/* Whether area and pass were unlocked before (by an earlier open of this process). */
+static bool unlocked_with(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_len)
+{
+	uint8_t da[32], dp[32], mk[64];
+	int slot = -1;
+
+	if (unlocked_before(area, len, pass, pass_len, da, dp, mk, sizeof(mk), &slot) < 0)
+		kl_err_clear(); /* then PBKDF2 decides */
+	kl_wipe(mk, sizeof(mk));
+	return slot >= 0;
 }
 
 static void remember_unlock(const uint8_t da[32], const uint8_t dp[32], const uint8_t *mk,
@@ -466,6 +480,7 @@ int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
 		   const uint8_t *pass, size_t pass_len, size_t pass_nl, const char *who,
 		   struct luks **out)
 {
+	size_t first, second;
 	uint8_t *area;
 	int rc;
 
@@ -477,15 +492,22 @@ int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
 	if (!area)
 		return -ENOMEM;
 	rc = kl_io_pread_full(f, off, area, len, "LUKS header and key material");
+	/*
+	 * qemu's secret file= and cryptsetup --key-file take the file
+	 * verbatim: `echo pass > key` made a passphrase ending in a newline,
+	 * which reading the key file cut off. Without it first, unless an
+	 * earlier open of this process found that the newline belongs.
+	 */
+	first = pass_len;
+	second = pass_len + pass_nl;
+	if (rc == 0 && pass_nl && unlocked_with(area, len, pass, second)) {
+		first = second;
+		second = pass_len;
+	}
 	if (rc == 0)
-		rc = luks_open(area, len, pass, pass_len, who, out);
+		rc = luks_open(area, len, pass, first, who, out);
 	if (rc == -EKEYREJECTED && pass_nl) {
-		/*
-		 * qemu's secret file= and cryptsetup --key-file take the file
-		 * verbatim: `echo pass > key` made a passphrase ending in a
-		 * newline, which reading the key file cut off.
-		 */
-		rc = luks_open(area, len, pass, pass_len + pass_nl, who, out);
+		rc = luks_open(area, len, pass, second, who, out);
 		if (rc == -EKEYREJECTED)
 			kl_err_prefix(rc, "the key file, with and without its final newline");
 	}

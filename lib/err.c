@@ -79,7 +79,7 @@ const char *kl_strerror(int code)
 	}
 }
 
-void kl_debug_site(const char *file, int line, int code)
+static bool debug_on(void)
 {
 	static int enabled = -1;
 
@@ -87,6 +87,24 @@ void kl_debug_site(const char *file, int line, int code)
 		const char *e = getenv("KEEL_DEBUG");
 		enabled = e && *e && strcmp(e, "0") != 0;
 	}
-	if (enabled)
+	return enabled;
+}
+
+void kl_debug_site(const char *file, int line, int code)
+{
+	if (debug_on())
 		fprintf(stderr, "keel: debug: %s:%d: %s (%d)\n", file, line, kl_strerror(code), code);
+}
+
+void kl_debug(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	if (!debug_on())
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "keel: debug: %s\n", msg);
 }

@@ -63,6 +63,8 @@ const char *kl_strerror(int code);
 
 /* Debug logging of failure sites, enabled by KEEL_DEBUG=1 in the environment. */
 void kl_debug_site(const char *file, int line, int code);
+/* A "keel: debug: ..." line when KEEL_DEBUG is on (work worth counting in tests). */
+void kl_debug(const char *fmt, ...) KL_PRINTF(1, 2);
 
 #define KL_TRY(expr)                                                              \
 	do {                                                                      \

@@ -61,7 +61,16 @@ if q_create nl.luks nl.pw; then
 	t "...and convert reads what qemu reads" sh -c \
 		"'$KEEL' -q convert --key-file nl.pw -O raw nl.luks nl.raw && cmp nl.raw nl.ref.raw"
 	expect_err "...but not without the newline" "nl.luks: wrong passphrase" keel info --key-file nl-cut.pw nl.luks
+	# convert opens its source once per thread and for measure: the
+	# newline is tried once (1 failed + 1 good PBKDF2), not on each open
+	t "...found once per process, not once per open" sh -c \
+		"KEEL_DEBUG=1 '$KEEL' -q convert --key-file nl.pw -O qcow2 nl.luks nl-memo.qcow2 2>&1 |
+		 grep -c 'PBKDF2 on a key slot' | grep -qx 2"
 fi
+# qemu's default PBKDF2 time is 2 s per try: one unlock per process
+t "convert runs PBKDF2 once for all its opens" sh -c \
+	"KEEL_DEBUG=1 '$KEEL' -q convert -j 3 --key-file pw -O qcow2 default.luks memo.qcow2 2>&1 |
+	 grep -c 'PBKDF2 on a key slot' | grep -qx 1"
 printf 'luks pass\n' >pw-nl
 t "a key file ending in a newline opens a passphrase without one" \
 	keel compare --key-file pw-nl default.ref.raw default.luks
