@@ -93,9 +93,11 @@ const char cmd_convert_usage[] =
 	"  -p            progress bar even when stderr is not a terminal\n"
 	"  --output json summary: bytes read, written, zero bytes skipped, duration\n"
 	"  --key-file F, --key-env V\n"
-	"                passphrase of an encrypted SRC (.keel, or qcow2 with LUKS\n"
-	"                from qemu-img), and of DST when it is a .keel made with\n"
-	"                -o encrypt=on\n"
+	"                passphrase of an encrypted SRC (.keel, a LUKS volume, or\n"
+	"                qcow2 with LUKS from qemu-img), and of DST when it is a\n"
+	"                .keel made with -o encrypt=on or a LUKS volume (-O luks,\n"
+	"                aes-256 xts-plain64; the key file is taken verbatim,\n"
+	"                final newline included, as qemu and cryptsetup take it)\n"
 	"\n"
 	"examples:\n"
 	"  keel convert -O qcow2 -o compression_type=zstd -c disk.raw disk.qcow2\n"
@@ -231,6 +233,7 @@ int cmd_convert(int argc, char **argv)
 	o.key_nl = co.key_nl;
 	o.dst_key = co.key;
 	o.dst_key_len = co.key_len;
+	o.dst_key_nl = co.key_nl;
 	o.progress = o.progress || cli_force_progress;
 	conv_install_signal_handlers();
 	rc = conv_run(&o, &st);

@@ -36,6 +36,7 @@ int cmd_create(int argc, char **argv)
 	struct kl_opts *opts = NULL;
 	const char *fmt = "keel";
 	const char *enc;
+	const struct blk_driver *drv;
 	int opt, rc;
 
 	while ((opt = getopt_long(argc, argv, "f:o:b:F:h", lo, NULL)) != -1) {
@@ -78,7 +79,8 @@ int cmd_create(int argc, char **argv)
 	o.opts = opts;
 	o.flags = co.flags;
 	enc = kl_opts_peek(opts, "encrypt");
-	if (enc && strcmp(enc, "off") != 0) {
+	drv = blk_driver_find(fmt);
+	if ((enc && strcmp(enc, "off") != 0) || (drv && blk_driver_create_needs_key(drv))) {
 		rc = cli_load_key(&co, true, true);
 		if (rc < 0) {
 			kl_opts_free(opts);
@@ -89,6 +91,7 @@ int cmd_create(int argc, char **argv)
 		cli_load_key(&co, false, false);
 	o.key = co.key;
 	o.key_len = co.key_len;
+	o.key_nl = co.key_nl;
 	rc = blk_create(argv[optind], fmt, &o);
 	kl_opts_free(opts);
 	cli_open_release(&co);

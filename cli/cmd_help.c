@@ -18,8 +18,10 @@ static void list_formats(void)
 	printf("%-8s %-7s %s\n", "FORMAT", "CREATE", "DESCRIPTION");
 	for (size_t i = 0; (drv = blk_driver_at(i)); i++)
 		printf("%-8s %-7s %s\n", blk_driver_name(drv),
+		       blk_driver_create_needs_key(drv) ? "key" :
 		       blk_driver_can_create(drv) ? "yes" : "no", blk_driver_desc(drv));
-	printf("\nA format's -o options: keel create -f FORMAT -o help\n");
+	printf("\nCREATE key: writing one needs a passphrase (--key-file or --key-env).\n"
+	       "A format's -o options: keel create -f FORMAT -o help\n");
 }
 
 int cmd_help(int argc, char **argv)

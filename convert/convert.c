@@ -169,7 +169,8 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 	struct blk_open_opts so;
 	struct blk_open_opts dop = { .format = o->dst_fmt,
 				     .flags = BLK_OPEN_RDWR | conv_blk_cache_flags(o),
-				     .key = o->dst_key, .key_len = o->dst_key_len };
+				     .key = o->dst_key, .key_len = o->dst_key_len,
+				     .key_nl = o->dst_key_nl };
 	struct blk_create_opts co = { 0 };
 	struct kl_opts *oo = NULL;
 	struct blk_dev *src = NULL, *dst = NULL;
@@ -188,6 +189,7 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 	co.opts = o->dst_opts;
 	co.key = o->dst_key;
 	co.key_len = o->dst_key_len;
+	co.key_nl = o->dst_key_nl;
 	co.flags = conv_blk_cache_flags(o) & BLK_OPEN_UNSAFE;
 	if (o->compress) {
 		/* creation and every open of the output see the request */
@@ -224,7 +226,8 @@ int conv_into(const struct conv_opts *o, const char *path, struct conv_stats *st
 		goto out;
 	if (o->compress && !blk_can_encode(dst) && getenv("KEEL_CONV_DEBUG"))
 		fprintf(stderr, "keel: compression runs inside the %s driver\n", o->dst_fmt);
-	rc = conv_copy(o, &so, src, dst, false, st);
+	/* a new LUKS volume reads as noise where unwritten: zeros are written too */
+	rc = conv_copy(o, &so, src, dst, !blk_zero_init(dst), st);
 	if (rc < 0)
 		goto out;
 	blk_close(dst);
@@ -252,7 +255,8 @@ static int digest_file(const struct conv_opts *o, const char *path, const char *
 	struct blk_open_opts vo = { .format = fmt,
 				    .flags = o->src_flags & BLK_OPEN_ALLOW_EXTERNAL,
 				    .key = o->dst_key,
-				    .key_len = o->dst_key_len };
+				    .key_len = o->dst_key_len,
+				    .key_nl = o->dst_key_nl };
 	struct conv_pipe_cfg pc = { 0 };
 	struct conv_stats vst = { 0 };
 	struct blk_dev *v;

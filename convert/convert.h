@@ -52,6 +52,7 @@ struct conv_opts {
 	size_t key_nl;		/* blk_open_opts.key_nl */
 	const uint8_t *dst_key; /* destination secret */
 	size_t dst_key_len;
+	size_t dst_key_nl;	/* blk_open_opts.key_nl */
 };
 
 struct conv_stats {

@@ -197,7 +197,9 @@ int conv_measure(const struct conv_opts *uo, uint64_t size, struct conv_measure 
 	m->required = bm.required;
 	m->fully_allocated = bm.fully_allocated;
 	m->data = bm.data;
-	if (in) {
+	/* a scratch LUKS volume would need the passphrase; LUKS stores data plainly */
+	if (in && !(blk_driver_find(o->dst_fmt) &&
+		    blk_driver_create_needs_key(blk_driver_find(o->dst_fmt)))) {
 		uint64_t stored = 0;
 		bool encoded = false;
 

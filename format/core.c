@@ -56,6 +56,11 @@ bool blk_driver_can_create(const struct blk_driver *drv)
 	return (drv->flags & BLK_DRV_CAN_CREATE) && drv->create;
 }
 
+bool blk_driver_create_needs_key(const struct blk_driver *drv)
+{
+	return blk_driver_can_create(drv) && (drv->flags & BLK_DRV_CREATE_KEY);
+}
+
 const char *blk_driver_create_help(const struct blk_driver *drv)
 {
 	return blk_driver_can_create(drv) ? drv->create_help : NULL;
@@ -875,6 +880,11 @@ void blk_writeback(struct blk_dev *d)
 {
 	if (!d->read_only)
 		kl_io_writeback(d->file);
+}
+
+bool blk_zero_init(const struct blk_dev *d)
+{
+	return !(d->drv->flags & BLK_DRV_NO_ZERO_INIT);
 }
 
 bool blk_sequential(const struct blk_dev *d)

@@ -108,6 +108,7 @@ struct blk_create_opts {
 	unsigned flags;		   /* BLK_OPEN_ALLOW_EXTERNAL, BLK_OPEN_UNSAFE */
 	const uint8_t *key;	   /* secret for encrypted images */
 	size_t key_len;
+	size_t key_nl;		   /* as blk_open_opts.key_nl (LUKS keeps them) */
 	/*
 	 * Where the image will live once complete when the caller builds it
 	 * under a temporary name (convert does), or NULL for path itself.
@@ -166,6 +167,12 @@ bool blk_can_encode(const struct blk_dev *d);
  * increasing offset order.
  */
 bool blk_sequential(const struct blk_dev *d);
+/*
+ * False when what was never written to d does not read as zeros (a LUKS
+ * volume: the file's zeros decrypt to noise), so a copy into it must write
+ * the source's zeros too.
+ */
+bool blk_zero_init(const struct blk_dev *d);
 ssize_t blk_encode_cluster(const struct blk_dev *d, uint64_t off, const void *buf, size_t len,
 			   void *out, size_t cap);
 int blk_write_encoded(struct blk_dev *d, uint64_t off, const void *enc, size_t enc_len,
@@ -441,6 +448,8 @@ const struct blk_driver *blk_driver_at(size_t i);
 const char *blk_driver_name(const struct blk_driver *drv);
 const char *blk_driver_desc(const struct blk_driver *drv);
 bool blk_driver_can_create(const struct blk_driver *drv);
+/* Creating one needs a passphrase (LUKS): "key" in keel help formats. */
+bool blk_driver_create_needs_key(const struct blk_driver *drv);
 /* The driver's -o keys for create, a line each; NULL when it cannot create. */
 const char *blk_driver_create_help(const struct blk_driver *drv);
 /* Probe a file read-only; returns the winning driver (raw when nothing bids). */

@@ -35,6 +35,8 @@ struct blk_probe_buf {
 #define BLK_DRV_HAS_PARENT 0x20	 /* can record a parent */
 #define BLK_DRV_SELECT 0x40	 /* "FILE@NAME" selects a member (a disk of a package), not a snapshot */
 #define BLK_DRV_SEQUENTIAL 0x80 /* reads are cheap only in increasing order (a compressed stream) */
+#define BLK_DRV_NO_ZERO_INIT 0x100 /* unwritten ranges of a new image do not read as zeros */
+#define BLK_DRV_CREATE_KEY 0x200 /* create needs a passphrase (o->key) */
 
 struct blk_chain; /* loop detection during open, private to core.c */
 

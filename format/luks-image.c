@@ -3,13 +3,18 @@
  * format, and images of disks that cryptsetup formatted (luksFormat
  * --type luks1). The file is the LUKS header and key material, then the
  * payload from payload_offset sectors on, encrypted sector by sector with
- * IVs counted from the payload's start. Read only, like LUKS in qcow2: the
- * guest sees the decrypted payload, all of it data (a hole in the file
- * decrypts to noise, as under qemu, so nothing is reported as zero).
+ * IVs counted from the payload's start. The guest sees the decrypted
+ * payload, all of it data (a hole in the file decrypts to noise, as under
+ * qemu, so nothing is reported as zero, and a copy into a new volume writes
+ * its zeros too: BLK_DRV_NO_ZERO_INIT).
+ *
+ * keel also creates volumes (create: what qemu-img create -f luks makes
+ * with its defaults) and writes into them, encrypting each sector.
  */
 #include "format/format_int.h"
 #include "format/luks.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define LUKSIMG_MAGIC "LUKS\xba\xbe"
@@ -54,10 +59,16 @@ static int luksimg_open(struct blk_dev *d, const struct blk_open_opts *o)
 
 	(void)o;
 	KL_TRY(read_layout(d, hdr, &s->payload, &fsize));
-	KL_TRY(luks_open_file(d->file, 0, (size_t)s->payload, !d->read_only, d->key, d->key_len,
+	/* writable: luks_write encrypts (qcow2's LUKS is read only, this is not) */
+	KL_TRY(luks_open_file(d->file, 0, (size_t)s->payload, false, d->key, d->key_len,
 			      d->key_nl, d->filename, &s->luks));
+	if ((fsize - s->payload) % LUKS_SECTOR)
+		return kl_err(-EUCLEAN, "%s: LUKS payload of %llu bytes is not whole %u-byte "
+			      "sectors", d->filename, (unsigned long long)(fsize - s->payload),
+			      LUKS_SECTOR);
 	d->size = fsize - s->payload;
 	d->cluster_size = 65536;
+	d->write_align = LUKS_SECTOR;
 	return 0;
 }
 
@@ -66,6 +77,87 @@ static int luksimg_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 	struct luksimg_state *s = d->priv;
 
 	return luks_read(s->luks, d->file, s->payload + off, s->payload, buf, len);
+}
+
+static int luksimg_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
+{
+	struct luksimg_state *s = d->priv;
+
+	return luks_write(s->luks, d->file, s->payload + off, s->payload, buf, len);
+}
+
+static int luksimg_flush(struct blk_dev *d)
+{
+	return kl_io_sync(d->file);
+}
+
+/*
+ * A new volume: the header area (key slot 0 opened by o->key), then size
+ * bytes of payload rounded up to whole sectors, left unwritten as qemu-img
+ * create leaves it (it decrypts to noise) except for a partial last sector,
+ * whose rounding is written as encrypted zeros.
+ */
+static int luksimg_create(const char *path, const struct blk_create_opts *o)
+{
+	const char *it = kl_opts_get(o->opts, "iter-time");
+	uint64_t size = KL_ALIGN_UP(o->size, (uint64_t)LUKS_SECTOR), payload = 0;
+	unsigned long ms = 2000; /* qemu's and cryptsetup's default */
+	struct kl_file *f = NULL;
+	uint8_t *area = NULL;
+	size_t alen = 0;
+	char *end;
+	int rc;
+
+	if (o->parent)
+		return kl_err(-ENOTSUP, "luks: a LUKS volume has no backing file");
+	if (it) {
+		errno = 0;
+		ms = strtoul(it, &end, 10);
+		if (errno || end == it || *end || ms < 1 || ms > 60000)
+			return kl_err(-EINVAL, "luks: iter-time=%s: milliseconds of PBKDF2 per "
+				      "unlock, 1 to 60000", it);
+	}
+	/* a key file's final newline counts here, as qemu and cryptsetup count it */
+	KL_TRY(luks_format((uint32_t)ms, o->key, o->key ? o->key_len + o->key_nl : 0, &area, &alen,
+			   &payload));
+	rc = kl_io_open(path, blk_create_kl_flags(o), &f);
+	if (rc == 0)
+		rc = kl_io_pwrite(f, 0, area, alen);
+	if (rc == 0)
+		rc = kl_io_truncate(f, payload + size);
+	kl_wipe(area, alen);
+	kl_free(area);
+	if (rc == 0 && size != o->size) {
+		struct luks *l = NULL;
+		uint8_t zero[LUKS_SECTOR] = { 0 };
+
+		rc = luks_open_file(f, 0, (size_t)payload, false, o->key, o->key_len, o->key_nl,
+				    path, &l);
+		if (rc == 0)
+			rc = luks_write(l, f, payload + size - LUKS_SECTOR, payload, zero,
+					LUKS_SECTOR);
+		luks_close(l);
+	}
+	if (rc == 0)
+		rc = kl_io_sync(f);
+	if (f)
+		kl_io_close(f);
+	if (rc < 0)
+		kl_io_unlink(path);
+	return rc;
+}
+
+/* The header area, then every sector of the disk: written, zeros or not. */
+static int luksimg_measure(const struct blk_create_opts *o, struct blk_dev *in,
+			   struct blk_measure *m)
+{
+	uint64_t size = KL_ALIGN_UP(o->size, (uint64_t)LUKS_SECTOR);
+
+	(void)in;
+	m->required = luks_format_payload() + size;
+	m->fully_allocated = m->required;
+	m->data = size;
+	return 0;
 }
 
 static int luksimg_block_status(struct blk_dev *d, uint64_t off, uint64_t len,
@@ -115,12 +207,18 @@ static int luksimg_info_nokey(struct blk_dev *d, struct blk_info *out)
 const struct blk_driver blk_luks_driver = {
 	.name = "luks",
 	.ext = "luks",
-	.desc = "LUKS1 volume (qemu luks, cryptsetup), read with the passphrase",
+	.desc = "LUKS1 volume (qemu luks, cryptsetup), opened with a passphrase",
+	.create_help =
+		"  iter-time=MS  PBKDF2 time to unlock the key slot, milliseconds (2000)\n",
 	.instance_size = sizeof(struct luksimg_state),
-	.flags = BLK_DRV_FLAT,
+	.flags = BLK_DRV_FLAT | BLK_DRV_CAN_CREATE | BLK_DRV_CREATE_KEY | BLK_DRV_NO_ZERO_INIT,
 	.probe = luksimg_probe,
 	.open = luksimg_open,
+	.create = luksimg_create,
 	.pread = luksimg_pread,
+	.pwrite = luksimg_pwrite,
+	.flush = luksimg_flush,
+	.measure = luksimg_measure,
 	.block_status = luksimg_block_status,
 	.close = luksimg_close,
 	.info = luksimg_info,

@@ -1,7 +1,8 @@
 /*
- * format/luks.c - LUKS version 1, read side: the header qemu writes into
- * encrypted qcow2 images (qcow2.rst "Full disk encryption header pointer";
- * the LUKS1 on-disk format specification, version 1.2.3).
+ * format/luks.c - LUKS version 1: the header qemu writes into encrypted
+ * qcow2 images (qcow2.rst "Full disk encryption header pointer"; the LUKS1
+ * on-disk format specification, version 1.2.3), and LUKS1 volumes, which
+ * keel also formats and writes (luks_format, luks_write).
  *
  * A passphrase opens a key slot: PBKDF2 over the slot's salt gives a key
  * that decrypts the slot's key material, whose anti-forensic stripes merge
@@ -9,8 +10,8 @@
  * PBKDF2 of that must equal the header's master key digest. The payload is
  * then decrypted in 512-byte sectors, the sector number giving each IV.
  *
- * OpenSSL does PBKDF2, the hashes and the ciphers. What is LUKS's own, the
- * header layout and the AF merge, is here. Supported: AES in XTS, CBC and
+ * OpenSSL does PBKDF2, the hashes, the ciphers and the random bytes. What
+ * is LUKS's own, the header layout and the AF split and merge, is here. Supported: AES in XTS, CBC and
  * ECB modes with plain, plain64 and essiv:HASH IVs, which is every AES
  * choice qemu offers; other ciphers (serpent, twofish, cast5) are refused
  * by name. Everything read from the header is bounded before use: lengths,
@@ -22,9 +23,11 @@
 #include "lib/kl.h"
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define LUKS_MAGIC "LUKS\xba\xbe"
 #define LUKS_SLOTS 8
@@ -60,7 +63,8 @@ struct luks {
 	enum luks_iv iv;
 	uint32_t key_bytes;
 	int slot;
-	struct luks_cipher payload;
+	struct luks_cipher payload;	/* decrypts */
+	struct luks_cipher payload_enc; /* encrypts (luks_write) */
 	char desc[128];
 };
 
@@ -71,7 +75,8 @@ static void cipher_release(struct luks_cipher *c)
 	memset(c, 0, sizeof(*c));
 }
 
-static int cipher_init(const struct luks *l, const uint8_t *key, struct luks_cipher *c)
+/* A cipher context for key: decrypting, or encrypting when enc. */
+static int cipher_init(const struct luks *l, const uint8_t *key, struct luks_cipher *c, bool enc)
 {
 	uint8_t salt[EVP_MAX_MD_SIZE];
 	unsigned slen = 0;
@@ -79,7 +84,7 @@ static int cipher_init(const struct luks *l, const uint8_t *key, struct luks_cip
 
 	memset(c, 0, sizeof(*c));
 	c->ctx = EVP_CIPHER_CTX_new();
-	ok = c->ctx && EVP_DecryptInit_ex(c->ctx, l->evp, NULL, key, NULL) == 1 &&
+	ok = c->ctx && EVP_CipherInit_ex(c->ctx, l->evp, NULL, key, NULL, enc) == 1 &&
 	     EVP_CIPHER_CTX_set_padding(c->ctx, 0) == 1;
 	if (ok && l->iv == IV_ESSIV) {
 		/* ESSIV: the IV is the sector number encrypted under hash(key) */
@@ -121,11 +126,13 @@ static int cipher_run(const struct luks *l, struct luks_cipher *c, uint64_t sect
 			ok = EVP_EncryptUpdate(c->essiv, iv, &n, plain, 16) == 1 && n == 16;
 			break;
 		}
-		ok = ok && EVP_DecryptInit_ex(c->ctx, NULL, NULL, NULL, l->iv == IV_NONE ? NULL : iv) == 1 &&
-		     EVP_DecryptUpdate(c->ctx, p, &n, p, (int)LUKS_SECTOR) == 1 && n == (int)LUKS_SECTOR;
+		/* -1: the direction cipher_init chose */
+		ok = ok && EVP_CipherInit_ex(c->ctx, NULL, NULL, NULL, l->iv == IV_NONE ? NULL : iv,
+					     -1) == 1 &&
+		     EVP_CipherUpdate(c->ctx, p, &n, p, (int)LUKS_SECTOR) == 1 && n == (int)LUKS_SECTOR;
 	}
-	return ok ? 0 : kl_err(-EIO, "LUKS: %s-%s decryption failed at sector %llu", l->cipher,
-			       l->mode, (unsigned long long)sector);
+	return ok ? 0 : kl_err(-EIO, "LUKS: %s-%s failed at sector %llu", l->cipher, l->mode,
+			       (unsigned long long)sector);
 }
 
 /* A NUL-terminated string field of 32 bytes. */
@@ -195,38 +202,60 @@ static int pick_cipher(struct luks *l, const char *who)
 	return 0;
 }
 
-/* AF merge: XOR each stripe in and diffuse, all but the last (LUKS1 spec §2.4). */
-static int af_merge(const EVP_MD *md, const uint8_t *src, uint32_t kb, uint32_t stripes,
-		    uint8_t *out)
+/*
+ * The AF diffusion (LUKS1 spec section 2.4): each digest-sized block of
+ * d[0, kb) becomes hash(be32(block index) || block).
+ */
+static bool diffuse(EVP_MD_CTX *mc, const EVP_MD *md, uint8_t *d, uint32_t kb)
 {
-	uint8_t d[64], h[EVP_MAX_MD_SIZE], be[4];
 	size_t ds = (size_t)EVP_MD_get_size(md);
+	uint8_t h[EVP_MAX_MD_SIZE], be[4];
+	bool ok = true;
+
+	for (uint32_t b = 0; ok && (size_t)b * ds < kb; b++) {
+		size_t off = (size_t)b * ds, n = KL_MIN(ds, kb - off);
+		unsigned hl;
+
+		put_be32(be, b);
+		ok = EVP_DigestInit_ex(mc, md, NULL) == 1 && EVP_DigestUpdate(mc, be, 4) == 1 &&
+		     EVP_DigestUpdate(mc, d + off, n) == 1 && EVP_DigestFinal_ex(mc, h, &hl) == 1;
+		memcpy(d + off, h, n);
+	}
+	kl_wipe(h, sizeof(h));
+	return ok;
+}
+
+/*
+ * AF merge: XOR each stripe in and diffuse, all but the last, which XORed
+ * with the result is the key. With split, stripes 0..n-2 are random and
+ * the last is made so; merge undoes it.
+ */
+static int af_run(const EVP_MD *md, uint8_t *stripes_buf, uint32_t kb, uint32_t stripes,
+		  uint8_t *key, bool split)
+{
+	uint8_t d[64];
 	EVP_MD_CTX *mc = EVP_MD_CTX_new();
-	int ok = mc != NULL;
+	uint8_t *last = stripes_buf + (size_t)(stripes - 1) * kb;
+	bool ok = mc != NULL;
 
 	memset(d, 0, sizeof(d));
+	if (ok && split)
+		ok = RAND_bytes(stripes_buf, (int)((size_t)(stripes - 1) * kb)) == 1;
 	for (uint32_t s = 0; ok && s + 1 < stripes; s++) {
 		for (uint32_t i = 0; i < kb; i++)
-			d[i] ^= src[(size_t)s * kb + i];
-		/* diffuse: each digest-sized block becomes hash(be32(index) || block) */
-		for (uint32_t b = 0; ok && (size_t)b * ds < kb; b++) {
-			size_t off = (size_t)b * ds, n = KL_MIN(ds, kb - off);
-			unsigned hl;
-
-			put_be32(be, b);
-			ok = EVP_DigestInit_ex(mc, md, NULL) == 1 &&
-			     EVP_DigestUpdate(mc, be, 4) == 1 &&
-			     EVP_DigestUpdate(mc, d + off, n) == 1 &&
-			     EVP_DigestFinal_ex(mc, h, &hl) == 1;
-			memcpy(d + off, h, n);
-		}
+			d[i] ^= stripes_buf[(size_t)s * kb + i];
+		ok = diffuse(mc, md, d, kb);
 	}
-	for (uint32_t i = 0; i < kb; i++)
-		out[i] = d[i] ^ src[(size_t)(stripes - 1) * kb + i];
+	for (uint32_t i = 0; i < kb; i++) {
+		if (split)
+			last[i] = d[i] ^ key[i];
+		else
+			key[i] = d[i] ^ last[i];
+	}
 	EVP_MD_CTX_free(mc);
 	kl_wipe(d, sizeof(d));
-	kl_wipe(h, sizeof(h));
-	return ok ? 0 : kl_err(-EIO, "LUKS: hashing failed in the AF merge");
+	return ok ? 0 : kl_err(-EIO, "LUKS: hashing or random bytes failed in the AF %s",
+			       split ? "split" : "merge");
 }
 
 /* One active slot: 1 and the master key when the passphrase opens it, 0 when not. */
@@ -247,12 +276,12 @@ static int try_slot(struct luks *l, const EVP_MD *md, const uint8_t *area, const
 	kl_debug("LUKS: PBKDF2 on a key slot, %u iterations", iter);
 	rc = PKCS5_PBKDF2_HMAC((const char *)pass, (int)pass_len, slot + 8, LUKS_SALT_LEN, (int)iter,
 			       md, (int)l->key_bytes, key) == 1 ? 0 : kl_err(-EIO, "LUKS: PBKDF2 failed");
-	if (rc == 0 && (rc = cipher_init(l, key, &c)) == 0) {
+	if (rc == 0 && (rc = cipher_init(l, key, &c, false)) == 0) {
 		rc = cipher_run(l, &c, 0, mat, mlen);
 		cipher_release(&c);
 	}
 	if (rc == 0)
-		rc = af_merge(md, mat, l->key_bytes, stripes, mk);
+		rc = af_run(md, mat, l->key_bytes, stripes, mk, false);
 	if (rc == 0)
 		rc = PKCS5_PBKDF2_HMAC((const char *)mk, (int)l->key_bytes, hdr + 132, LUKS_SALT_LEN,
 				       (int)get_be32(hdr + 164), md, LUKS_DIGEST_LEN, digest) == 1
@@ -451,7 +480,9 @@ int luks_open(const uint8_t *area, size_t len, const uint8_t *pass, size_t pass_
 			    who);
 		goto err;
 	}
-	rc = cipher_init(l, mk, &l->payload);
+	rc = cipher_init(l, mk, &l->payload, false);
+	if (rc == 0)
+		rc = cipher_init(l, mk, &l->payload_enc, true);
 	kl_wipe(mk, sizeof(mk));
 	kl_wipe(dp, sizeof(dp));
 	if (rc < 0)
@@ -563,5 +594,158 @@ void luks_close(struct luks *l)
 	if (!l)
 		return;
 	cipher_release(&l->payload);
+	cipher_release(&l->payload_enc);
 	kl_free(l);
+}
+
+/* ------------------------------------------------------------------ writing */
+
+int luks_write(struct luks *l, struct kl_file *f, uint64_t pos, uint64_t base, const void *buf,
+	       size_t n)
+{
+	uint8_t t[64 << 10];
+	const uint8_t *b = buf;
+	int rc = 0;
+
+	if (pos < base || base % LUKS_SECTOR || (pos - base) % LUKS_SECTOR || n % LUKS_SECTOR)
+		return kl_err(-EINVAL, "LUKS: write of %zu bytes at %llu is not whole sectors of "
+			      "the payload at %llu", n, (unsigned long long)pos,
+			      (unsigned long long)base);
+	while (rc == 0 && n > 0) {
+		size_t take = KL_MIN(n, sizeof(t));
+
+		memcpy(t, b, take);
+		rc = cipher_run(l, &l->payload_enc, (pos - base) / LUKS_SECTOR, t, take);
+		if (rc == 0)
+			rc = kl_io_pwrite(f, pos, t, take);
+		pos += take;
+		b += take;
+		n -= take;
+	}
+	kl_wipe(t, sizeof(t));
+	return rc;
+}
+
+/* Key material per slot: key_bytes * stripes, in whole 4 KiB (as qemu aligns it). */
+#define LUKS_MATERIAL_ALIGN 8u /* sectors */
+/*
+ * The payload follows the key material, 4 KiB aligned, as qemu-img puts it
+ * (4040 sectors in for aes-256-xts; cryptsetup rounds up to 1 MiB).
+ */
+#define LUKS_PAYLOAD_ALIGN 8u /* sectors */
+#define LUKS_STRIPES 4000u
+
+/* PBKDF2-SHA256 rounds that take about ms milliseconds here (at least 1000). */
+static uint32_t pbkdf2_rounds(const EVP_MD *md, uint32_t kb, uint32_t ms)
+{
+	const uint32_t probe = 20000;
+	uint8_t out[64], salt[LUKS_SALT_LEN] = { 0 };
+	struct timespec a, b;
+	double took, want;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	(void)PKCS5_PBKDF2_HMAC("probe", 5, salt, sizeof(salt), (int)probe, md, (int)kb, out);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	took = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+	want = took > 0 ? (double)probe * ms / took : (double)LUKS_MAX_ITER;
+	if (want > LUKS_MAX_ITER / 2)
+		want = LUKS_MAX_ITER / 2; /* what we read back must stay under the cap */
+	return want < 1000 ? 1000 : (uint32_t)want;
+}
+
+/* Sectors of key material per slot, and of the header area, for kb key bytes. */
+static uint32_t material_sectors(uint32_t kb)
+{
+	return KL_ALIGN_UP(KL_DIV_ROUND_UP(kb * LUKS_STRIPES, LUKS_SECTOR), LUKS_MATERIAL_ALIGN);
+}
+
+static uint32_t payload_sectors(uint32_t kb)
+{
+	return KL_ALIGN_UP(LUKS_MATERIAL_ALIGN + LUKS_SLOTS * material_sectors(kb),
+			   LUKS_PAYLOAD_ALIGN);
+}
+
+uint64_t luks_format_payload(void)
+{
+	return (uint64_t)payload_sectors(64) * LUKS_SECTOR;
+}
+
+int luks_format(uint32_t iter_ms, const uint8_t *pass, size_t pass_len, uint8_t **area_out,
+		size_t *area_len, uint64_t *payload)
+{
+	const EVP_MD *md = EVP_sha256();
+	struct luks l = { .cipher = "aes", .mode = "xts-plain64", .hash = "sha256",
+			  .evp = EVP_aes_256_xts(), .iv = IV_PLAIN64, .key_bytes = 64 };
+	uint32_t mat_sectors = material_sectors(l.key_bytes), pay = payload_sectors(l.key_bytes);
+	size_t len = (size_t)pay * LUKS_SECTOR, mlen = (size_t)l.key_bytes * LUKS_STRIPES;
+	uint8_t mk[64], key[64], da[32], dp[32], uuid[16];
+	uint32_t slot_iter, mk_iter;
+	struct luks_cipher c;
+	char us[37];
+	uint8_t *h, *s0;
+	int rc;
+
+	*area_out = NULL;
+	if (!pass || !pass_len)
+		return kl_err(-ENOKEY, "a LUKS volume needs a passphrase (--key-file FILE or "
+			      "--key-env VAR)");
+	h = kl_calloc(1, len);
+	if (!h)
+		return -ENOMEM;
+	slot_iter = pbkdf2_rounds(md, l.key_bytes, iter_ms);
+	mk_iter = KL_MAX(slot_iter / 8, 1000u); /* cryptsetup's share for the digest */
+	memcpy(h, LUKS_MAGIC, 6);
+	put_be16(h + 6, 1);
+	strcpy((char *)h + 8, l.cipher);
+	strcpy((char *)h + 40, l.mode);
+	strcpy((char *)h + 72, l.hash);
+	put_be32(h + 104, pay);
+	put_be32(h + 108, l.key_bytes);
+	put_be32(h + 164, mk_iter);
+	kl_uuid_generate(uuid);
+	kl_uuid_format(uuid, us);
+	memcpy(h + 168, us, 36);
+	for (uint32_t i = 0; i < LUKS_SLOTS; i++) {
+		uint8_t *s = h + 208 + 48 * i;
+
+		put_be32(s, LUKS_SLOT_INACTIVE);
+		put_be32(s + 40, LUKS_MATERIAL_ALIGN + i * mat_sectors);
+		put_be32(s + 44, LUKS_STRIPES);
+	}
+	s0 = h + 208;
+	put_be32(s0, LUKS_SLOT_ACTIVE);
+	put_be32(s0 + 4, slot_iter);
+	/* the master key, the salts; then the digest and slot 0's material */
+	rc = RAND_bytes(mk, (int)l.key_bytes) == 1 && RAND_bytes(h + 132, LUKS_SALT_LEN) == 1 &&
+	     RAND_bytes(s0 + 8, LUKS_SALT_LEN) == 1 ? 0 : kl_err(-EIO, "LUKS: no random bytes");
+	if (rc == 0)
+		rc = PKCS5_PBKDF2_HMAC((const char *)mk, (int)l.key_bytes, h + 132, LUKS_SALT_LEN,
+				       (int)mk_iter, md, LUKS_DIGEST_LEN, h + 112) == 1
+			     ? 0 : kl_err(-EIO, "LUKS: PBKDF2 failed");
+	if (rc == 0)
+		rc = af_run(md, h + (size_t)LUKS_MATERIAL_ALIGN * LUKS_SECTOR, l.key_bytes,
+			    LUKS_STRIPES, mk, true);
+	if (rc == 0)
+		rc = PKCS5_PBKDF2_HMAC((const char *)pass, (int)pass_len, s0 + 8, LUKS_SALT_LEN,
+				       (int)slot_iter, md, (int)l.key_bytes, key) == 1
+			     ? 0 : kl_err(-EIO, "LUKS: PBKDF2 failed");
+	if (rc == 0 && (rc = cipher_init(&l, key, &c, true)) == 0) {
+		rc = cipher_run(&l, &c, 0, h + (size_t)LUKS_MATERIAL_ALIGN * LUKS_SECTOR,
+				KL_ALIGN_UP(mlen, LUKS_SECTOR));
+		cipher_release(&c);
+	}
+	/* the volume opens right after without running PBKDF2 again */
+	if (rc == 0 && EVP_Digest(h, len, da, NULL, EVP_sha256(), NULL) == 1 &&
+	    EVP_Digest(pass, pass_len, dp, NULL, EVP_sha256(), NULL) == 1)
+		remember_unlock(da, dp, mk, l.key_bytes, 0);
+	kl_wipe(mk, sizeof(mk));
+	kl_wipe(key, sizeof(key));
+	if (rc < 0) {
+		kl_free(h);
+		return rc;
+	}
+	*area_out = h;
+	*area_len = len;
+	*payload = len;
+	return 0;
 }

@@ -1,6 +1,7 @@
 /*
- * format/luks.h - LUKS version 1 key slots and sector decryption, for the
- * images qemu encrypts (qcow2 encrypt.format=luks). Read only.
+ * format/luks.h - LUKS version 1 key slots and sector encryption, for the
+ * images qemu encrypts (qcow2 encrypt.format=luks, read only) and LUKS
+ * volumes (read, written and formatted).
  */
 #ifndef KEEL_FORMAT_LUKS_H
 #define KEEL_FORMAT_LUKS_H
@@ -46,6 +47,24 @@ int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
  * first and last sectors are read and decrypted whole, then cut.
  */
 int luks_read(struct luks *l, struct kl_file *f, uint64_t pos, uint64_t base, void *buf, size_t n);
+/*
+ * Encrypt n bytes of buf (whole sectors) and write them at pos of f,
+ * sector numbers counting from base as in luks_read.
+ */
+int luks_write(struct luks *l, struct kl_file *f, uint64_t pos, uint64_t base, const void *buf,
+	       size_t n);
+/*
+ * A new LUKS1 header area, as qemu-img create -f luks and cryptsetup
+ * luksFormat --type luks1 make by default: aes-256 xts-plain64, sha256,
+ * key slot 0 opened by pass with about iter_ms milliseconds of PBKDF2, a
+ * random master key, the payload where qemu puts it (2068480 bytes in). *area_out (kl_free it) holds
+ * *area_len bytes for the start of the file; *payload is the payload's
+ * byte offset. This process then opens it without PBKDF2.
+ */
+/* The payload offset luks_format gives (the header area's size), in bytes. */
+uint64_t luks_format_payload(void);
+int luks_format(uint32_t iter_ms, const uint8_t *pass, size_t pass_len, uint8_t **area_out,
+		size_t *area_len, uint64_t *payload);
 /* "aes-256 xts-plain64, sha256, key slot 0" */
 const char *luks_describe(const struct luks *l);
 void luks_close(struct luks *l);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LUKS1 volumes as images (format "luks"): what qemu-img's luks driver and
 # cryptsetup write, keel reads with the passphrase, byte for byte as qemu
-# reads them. qemu-img is the judge; cryptsetup formats real LUKS1 headers
+# reads them; what keel writes (convert -O luks, create, io), qemu-img reads
+# and cryptsetup unlocks. qemu-img is the judge; cryptsetup formats real LUKS1 headers
 # (keel then has to agree with qemu on every byte of the payload, written
 # or not). Damaged and hostile headers are in test_qcow2_bad.sh, which
 # shares the LUKS code.
@@ -48,7 +49,6 @@ t "info without the key names the cipher" sh -c \
 	"'$KEEL' info cbc-essiv.luks 2>/dev/null | grep -q 'encryption: LUKS, aes cbc-essiv:sha256, sha256, 1 of 8 key slots active; locked'"
 printf 'wrong' >bad.pw
 expect_err "a wrong passphrase" "default.luks: wrong passphrase: no LUKS key slot opens with it" keel info --key-file bad.pw default.luks
-expect_err "not written" "default.luks is encrypted (LUKS); keel reads such images but does not write them" keel io --key-file pw -c "write 0 4k" default.luks
 # qemu (secret file=) and cryptsetup (--key-file) take a key file verbatim,
 # newline and all; keel cuts a final newline off, and tries it both ways
 printf 'nl pass\n' >nl.pw
@@ -77,6 +77,47 @@ t "a key file ending in a newline opens a passphrase without one" \
 printf 'wrong\n' >bad-nl.pw
 expect_err "wrong both ways: says so" "the key file, with and without its final newline: default.luks: wrong passphrase" \
 	keel info --key-file bad-nl.pw default.luks
+# keel writes LUKS volumes: what qemu-img create -f luks makes by default
+t "keel help formats: creating luks needs a key" sh -c \
+	"'$KEEL' help formats | grep -Eq '^luks +key '"
+pattern_file src.raw 5000003 # odd size: the payload rounds up to whole sectors
+t "convert -O luks: qemu reads the source's bytes (holes written as zeros)" sh -c \
+	"'$KEEL' -q convert --key-file pw -O luks -o iter-time=10 src.raw made.luks &&
+	 qemu-img compare --object secret,id=s0,file=pw --image-opts driver=file,filename=src.raw \
+		driver=luks,file.filename=made.luks,key-secret=s0"
+t "...keel reads it back" keel compare --key-file pw src.raw made.luks
+t "...as large as keel measure and qemu-img measure say" sh -c \
+	"k=\$('$KEEL' measure -O luks src.raw | awk '/required/ { print \$3 }') &&
+	 q=\$(qemu-img measure -O luks --object secret,id=s0,file=pw -o key-secret=s0 -f raw src.raw |
+		awk '/required/ { print \$3 }') &&
+	 [ \"\$k\" = \"\$q\" ] && [ \"\$(stat -c %s made.luks)\" = \"\$k\" ]"
+t "...convert --verify passes" keel -q convert --verify --key-file pw -O luks -o iter-time=10 src.raw made2.luks
+expect_err "...a volume needs a passphrase" "a LUKS volume needs a passphrase" \
+	keel convert -O luks src.raw nokey.luks </dev/null
+t "...and nothing is left behind" sh -c "! ls nokey.luks .nokey.luks* 2>/dev/null | grep -q ."
+if command -v cryptsetup >/dev/null; then
+	t "cryptsetup reads keel's header" sh -c \
+		"cryptsetup luksDump made.luks | grep -q 'Cipher mode:.*xts-plain64' &&
+		 cryptsetup open --test-passphrase --key-file pw made.luks"
+fi
+t "keel create -f luks, keel io writes, qemu reads" sh -c \
+	"'$KEEL' -q create -f luks --key-file pw -o iter-time=10 new.luks 1M &&
+	 '$KEEL' -q io --key-file pw -c 'write -P 0x33 1000 5000' new.luks &&
+	 qemu-io --object secret,id=s0,file=pw --image-opts -c 'read -P 0x33 1000 5000' \
+		driver=luks,file.filename=new.luks,key-secret=s0 | grep -q '^read 5000/5000'"
+cp default.luks w.luks
+t "keel io writes part of a sector into qemu's volume; the rest stays" sh -c \
+	"'$KEEL' -q io --key-file pw -c 'write -P 0x77 1001 3000' w.luks &&
+	 qemu-io --object secret,id=s0,file=pw --image-opts -c 'read -P 0x77 1001 3000' \
+		-c 'read -P 0x5a 1000 1' -c 'read -P 0x5a 4001 60000' \
+		driver=luks,file.filename=w.luks,key-secret=s0 | grep -c '^read' | grep -qx 3"
+# the key file verbatim, as qemu and cryptsetup take it: the same file opens it everywhere
+printf 'made pass\n' >made-nl.pw
+t "a key file with a final newline: qemu opens keel's volume with the same file" sh -c \
+	"'$KEEL' -q convert --key-file made-nl.pw -O luks -o iter-time=10 src.raw nl-made.luks &&
+	 qemu-img compare --object secret,id=s0,file=made-nl.pw --image-opts \
+		driver=file,filename=src.raw driver=luks,file.filename=nl-made.luks,key-secret=s0 &&
+	 '$KEEL' compare --key-file made-nl.pw src.raw nl-made.luks"
 cp default.luks off.luks
 python3 -c "import sys; f = open(sys.argv[1], 'r+b'); f.seek(104); f.write((1 << 31).to_bytes(4, 'big'))" off.luks
 expect_err "payload offset past the end" "off.luks: LUKS payload offset 1099511627776" keel info --key-file pw off.luks
