@@ -79,6 +79,8 @@ int cmd_create(int argc, char **argv)
 	o.opts = opts;
 	o.flags = co.flags;
 	enc = kl_opts_peek(opts, "encrypt");
+	if (!enc)
+		enc = kl_opts_peek(opts, "encrypt.format"); /* qcow2's LUKS */
 	drv = blk_driver_find(fmt);
 	if ((enc && strcmp(enc, "off") != 0) || (drv && blk_driver_create_needs_key(drv))) {
 		rc = cli_load_key(&co, true, true);

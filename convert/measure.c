@@ -130,7 +130,15 @@ static int measure_encoded(const struct conv_opts *o, const struct blk_create_op
 	int rc;
 
 	conv_src_open_opts(o, &so);
-	KL_TRY(scratch_image(o->dst_fmt, co, &dir, &path));
+	*encoded = false;
+	rc = scratch_image(o->dst_fmt, co, &dir, &path);
+	if (rc == -ENOKEY) {
+		/* encrypted (LUKS): stored plainly, never compressed; the estimate stands */
+		kl_err_clear();
+		return 0;
+	}
+	if (rc < 0)
+		return rc;
 	dop.opts = co->opts;
 	rc = blk_open(path, &dop, &dst);
 	*encoded = rc == 0 && (o->compress || blk_can_encode(dst));
@@ -197,9 +205,7 @@ int conv_measure(const struct conv_opts *uo, uint64_t size, struct conv_measure 
 	m->required = bm.required;
 	m->fully_allocated = bm.fully_allocated;
 	m->data = bm.data;
-	/* a scratch LUKS volume would need the passphrase; LUKS stores data plainly */
-	if (in && !(blk_driver_find(o->dst_fmt) &&
-		    blk_driver_create_needs_key(blk_driver_find(o->dst_fmt)))) {
+	if (in) {
 		uint64_t stored = 0;
 		bool encoded = false;
 

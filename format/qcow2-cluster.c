@@ -205,6 +205,22 @@ static int read_data(struct blk_dev *d, struct kl_file *f, uint64_t host, uint8_
 	return r < 0 ? (int)r : 0;
 }
 
+/*
+ * n bytes of guest data to host offset host, encrypted when the image is
+ * (whole sectors: write_align is the sector size then).
+ */
+static int write_data(struct blk_dev *d, uint64_t host, const uint8_t *b, size_t n)
+{
+	struct qcow2_state *s = qcow2_s(d);
+
+	if (!s->luks)
+		return qcow2_file_write(d, host, b, n);
+	KL_TRY(luks_write(s->luks, d->file, host, 0, b, n));
+	s->unsynced = true;
+	s->file_size = KL_MAX(s->file_size, host + n);
+	return 0;
+}
+
 int qcow2_pread(struct blk_dev *d, uint64_t off, void *buf, size_t len)
 {
 	struct qcow2_state *s = qcow2_s(d);
@@ -429,7 +445,7 @@ static int write_plain_cluster(struct blk_dev *d, uint64_t ci, const uint8_t *da
 	uint64_t host;
 
 	KL_TRY(qcow2_alloc_clusters(d, 1, &host, NULL));
-	KL_TRY(qcow2_file_write(d, host, data, s->cluster_size));
+	KL_TRY(write_data(d, host, data, s->cluster_size));
 	return set_entry(d, (uint32_t)(ci >> s->l2_bits), (uint32_t)(ci & (s->l2_entries - 1)),
 			 host | QCOW2_OFLAG_COPIED, QCOW2_L2_BITMAP_ALL_ALLOC);
 }
@@ -531,7 +547,7 @@ static int cow_cluster(struct blk_dev *d, uint64_t ci, uint64_t coff, const uint
 				return qcow2_corrupt(d, "%s: data cluster at %llu overlaps metadata "
 						     "or lies past the end of the file", d->filename,
 						     (unsigned long long)host);
-			KL_TRY(qcow2_file_write(d, host, s->wbuf, s->cluster_size));
+			KL_TRY(write_data(d, host, s->wbuf, s->cluster_size));
 			KL_TRY(l2_for_write(d, l1i, &e));
 			qcow2_set_l2(s, e->buf, l2i, ent, QCOW2_L2_BITMAP_ALL_ALLOC);
 			qcow2_cache_dirty(e);
@@ -608,7 +624,7 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
 						     d->filename, (unsigned long long)off,
 						     (unsigned long long)host,
 						     (unsigned long long)s->file_size);
-			KL_TRY(qcow2_file_write(d, host + coff, b, run));
+			KL_TRY(write_data(d, host + coff, b, run));
 			n = run;
 		} else if (coff == 0 && n == s->cluster_size && !s->compress) {
 			/* whole clusters into one new contiguous run, one write */
@@ -624,7 +640,7 @@ int qcow2_pwrite(struct blk_dev *d, uint64_t off, const void *buf, size_t len)
 				k++;
 			}
 			KL_TRY(qcow2_alloc_clusters(d, k, &host, &k));
-			KL_TRY(qcow2_file_write(d, host, b, (size_t)(k * s->cluster_size)));
+			KL_TRY(write_data(d, host, b, (size_t)(k * s->cluster_size)));
 			for (uint64_t i = 0; i < k; i++)
 				KL_TRY(set_entry(d, l1i, (uint32_t)(l2i + i),
 						 (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED,

@@ -633,7 +633,7 @@ int qcow2_snapshot_revert(struct blk_dev *d, const char *name)
 	if (rc < 0)
 		goto out;
 	put_be64(h, sn.vsize);
-	put_be32(h + 8, 0); /* crypt method: encrypted images are never opened */
+	put_be32(h + 8, s->crypt_method); /* unchanged: kept in the same write */
 	put_be32(h + 12, n);
 	put_be64(h + 16, new_off);
 	rc = header_switch(d, QCOW2_HDR_SIZE, h, sizeof(h));

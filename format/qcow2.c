@@ -597,14 +597,16 @@ static int open_data_file(struct blk_dev *d)
  * LUKS encryption (crypt_method 2): the LUKS header and key material live
  * in clusters of the image (extension 0x0537be77); each data cluster is
  * encrypted in 512-byte sectors whose IVs count from the start of the file
- * (host offsets: qemu's crypt_physical_offset). keel decrypts; writing
- * would mean encrypting every cluster it allocates, which it does not do.
+ * (host offsets: qemu's crypt_physical_offset). Reads decrypt; writes
+ * encrypt (qcow2-cluster.c write_data) in whole sectors (write_align), and
+ * are never compressed (qemu refuses compressed clusters in an encrypted
+ * image too).
  */
 static int open_luks(struct blk_dev *d)
 {
 	struct qcow2_state *s = qcow2_s(d);
 
-	return luks_open_file(d->file, s->crypt_off, (size_t)s->crypt_len, !d->read_only, d->key,
+	return luks_open_file(d->file, s->crypt_off, (size_t)s->crypt_len, false, d->key,
 			      d->key_len, d->key_nl, d->filename, &s->luks);
 }
 
@@ -675,6 +677,11 @@ static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
 		}
 		if (qcow2_take_compress_mark(d->file))
 			s->compress = true;
+		if (s->compress && s->luks) {
+			rc = kl_err(-ENOTSUP, "%s is encrypted: its clusters cannot be stored "
+				    "compressed (qemu refuses them too)", d->filename);
+			goto err;
+		}
 		/* convert then compresses on its own threads (encode_cluster) */
 		d->encoded_writes = s->compress;
 	}
@@ -689,7 +696,7 @@ static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)
 	s->l2c.depends = &s->rbc;
 	d->size = vsize;
 	d->cluster_size = s->cluster_size;
-	d->write_align = 1;
+	d->write_align = s->luks ? LUKS_SECTOR : 1;
 	if (s->backing_file) {
 		rc = blk_open_parent(d, s->backing_file, s->backing_format);
 		if (rc < 0)
@@ -815,16 +822,47 @@ static int parse_create_opts(const struct blk_create_opts *o, uint32_t *cluster_
 	return 0;
 }
 
+/*
+ * -o encrypt.format=luks (qemu-img's name; encrypt.iter-time=MS): *iter_ms
+ * is 0 when the image is not encrypted.
+ */
+static int parse_encrypt_opts(const struct blk_create_opts *o, uint32_t *iter_ms)
+{
+	const char *f = kl_opts_get(o->opts, "encrypt.format");
+	const char *it = kl_opts_get(o->opts, "encrypt.iter-time");
+	uint64_t ms = 2000; /* qemu's default */
+
+	*iter_ms = 0;
+	if (!f || !strcmp(f, "off")) {
+		if (it)
+			return kl_err(-EINVAL, "qcow2: encrypt.iter-time without encrypt.format=luks");
+		return 0;
+	}
+	if (strcmp(f, "luks") != 0)
+		return kl_err(-ENOTSUP, "qcow2: encrypt.format=%s: keel writes luks (aes-256 "
+			      "xts-plain64) only", f);
+	if (it && (kl_parse_u64(it, &ms) < 0 || ms < 1 || ms > 60000))
+		return kl_err(-EINVAL, "qcow2: encrypt.iter-time=%s: milliseconds, 1 to 60000", it);
+	*iter_ms = (uint32_t)ms;
+	return 0;
+}
+
 static int qcow2_create(const char *path, const struct blk_create_opts *o)
 {
 	uint32_t cb = 16, version = 3, rorder = 4, cs, l2e, rbe, hlen, pos;
-	uint64_t size, cover, l1_entries, l1c, T = 1, B = 0, total;
-	uint8_t ctype = 0, *hdr = NULL, *rt = NULL, *rb = NULL;
+	uint64_t size, cover, l1_entries, l1c, T = 1, B = 0, total, crypt_len = 0, cc = 0, payload;
+	uint8_t ctype = 0, *hdr = NULL, *rt = NULL, *rb = NULL, *area = NULL;
 	bool ext_l2 = false, compress = false;
 	struct kl_file *f = NULL;
+	uint32_t iter_ms;
+	size_t alen = 0;
 	int rc;
 
 	KL_TRY(parse_create_opts(o, &cb, &version, &ctype, &rorder, &ext_l2, &compress));
+	KL_TRY(parse_encrypt_opts(o, &iter_ms));
+	if (iter_ms && compress)
+		return kl_err(-ENOTSUP, "qcow2: an encrypted image cannot store compressed clusters "
+			      "(-c or compress=on; qemu refuses them too)");
 	cs = 1u << cb;
 	/* qemu counts the virtual size in 512-byte sectors and drops a partial one */
 	size = KL_ALIGN_UP(o->size, 512);
@@ -843,11 +881,16 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 			      QCOW2_MAX_BACKING_NAME);
 	l1c = KL_MAX(KL_DIV_ROUND_UP(l1_entries * 8, cs), (uint64_t)1);
 	rbe = (uint32_t)((uint64_t)cs * 8 >> rorder);
-	/* header + refcount table + refcount blocks + L1, each block counting itself */
+	if (iter_ms) {
+		/* the LUKS header and key material, in clusters after the L1 table */
+		crypt_len = luks_format_payload();
+		cc = KL_DIV_ROUND_UP(crypt_len, cs);
+	}
+	/* header + refcount table + refcount blocks + L1 (+ LUKS), each block counting itself */
 	for (;;) {
 		uint64_t nB, nT;
 
-		total = 1 + T + B + l1c;
+		total = 1 + T + B + l1c + cc;
 		nB = KL_DIV_ROUND_UP(total, rbe);
 		nT = KL_DIV_ROUND_UP(nB * 8, cs);
 		if (nB == B && nT == T)
@@ -859,6 +902,16 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 		return kl_err(-EFBIG, "qcow2: metadata too large for the refcount table; use a larger "
 			      "cluster_size or refcount_bits");
 
+	if (iter_ms) {
+		/* qemu and cryptsetup take the key file verbatim, final newline too */
+		KL_TRY(luks_format(iter_ms, o->key, o->key ? o->key_len + o->key_nl : 0, &area,
+				   &alen, &payload));
+		if (payload != crypt_len) {
+			rc = kl_err(-EIO, "qcow2: LUKS header area of %llu bytes, %llu expected",
+				    (unsigned long long)payload, (unsigned long long)crypt_len);
+			goto out;
+		}
+	}
 	hdr = kl_calloc(1, cs);
 	rt = kl_calloc((size_t)T, cs);
 	rb = kl_calloc((size_t)B, cs);
@@ -871,6 +924,7 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 	put_be32(hdr + 4, version);
 	put_be32(hdr + 20, cb);
 	put_be64(hdr + 24, size);
+	put_be32(hdr + 32, iter_ms ? 2 : 0); /* crypt_method: 2 is LUKS */
 	put_be32(hdr + 36, (uint32_t)l1_entries);
 	put_be64(hdr + 40, (1 + T + B) * cs);
 	put_be64(hdr + 48, (uint64_t)cs);
@@ -899,6 +953,17 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 		put_be32(hdr + pos + 4, n);
 		memcpy(hdr + pos + 8, o->parent_format, n);
 		pos += 8 + (uint32_t)KL_ALIGN_UP(n, 8);
+	}
+	if (iter_ms) {
+		if (pos + 8 + 16 + 8 > cs) {
+			rc = kl_err(-EINVAL, "qcow2: the encryption extension does not fit the header");
+			goto out;
+		}
+		put_be32(hdr + pos, QCOW2_EXT_CRYPTO);
+		put_be32(hdr + pos + 4, 16);
+		put_be64(hdr + pos + 8, (1 + T + B + l1c) * cs);
+		put_be64(hdr + pos + 16, crypt_len);
+		pos += 8 + 16;
 	}
 	/* the optional feature name table, as qemu writes it for clusters above 4 KiB */
 	if (cs > 4096) {
@@ -944,6 +1009,8 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 		rc = kl_io_pwrite(f, cs, rt, (size_t)(T * cs));
 	if (rc == 0)
 		rc = kl_io_pwrite(f, (1 + T) * cs, rb, (size_t)(B * cs));
+	if (rc == 0 && area)
+		rc = kl_io_pwrite(f, (1 + T + B + l1c) * cs, area, alen);
 	if (rc == 0)
 		rc = kl_io_truncate(f, total * cs);
 	if (rc == 0)
@@ -954,6 +1021,9 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 	if (rc < 0)
 		kl_io_unlink(path);
 out:
+	if (area)
+		kl_wipe(area, alen);
+	kl_free(area);
 	kl_free(hdr);
 	kl_free(rt);
 	kl_free(rb);
@@ -961,6 +1031,7 @@ out:
 }
 
 /* ------------------------------------------------------------------ measure */
+
 
 /*
  * What create + writes of in's data would make, counted the way qemu-img
@@ -971,11 +1042,13 @@ out:
 static int qcow2_measure(const struct blk_create_opts *o, struct blk_dev *in, struct blk_measure *m)
 {
 	uint32_t cb = 16, version = 3, rorder = 4;
-	uint64_t cs, size, cover, l2e, l1c, l2c, data = 0, meta, T = 0, B = 0, rbe;
+	uint64_t cs, size, cover, l2e, l1c, l2c, data = 0, meta, T = 0, B = 0, rbe, cc;
 	uint8_t ctype = 0;
 	bool ext_l2 = false, compress = false;
+	uint32_t iter_ms;
 
 	KL_TRY(parse_create_opts(o, &cb, &version, &ctype, &rorder, &ext_l2, &compress));
+	KL_TRY(parse_encrypt_opts(o, &iter_ms));
 	cs = 1ULL << cb;
 	size = KL_ALIGN_UP(o->size, 512);
 	l2e = cs / (ext_l2 ? 16 : 8);
@@ -985,8 +1058,10 @@ static int qcow2_measure(const struct blk_create_opts *o, struct blk_dev *in, st
 	rbe = (cs * 8) >> rorder;
 	if (in)
 		KL_TRY(blk_measure_allocated(in, cs, &data));
+	/* with encryption, the LUKS header area's clusters */
+	cc = iter_ms ? KL_DIV_ROUND_UP(luks_format_payload(), cs) : 0;
 	for (;;) {
-		uint64_t n = 1 + l1c + l2c + KL_DIV_ROUND_UP(size, cs) + T + B;
+		uint64_t n = 1 + l1c + l2c + cc + KL_DIV_ROUND_UP(size, cs) + T + B;
 		uint64_t nB = KL_DIV_ROUND_UP(n, rbe), nT = KL_DIV_ROUND_UP(nB * 8, cs);
 
 		if (nB == B && nT == T)
@@ -994,7 +1069,7 @@ static int qcow2_measure(const struct blk_create_opts *o, struct blk_dev *in, st
 		B = nB;
 		T = nT;
 	}
-	meta = (1 + l1c + l2c + T + B) * cs;
+	meta = (1 + l1c + l2c + cc + T + B) * cs;
 	m->fully_allocated = meta + KL_ALIGN_UP(size, cs);
 	m->required = meta + data;
 	m->data = data;
@@ -1245,7 +1320,10 @@ const struct blk_driver blk_qcow2_driver = {
 		"  extended_l2=on|off         subcluster allocation, 16K clusters or more (off)\n"
 		"  compat=1.1|0.10            image version 3 or 2 (1.1)\n"
 		"  lazy_refcounts=off         accepted for qemu-img compatibility; on is refused\n"
-		"  preallocation=off          accepted for qemu-img compatibility; others refused\n",
+		"  preallocation=off          accepted for qemu-img compatibility; others refused\n"
+		"  encrypt.format=luks|off    LUKS encryption (aes-256 xts-plain64) with the\n"
+		"                             passphrase of --key-file/--key-env (off)\n"
+		"  encrypt.iter-time=MS       PBKDF2 time to unlock it, milliseconds (2000)\n",
 	.instance_size = sizeof(struct qcow2_state),
 	.flags = BLK_DRV_CAN_CREATE | BLK_DRV_SNAPSHOTS | BLK_DRV_HAS_PARENT,
 	.probe = qcow2_probe,
