@@ -14,7 +14,6 @@
 #include "format/format_int.h"
 #include "format/luks.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define LUKSIMG_MAGIC "LUKS\xba\xbe"
@@ -59,13 +58,13 @@ static int luksimg_open(struct blk_dev *d, const struct blk_open_opts *o)
 
 	(void)o;
 	KL_TRY(read_layout(d, hdr, &s->payload, &fsize));
-	/* writable: luks_write encrypts (qcow2's LUKS is read only, this is not) */
-	KL_TRY(luks_open_file(d->file, 0, (size_t)s->payload, false, d->key, d->key_len,
-			      d->key_nl, d->filename, &s->luks));
-	if ((fsize - s->payload) % LUKS_SECTOR)
+	/* writes go in whole sectors (write_align): the last must be whole too */
+	if (!d->read_only && (fsize - s->payload) % LUKS_SECTOR)
 		return kl_err(-EUCLEAN, "%s: LUKS payload of %llu bytes is not whole %u-byte "
-			      "sectors", d->filename, (unsigned long long)(fsize - s->payload),
-			      LUKS_SECTOR);
+			      "sectors; it opens read-only only", d->filename,
+			      (unsigned long long)(fsize - s->payload), LUKS_SECTOR);
+	KL_TRY(luks_open_file(d->file, 0, (size_t)s->payload, d->key, d->key_len,
+			      d->key_nl, d->filename, &s->luks));
 	d->size = fsize - s->payload;
 	d->cluster_size = 65536;
 	d->write_align = LUKS_SECTOR;
@@ -101,22 +100,17 @@ static int luksimg_create(const char *path, const struct blk_create_opts *o)
 {
 	const char *it = kl_opts_get(o->opts, "iter-time");
 	uint64_t size = KL_ALIGN_UP(o->size, (uint64_t)LUKS_SECTOR), payload = 0;
-	unsigned long ms = 2000; /* qemu's and cryptsetup's default */
+	uint64_t ms = 2000; /* qemu's and cryptsetup's default */
 	struct kl_file *f = NULL;
 	uint8_t *area = NULL;
 	size_t alen = 0;
-	char *end;
 	int rc;
 
 	if (o->parent)
 		return kl_err(-ENOTSUP, "luks: a LUKS volume has no backing file");
-	if (it) {
-		errno = 0;
-		ms = strtoul(it, &end, 10);
-		if (errno || end == it || *end || ms < 1 || ms > 60000)
-			return kl_err(-EINVAL, "luks: iter-time=%s: milliseconds of PBKDF2 per "
-				      "unlock, 1 to 60000", it);
-	}
+	if (it && (kl_parse_u64(it, &ms) < 0 || ms < 1 || ms > 60000))
+		return kl_err(-EINVAL, "luks: iter-time=%s: milliseconds of PBKDF2 per unlock, 1 to "
+			      "60000", it);
 	/* a key file's final newline counts here, as qemu and cryptsetup count it */
 	KL_TRY(luks_format((uint32_t)ms, o->key, o->key ? o->key_len + o->key_nl : 0, &area, &alen,
 			   &payload));
@@ -131,7 +125,7 @@ static int luksimg_create(const char *path, const struct blk_create_opts *o)
 		struct luks *l = NULL;
 		uint8_t zero[LUKS_SECTOR] = { 0 };
 
-		rc = luks_open_file(f, 0, (size_t)payload, false, o->key, o->key_len, o->key_nl,
+		rc = luks_open_file(f, 0, (size_t)payload, o->key, o->key_len, o->key_nl,
 				    path, &l);
 		if (rc == 0)
 			rc = luks_write(l, f, payload + size - LUKS_SECTOR, payload, zero,

@@ -507,18 +507,14 @@ int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len)
 	return cipher_run(l, &l->payload, sector, buf, len);
 }
 
-int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
-		   const uint8_t *pass, size_t pass_len, size_t pass_nl, const char *who,
-		   struct luks **out)
+int luks_open_file(struct kl_file *f, uint64_t off, size_t len, const uint8_t *pass,
+		   size_t pass_len, size_t pass_nl, const char *who, struct luks **out)
 {
 	size_t first, second;
 	uint8_t *area;
 	int rc;
 
 	*out = NULL;
-	if (writable)
-		return kl_err(-ENOTSUP, "%s is encrypted (LUKS); keel reads such images but does "
-			      "not write them (convert it to another image first)", who);
 	area = kl_malloc(len);
 	if (!area)
 		return -ENOMEM;

@@ -33,14 +33,12 @@ int luks_decrypt(struct luks *l, uint64_t sector, uint8_t *buf, size_t len);
 struct kl_file;
 /*
  * luks_open on the header area [off, off+len) of f (read, unlocked, then
- * wiped from memory). writable: the caller wants to write the image, which
- * keel does not do to LUKS images: refused, naming who. pass_nl: newline
- * bytes that follow pass_len in pass (blk_open_opts.key_nl), tried as part
- * of the passphrase when it does not open a slot without them.
+ * wiped from memory). pass_nl: newline bytes that follow pass_len in pass
+ * (blk_open_opts.key_nl), tried as part of the passphrase when it does not
+ * open a slot without them.
  */
-int luks_open_file(struct kl_file *f, uint64_t off, size_t len, bool writable,
-		   const uint8_t *pass, size_t pass_len, size_t pass_nl, const char *who,
-		   struct luks **out);
+int luks_open_file(struct kl_file *f, uint64_t off, size_t len, const uint8_t *pass,
+		   size_t pass_len, size_t pass_nl, const char *who, struct luks **out);
 /*
  * Read n bytes at pos of f and decrypt them, sector numbers counting from
  * base (the payload's start; a multiple of the sector size, <= pos). Partial

@@ -606,8 +606,8 @@ static int open_luks(struct blk_dev *d)
 {
 	struct qcow2_state *s = qcow2_s(d);
 
-	return luks_open_file(d->file, s->crypt_off, (size_t)s->crypt_len, false, d->key,
-			      d->key_len, d->key_nl, d->filename, &s->luks);
+	return luks_open_file(d->file, s->crypt_off, (size_t)s->crypt_len, d->key, d->key_len,
+			      d->key_nl, d->filename, &s->luks);
 }
 
 static int qcow2_open(struct blk_dev *d, const struct blk_open_opts *o)

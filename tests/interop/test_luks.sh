@@ -111,6 +111,11 @@ t "keel io writes part of a sector into qemu's volume; the rest stays" sh -c \
 	 qemu-io --object secret,id=s0,file=pw --image-opts -c 'read -P 0x77 1001 3000' \
 		-c 'read -P 0x5a 1000 1' -c 'read -P 0x5a 4001 60000' \
 		driver=luks,file.filename=w.luks,key-secret=s0 | grep -c '^read' | grep -qx 3"
+cp made.luks odd.luks
+truncate -s +100 odd.luks
+expect_err "a payload of part sectors opens read-only only" "odd.luks: LUKS payload of 5000292 bytes is not whole 512-byte sectors" \
+	keel io --key-file pw -c "write 0 512" odd.luks
+t "...and reads" keel io --key-file pw -c "read 0 4k" odd.luks
 # the key file verbatim, as qemu and cryptsetup take it: the same file opens it everywhere
 printf 'made pass\n' >made-nl.pw
 t "a key file with a final newline: qemu opens keel's volume with the same file" sh -c \
