@@ -4,7 +4,8 @@
 # (shared/bench/make-nightlies.sh's night0.raw; made when missing).
 #
 # Rows: raw->qcow2, raw->qcow2 zstd-compressed, raw->VMDK streamOptimized,
-# qcow2->VHDX, VMDK->raw. qemu-img gets its fastest flags (-m 8, and -W
+# qcow2->VHDX, VMDK->raw, and the encrypted outputs: a LUKS volume and a
+# LUKS-encrypted qcow2. qemu-img gets its fastest flags (-m 8, and -W
 # where it accepts it). keel runs with its defaults (-j = number of CPUs,
 # -t direct) and, unlike qemu-img convert (whose destination cache mode
 # defaults to "unsafe": nothing is flushed, the output may still be in the
@@ -53,7 +54,7 @@ dir=${BENCH_DIR:-$(mktemp -d /tmp/bench-convert.XXXXXX)}
 mkdir -p "$dir"
 trap 'rm -rf "$dir"' EXIT
 
-have() { "$KEEL" help formats | awk -v f="$1" '$1 == f && $2 == "yes"' | grep -q .; }
+have() { "$KEEL" help formats | awk -v f="$1" '$1 == f && ($2 == "yes" || $2 == "key")' | grep -q .; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
@@ -162,6 +163,16 @@ row "raw->vmdk streamOptimized" vmdk "-O vmdk -o subformat=streamOptimized" \
 	"-m 8 -O vmdk -o subformat=streamOptimized" "$img" raw vmdk 0
 row "qcow2->vhdx" vhdx "-O vhdx" "-m 8 -W -O vhdx" "$dir/src.qcow2" qcow2 vhdx 1
 row "vmdk->raw" raw "-O raw" "-m 8 -W -O raw" "$dir/src.vmdk" vmdk raw 1
+# encrypted outputs (LUKS, aes-256 xts-plain64; 10 ms of PBKDF2 so that
+# the key derivation does not weigh): a LUKS volume holds every sector, so
+# zeros are encrypted and written by both tools
+printf 'bench pass' >"$dir/pw"
+row "raw->luks" luks "--key-file $dir/pw -O luks -o iter-time=10" \
+	"--object secret,id=s0,file=$dir/pw -m 8 -W -O luks -o key-secret=s0,iter-time=10" \
+	"$img" raw luks 1
+row "raw->qcow2 luks" qcow2 "--key-file $dir/pw -O qcow2 -o encrypt.format=luks,encrypt.iter-time=10" \
+	"--object secret,id=s0,file=$dir/pw -m 8 -W -O qcow2 -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10" \
+	"$img" raw qcow2 1
 # GCE's image.tar.gz into qcow2: keel reads the tar.gz in one pass; without
 # it, a user extracts disk.raw (GNU tar, sparse) and runs qemu-img on it.
 # The source is made once with keel -O gce -o level=1 (the level changes
