@@ -16,13 +16,10 @@ q_luks() { # q_luks FILE QEMU-ARGS...: a qemu tool on a LUKS file, unlocked
 	"$tool" --object secret,id=s0,file=pw --image-opts "$@" "driver=luks,file.filename=$f,key-secret=s0"
 }
 q_create() { # q_create FILE SECRET-FILE [CREATE-OPTS]: a 5 MiB LUKS volume
-	local f=$1 pw=$2 o=${3:-} it
-	for it in 10 20 50 100 200 10 20 50; do # qemu-img times PBKDF2 and now and then fails to ("Unable to get accurate CPU usage"): try again, longer
-		rm -f "$f"
-		qemu-img create -q -f luks --object "secret,id=s0,file=$pw" \
-			-o "key-secret=s0,iter-time=$it${o:+,$o}" "$f" 5M 2>/dev/null && break
-	done
-	[ -f "$f" ] || { bad "$f: qemu-img create failed"; return 1; }
+	local f=$1 pw=$2 o=${3:-}
+	retry_pbkdf2 "$f" qemu-img create -q -f luks --object "secret,id=s0,file=$pw" \
+		-o "key-secret=s0,iter-time=@IT@${o:+,$o}" "$f" 5M ||
+		{ bad "$f: qemu-img create failed 8 times"; return 1; }
 }
 luks_case() { # luks_case NAME [CREATE-OPTS]
 	local n=$1 o=${2:-}

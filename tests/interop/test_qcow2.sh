@@ -212,14 +212,10 @@ luks_io() { # luks_io IMAGE QEMU-IO-ARGS...: qemu-io on an encrypted image
 		"driver=qcow2,file.filename=$n,encrypt.key-secret=s0" >/dev/null
 }
 luks_case() { # luks_case NAME [CREATE-OPTS [BACKING]]
-	local n=$1 o=${2:-} b=${3:-} it
-	for it in 10 20 50 100 200 10 20 50; do # qemu-img times PBKDF2 and now and then fails to ("Unable to get accurate CPU usage"): try again, longer
-		rm -f "$n.qcow2"
-		qemu-img create -q -f qcow2 --object secret,id=s0,file=luks.pw ${b:+-b "$b" -F raw} \
-			-o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=$it${o:+,$o}" \
-			"$n.qcow2" 6M 2>/dev/null && break
-	done
-	[ -f "$n.qcow2" ] || { bad "luks $n: qemu-img create failed"; return; }
+	local n=$1 o=${2:-} b=${3:-}
+	retry_pbkdf2 "$n.qcow2" qemu-img create -q -f qcow2 --object secret,id=s0,file=luks.pw \
+		${b:+-b "$b" -F raw} -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=@IT@${o:+,$o}" \
+		"$n.qcow2" 6M || { bad "luks $n: qemu-img create failed 8 times"; return; }
 	luks_io "$n.qcow2" -c "write -P 0x5a 1000 70000" -c "write -P 0x3c 1M 64k" \
 		-c "write -z 2M 64k" -c "write -P 0x7e 5000000 333"
 	qemu-img convert --object secret,id=s0,file=luks.pw --image-opts -O raw \
@@ -280,6 +276,7 @@ for it in 10 20 50 10 20; do # qemu-img's PBKDF2 timing fails now and then under
 		-o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=$it" -f raw \
 		luks-default.ref.raw 2>/dev/null | awk '/required/ { print $3 }')
 	[ -n "$q" ] && break
+	sleep 1
 done
 t "luks: keel measure with encryption agrees with qemu-img measure ($q)" sh -c \
 	"[ \"\$('$KEEL' measure -O qcow2 -o encrypt.format=luks luks-default.ref.raw |

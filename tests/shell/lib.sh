@@ -37,6 +37,25 @@ expect_err() {
 	else bad "$d (exit $rc)"; sed 's/^/    # /' "$TMP/.out" | tail -20; fi
 }
 skip() { echo "SKIP: $*"; exit 77; }
+# retry_pbkdf2 OUT CMD...: a qemu-img that makes a LUKS header (create),
+# whose PBKDF2 self-timing fails now and then under load ("Unable to get
+# accurate CPU usage"): tried up to 8 times, @IT@ in CMD becoming a longer
+# iter-time each time, a second apart. A failed try's OUT is removed; after
+# the last, qemu-img's message is shown and the status is 1.
+retry_pbkdf2() {
+	local out=$1 it a args
+	shift
+	for it in 10 20 50 100 200 10 20 50; do
+		args=()
+		for a in "$@"; do args+=("${a//@IT@/$it}"); done
+		rm -f "$out"
+		"${args[@]}" 2>"$TMP/.pbkdf2.err" && return 0
+		rm -f "$out"
+		sleep 1
+	done
+	sed 's/^/    # /' "$TMP/.pbkdf2.err"
+	return 1
+}
 finish() {
 	echo "$T_PASS passed, $T_FAIL failed"
 	[ "$T_FAIL" -eq 0 ]
