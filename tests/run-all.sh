@@ -55,6 +55,7 @@ start_suite() { # start_suite I: runs in the background, writes "rc seconds" whe
 		echo "$rc $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')" >"$log.rc"
 	) &
 }
+failpat='^not ok|^[^ ]+:[0-9]+:[FE]:'
 report() { # report I
 	local name=${names[$1]} log rc dt
 	log=$(logof "$name")
@@ -63,6 +64,14 @@ report() { # report I
 	0) pass=$((pass + 1)); printf 'PASS  %-44s %6ss  %s\n' "$name" "$dt" "$(tail -n 1 "$log")" ;;
 	77) skip=$((skip + 1)); printf 'SKIP  %-44s %6ss  %s\n' "$name" "$dt" "$(grep -m1 'SKIP' "$log")" ;;
 	*) fail=$((fail + 1)); failed+=("$name"); printf 'FAIL  %-44s %6ss  (exit %d)\n' "$name" "$dt" "$rc"
+	   # the failed checks first (shell "not ok" with the line after,
+	   # which often says why; Check's file:line:F: and :E: lines),
+	   # wherever they are in a long log; then its tail
+	   if grep -qE "$failpat" "$log"; then
+		echo "    failed checks:"
+		grep -A1 -E "$failpat" "$log" | head -n 80 | sed 's/^/    | /'
+		echo "    last lines:"
+	   fi
 	   sed 's/^/    | /' "$log" | tail -n 60 ;;
 	esac
 }

@@ -15,14 +15,17 @@ for o in encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=es
 	encrypt.cipher-alg=aes-128,encrypt.cipher-mode=xts,encrypt.ivgen-alg=plain64; do
 	n=$((n + 1))
 	# iter-time 1 ms keeps PBKDF2 under fuzz_luks's cap; qemu-img's timing
-	# of it now and then fails, so try again
-	for try in 1 2 3 4 5; do
+	# of it now and then fails, so try again (a failed try can leave a
+	# half-made file: success is the exit status, not the file)
+	ok=""
+	for try in 1 2 3 4 5 6 7 8; do
 		rm -f "$w/s.qcow2"
 		qemu-img create -q -f qcow2 --object secret,id=s0,file="$w/pw" \
 			-o "cluster_size=4096,encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=1,$o" \
-			"$w/s.qcow2" 64K 2>/dev/null && break
+			"$w/s.qcow2" 64K 2>/dev/null && ok=1 && break
+		sleep 1
 	done
-	[ -f "$w/s.qcow2" ] || continue
+	[ -n "$ok" ] || continue
 	python3 - "$w/s.qcow2" "$out/seed-$n.luks" <<'PY'
 import struct, sys
 f = open(sys.argv[1], 'rb'); h = f.read(4096)
@@ -39,12 +42,14 @@ done
 # whole volumes: a 16-byte key leaves room for a payload under 1 MiB
 for o in cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=plain64 cipher-alg=aes-128,cipher-mode=ecb; do
 	n=$((n + 1))
-	for try in 1 2 3 4 5; do
+	ok=""
+	for try in 1 2 3 4 5 6 7 8; do
 		rm -f "$w/v.luks"
 		qemu-img create -q -f luks --object secret,id=s0,file="$w/pw" \
-			-o "key-secret=s0,iter-time=1,$o" "$w/v.luks" 16K 2>/dev/null && break
+			-o "key-secret=s0,iter-time=1,$o" "$w/v.luks" 16K 2>/dev/null && ok=1 && break
+		sleep 1
 	done
-	[ -f "$w/v.luks" ] || continue
+	[ -n "$ok" ] || continue
 	qemu-io --object secret,id=s0,file="$w/pw" --image-opts -c "write -P 0x61 512 3000" \
 		"driver=luks,file.filename=$w/v.luks,key-secret=s0" >/dev/null
 	cp "$w/v.luks" "$out/seed-$n.luks"
