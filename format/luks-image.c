@@ -112,8 +112,9 @@ static int luksimg_create(const char *path, const struct blk_create_opts *o)
 		return kl_err(-EINVAL, "luks: iter-time=%s: milliseconds of PBKDF2 per unlock, 1 to "
 			      "60000", it);
 	/* a key file's final newline counts here, as qemu and cryptsetup count it */
-	KL_TRY(luks_format((uint32_t)ms, o->key, o->key ? o->key_len + o->key_nl : 0, &area, &alen,
-			   &payload));
+	KL_TRY(luks_format((uint32_t)ms, o->key, o->key ? o->key_len + o->key_nl : 0, &area,
+			   &alen));
+	payload = alen;
 	rc = kl_io_open(path, blk_create_kl_flags(o), &f);
 	if (rc == 0)
 		rc = kl_io_pwrite(f, 0, area, alen);

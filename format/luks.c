@@ -667,7 +667,7 @@ uint64_t luks_format_payload(void)
 }
 
 int luks_format(uint32_t iter_ms, const uint8_t *pass, size_t pass_len, uint8_t **area_out,
-		size_t *area_len, uint64_t *payload)
+		size_t *area_len)
 {
 	const EVP_MD *md = EVP_sha256();
 	struct luks l = { .cipher = "aes", .mode = "xts-plain64", .hash = "sha256",
@@ -742,6 +742,5 @@ int luks_format(uint32_t iter_ms, const uint8_t *pass, size_t pass_len, uint8_t 
 	}
 	*area_out = h;
 	*area_len = len;
-	*payload = len;
 	return 0;
 }

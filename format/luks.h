@@ -55,14 +55,14 @@ int luks_write(struct luks *l, struct kl_file *f, uint64_t pos, uint64_t base, c
  * A new LUKS1 header area, as qemu-img create -f luks and cryptsetup
  * luksFormat --type luks1 make by default: aes-256 xts-plain64, sha256,
  * key slot 0 opened by pass with about iter_ms milliseconds of PBKDF2, a
- * random master key, the payload where qemu puts it (2068480 bytes in). *area_out (kl_free it) holds
- * *area_len bytes for the start of the file; *payload is the payload's
- * byte offset. This process then opens it without PBKDF2.
+ * random master key. *area_out (kl_free it) holds the *area_len bytes
+ * for the start of the file, up to the payload where qemu puts it
+ * (2068480 bytes in: luks_format_payload()). This process then opens it
+ * without PBKDF2.
  */
-/* The payload offset luks_format gives (the header area's size), in bytes. */
 uint64_t luks_format_payload(void);
 int luks_format(uint32_t iter_ms, const uint8_t *pass, size_t pass_len, uint8_t **area_out,
-		size_t *area_len, uint64_t *payload);
+		size_t *area_len);
 /* "aes-256 xts-plain64, sha256, key slot 0" */
 const char *luks_describe(const struct luks *l);
 void luks_close(struct luks *l);

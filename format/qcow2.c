@@ -850,7 +850,7 @@ static int parse_encrypt_opts(const struct blk_create_opts *o, uint32_t *iter_ms
 static int qcow2_create(const char *path, const struct blk_create_opts *o)
 {
 	uint32_t cb = 16, version = 3, rorder = 4, cs, l2e, rbe, hlen, pos;
-	uint64_t size, cover, l1_entries, l1c, T = 1, B = 0, total, crypt_len = 0, cc = 0, payload;
+	uint64_t size, cover, l1_entries, l1c, T = 1, B = 0, total, crypt_len = 0, cc = 0, crypt_off;
 	uint8_t ctype = 0, *hdr = NULL, *rt = NULL, *rb = NULL, *area = NULL;
 	bool ext_l2 = false, compress = false;
 	struct kl_file *f = NULL;
@@ -901,16 +901,12 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 	if (T * cs > QCOW2_MAX_RT_BYTES)
 		return kl_err(-EFBIG, "qcow2: metadata too large for the refcount table; use a larger "
 			      "cluster_size or refcount_bits");
+	crypt_off = (1 + T + B + l1c) * cs; /* the LUKS area, if any, follows the L1 table */
 
 	if (iter_ms) {
 		/* qemu and cryptsetup take the key file verbatim, final newline too */
 		KL_TRY(luks_format(iter_ms, o->key, o->key ? o->key_len + o->key_nl : 0, &area,
-				   &alen, &payload));
-		if (payload != crypt_len) {
-			rc = kl_err(-EIO, "qcow2: LUKS header area of %llu bytes, %llu expected",
-				    (unsigned long long)payload, (unsigned long long)crypt_len);
-			goto out;
-		}
+				   &alen));
 	}
 	hdr = kl_calloc(1, cs);
 	rt = kl_calloc((size_t)T, cs);
@@ -961,7 +957,7 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 		}
 		put_be32(hdr + pos, QCOW2_EXT_CRYPTO);
 		put_be32(hdr + pos + 4, 16);
-		put_be64(hdr + pos + 8, (1 + T + B + l1c) * cs);
+		put_be64(hdr + pos + 8, crypt_off);
 		put_be64(hdr + pos + 16, crypt_len);
 		pos += 8 + 16;
 	}
@@ -1010,7 +1006,7 @@ static int qcow2_create(const char *path, const struct blk_create_opts *o)
 	if (rc == 0)
 		rc = kl_io_pwrite(f, (1 + T) * cs, rb, (size_t)(B * cs));
 	if (rc == 0 && area)
-		rc = kl_io_pwrite(f, (1 + T + B + l1c) * cs, area, alen);
+		rc = kl_io_pwrite(f, crypt_off, area, alen);
 	if (rc == 0)
 		rc = kl_io_truncate(f, total * cs);
 	if (rc == 0)
