@@ -12,10 +12,8 @@
  */
 #include "format/keel.h"
 
-#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <string.h>
 
@@ -29,47 +27,6 @@ struct kf_crypto {
 };
 
 /* ------------------------------------------------------------------ primitives */
-
-static int kdf_scrypt(const uint8_t *pass, size_t plen, const uint8_t *salt, uint64_t n,
-		      uint32_t r, uint32_t p, uint8_t out[32])
-{
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	OSSL_PARAM params[7], *q = params;
-	uint64_t maxmem = 1ULL << 30;
-	int ok;
-
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, (void *)pass, plen);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, 32);
-	*q++ = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &n);
-	*q++ = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
-	*q++ = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
-	*q++ = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_MAXMEM, &maxmem);
-	*q = OSSL_PARAM_construct_end();
-	ok = kctx && EVP_KDF_derive(kctx, out, 32, params) == 1;
-	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
-	return ok ? 0 : kl_err(-EIO, "scrypt key derivation failed");
-}
-
-static int kdf_hkdf(const uint8_t key[32], const uint8_t salt[16], const char *info,
-		    uint8_t out[32])
-{
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	OSSL_PARAM params[5], *q = params;
-	int ok;
-
-	*q++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, 32);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, 16);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, strlen(info));
-	*q = OSSL_PARAM_construct_end();
-	ok = kctx && EVP_KDF_derive(kctx, out, 32, params) == 1;
-	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
-	return ok ? 0 : kl_err(-EIO, "HKDF key derivation failed");
-}
 
 /* AES-256-GCM seal/open with a caller's nonce; tag follows the ciphertext. */
 static int gcm(EVP_CIPHER_CTX *ctx, bool seal, const uint8_t key[32], const uint8_t nonce[12],
@@ -94,9 +51,10 @@ static int gcm(EVP_CIPHER_CTX *ctx, bool seal, const uint8_t key[32], const uint
 
 static int derive_subkeys(struct kf_state *s)
 {
-	KL_TRY(kdf_hkdf(s->crypto->master, s->uuid, "keel-v1 cluster encryption",
-			s->crypto->k_enc));
-	return kdf_hkdf(s->crypto->master, s->uuid, "keel-v1 metadata mac", s->crypto->k_mac);
+	KL_TRY(kl_hkdf_sha256(s->crypto->master, 32, s->uuid, 16, "keel-v1 cluster encryption",
+			      s->crypto->k_enc, 32));
+	return kl_hkdf_sha256(s->crypto->master, 32, s->uuid, 16, "keel-v1 metadata mac",
+			      s->crypto->k_mac, 32);
 }
 
 uint32_t kf_sum(const struct kf_state *s, const void *buf, size_t len)
@@ -243,7 +201,7 @@ static int slot_unwrap(struct kf_state *s, unsigned i, const struct kf_keyslot *
 
 	if (!ctx)
 		return -ENOMEM;
-	rc = kdf_scrypt(pass, plen, k->salt, k->n, k->r, k->p, kek);
+	rc = kl_scrypt(pass, plen, k->salt, 32, k->n, k->r, k->p, kek, 32);
 	if (rc == 0) {
 		slot_aad(s, i, aad);
 		memcpy(tag, k->wrapped + 32, 16);
@@ -271,7 +229,7 @@ static int slot_wrap(struct kf_state *s, unsigned i, const uint8_t *pass, size_t
 	k->p = KF_SCRYPT_P;
 	rc = RAND_bytes(k->salt, 32) == 1 && RAND_bytes(k->nonce, 12) == 1 ? 0 : -EIO;
 	if (rc == 0)
-		rc = kdf_scrypt(pass, plen, k->salt, k->n, k->r, k->p, kek);
+		rc = kl_scrypt(pass, plen, k->salt, 32, k->n, k->r, k->p, kek, 32);
 	if (rc == 0) {
 		slot_aad(s, i, aad);
 		rc = gcm(ctx, true, kek, k->nonce, aad, sizeof(aad), s->crypto->master, 32,

@@ -414,6 +414,15 @@ void kl_uuid_generate(uint8_t out[16]);
 void kl_uuid_format(const uint8_t u[16], char out[37]);
 bool kl_uuid_is_null(const uint8_t u[16]);
 
+/* ------------------------------------------------------------------ key derivation
+ * (lib/kdf.c, OpenSSL's). kl_scrypt's N, r and p must be bounded by the
+ * caller: it sizes OpenSSL's memory cap from them.
+ */
+int kl_scrypt(const void *pass, size_t pass_len, const uint8_t *salt, size_t salt_len, uint64_t n,
+	      uint32_t r, uint32_t p, uint8_t *out, size_t out_len);
+int kl_hkdf_sha256(const uint8_t *ikm, size_t ikm_len, const uint8_t *salt, size_t salt_len,
+		   const char *info, uint8_t *out, size_t out_len);
+
 /* ------------------------------------------------------------------ parsing */
 /* "64K", "1.5G", "4096": bytes; accepts K M G T P (powers of 1024) and a B suffix. */
 int kl_parse_size(const char *s, uint64_t *out);

@@ -9,7 +9,6 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/kdf.h>
 #include <openssl/params.h>
 #include <openssl/rand.h>
 #include <string.h>
@@ -55,34 +54,16 @@ int repl_s3_unhex(const char *s, uint8_t *out, size_t n)
 	return 0;
 }
 
-static int hkdf(const uint8_t *ikm, size_t ikm_len, const uint8_t *salt, size_t salt_len,
-		const char *info, uint8_t *out, size_t out_len)
-{
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	OSSL_PARAM params[5];
-	int rc = 0;
-
-	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
-	params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)ikm, ikm_len);
-	params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, salt_len);
-	params[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info,
-						      strlen(info));
-	params[4] = OSSL_PARAM_construct_end();
-	if (!ctx || EVP_KDF_derive(ctx, out, out_len, params) != 1)
-		rc = kl_err(-EIO, "HKDF-SHA-256 failed");
-	EVP_KDF_CTX_free(ctx);
-	EVP_KDF_free(kdf);
-	return rc;
-}
-
 int repl_s3_keys_derive(const uint8_t master[REPL_KEY_LEN], const uint8_t repo_id[16],
 		     struct repl_s3_keys *k)
 {
 	memcpy(k->repo_id, repo_id, 16);
-	KL_TRY(hkdf(master, REPL_KEY_LEN, repo_id, 16, "keel-s3 data v1", k->data, REPL_KEY_LEN));
-	KL_TRY(hkdf(master, REPL_KEY_LEN, repo_id, 16, "keel-s3 chunk-id v1", k->id, REPL_KEY_LEN));
-	KL_TRY(hkdf(master, REPL_KEY_LEN, repo_id, 16, "keel-s3 name v1", k->name, REPL_KEY_LEN));
+	KL_TRY(kl_hkdf_sha256(master, REPL_KEY_LEN, repo_id, 16, "keel-s3 data v1", k->data,
+			      REPL_KEY_LEN));
+	KL_TRY(kl_hkdf_sha256(master, REPL_KEY_LEN, repo_id, 16, "keel-s3 chunk-id v1", k->id,
+			      REPL_KEY_LEN));
+	KL_TRY(kl_hkdf_sha256(master, REPL_KEY_LEN, repo_id, 16, "keel-s3 name v1", k->name,
+			      REPL_KEY_LEN));
 	return 0;
 }
 
@@ -179,37 +160,10 @@ int repl_open(const uint8_t key[REPL_KEY_LEN], const void *aad, size_t aad_len,
 int repl_scrypt(const uint8_t *pass, size_t pass_len, const uint8_t *salt, size_t salt_len,
 		unsigned log2n, uint32_t r, uint32_t p, uint8_t out[REPL_KEY_LEN])
 {
-	EVP_KDF *kdf;
-	EVP_KDF_CTX *ctx;
-	OSSL_PARAM params[6];
-	uint64_t n = 1ULL << log2n;
-	/* scrypt needs 128 * r * N bytes; allow that plus slack */
-	uint64_t maxmem = 128ULL * r * n + (16u << 20);
-	int rc = 0;
-
-	if (log2n < 10 || log2n > 22 || r < 1 || r > 32 || p < 1 || p > 16)
-		return kl_err(-EUCLEAN, "scrypt parameters out of range (N=2^%u r=%u p=%u)", log2n,
-			      r, p);
-	kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
-	ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	params[0] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, (void *)pass,
-						      pass_len);
-	params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, salt_len);
-	params[2] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &n);
-	params[3] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
-	params[4] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
-	params[5] = OSSL_PARAM_construct_end();
-	if (!ctx || EVP_KDF_CTX_set_params(ctx, params) != 1)
-		rc = kl_err(-EIO, "scrypt is not available in OpenSSL");
-	if (!rc) {
-		OSSL_PARAM mm[2] = { OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_MAXMEM,
-								 &maxmem),
-				     OSSL_PARAM_construct_end() };
-
-		if (EVP_KDF_derive(ctx, out, REPL_KEY_LEN, mm) != 1)
-			rc = kl_err(-ENOMEM, "scrypt failed (N=2^%u r=%u p=%u)", log2n, r, p);
-	}
-	EVP_KDF_CTX_free(ctx);
-	EVP_KDF_free(kdf);
-	return rc;
+	/* the config is read before anything proves it ours: bound what it asks */
+	if (log2n < 10 || log2n > 22 || r < 1 || r > 32 || p < 1 || p > 16 ||
+	    (128ULL << log2n) * r > (1ULL << 30))
+		return kl_err(-EUCLEAN, "scrypt parameters out of range (N=2^%u r=%u p=%u; at most "
+			      "1 GiB of memory)", log2n, r, p);
+	return kl_scrypt(pass, pass_len, salt, salt_len, 1ULL << log2n, r, p, out, REPL_KEY_LEN);
 }

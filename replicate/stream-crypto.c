@@ -10,51 +10,9 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <string.h>
-
-static int repl_scrypt(const uint8_t *pass, size_t plen, const uint8_t salt[32], uint64_t n,
-		       uint32_t r, uint32_t p, uint8_t out[32])
-{
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "SCRYPT", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	OSSL_PARAM params[7], *q = params;
-	uint64_t maxmem = (1ULL << 30) + (1ULL << 20);
-	int ok;
-
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, (void *)pass, plen);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, 32);
-	*q++ = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &n);
-	*q++ = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
-	*q++ = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
-	*q++ = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_MAXMEM, &maxmem);
-	*q = OSSL_PARAM_construct_end();
-	ok = kctx && EVP_KDF_derive(kctx, out, 32, params) == 1;
-	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
-	return ok ? 0 : kl_err(-EIO, "stream: scrypt key derivation failed");
-}
-
-static int repl_hkdf(const uint8_t ikm[32], const uint8_t salt[16], const char *info,
-		     uint8_t out[32])
-{
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	OSSL_PARAM params[5], *q = params;
-	int ok;
-
-	*q++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)ikm, 32);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, 16);
-	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, strlen(info));
-	*q = OSSL_PARAM_construct_end();
-	ok = kctx && EVP_KDF_derive(kctx, out, 32, params) == 1;
-	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
-	return ok ? 0 : kl_err(-EIO, "stream: HKDF key derivation failed");
-}
 
 int repl_kdf_check(uint32_t kdf, uint64_t n, uint32_t r, uint32_t p)
 {
@@ -90,13 +48,13 @@ int repl_keys_derive(struct repl_keys *k, const struct repl_hdr *h, const uint8_
 			return kl_err(-ENOKEY, "the stream is encrypted: give its passphrase "
 				      "(--key-file or --key-env)");
 		KL_TRY(repl_kdf_check(h->kdf, h->kdf_n, h->kdf_r, h->kdf_p));
-		KL_TRY(repl_scrypt(pass, plen, h->kdf_salt, h->kdf_n, h->kdf_r, h->kdf_p, ikm));
+		KL_TRY(kl_scrypt(pass, plen, h->kdf_salt, 32, h->kdf_n, h->kdf_r, h->kdf_p, ikm, 32));
 		k->keyed = true;
 	}
 	/* keyless streams use the all-zero IKM: public keys, integrity only (§2.2) */
-	rc = repl_hkdf(ikm, h->stream_id, "keel-stream-v1 records", k->rec);
+	rc = kl_hkdf_sha256(ikm, 32, h->stream_id, 16, "keel-stream-v1 records", k->rec, 32);
 	if (rc == 0)
-		rc = repl_hkdf(ikm, h->stream_id, "keel-stream-v1 token", k->tok);
+		rc = kl_hkdf_sha256(ikm, 32, h->stream_id, 16, "keel-stream-v1 token", k->tok, 32);
 	OPENSSL_cleanse(ikm, sizeof(ikm));
 	if (rc < 0)
 		repl_keys_wipe(k);

@@ -117,6 +117,14 @@ START_TEST(config_roundtrip)
 	put_le32(enc + 136, kl_crc32c(0, enc, 136));
 	ck_assert_ok(repl_config_decode(enc, sizeof(enc), &d));
 	ck_assert_int_eq(repl_config_unlock(&d, pass, 6, &k2), -EBADMSG);
+	/* scrypt asking for more than 1 GiB (2^21 * 8 * 128 = 2 GiB) is refused
+	 * before any memory is taken: the config is not proven ours yet */
+	enc[44] ^= 1;
+	enc[33] = 21;
+	put_le32(enc + 136, kl_crc32c(0, enc, 136));
+	ck_assert_ok(repl_config_decode(enc, sizeof(enc), &d));
+	ck_assert_int_eq(repl_config_unlock(&d, pass, 6, &k2), -EUCLEAN);
+	ck_assert(strstr(kl_errmsg(), "1 GiB") != NULL);
 	repl_s3_keys_wipe(&k1);
 }
 END_TEST
