@@ -7,12 +7,16 @@
 
 const char cmd_create_usage[] =
 	"usage: keel create [-f FMT] [-o OPTIONS] [-b PARENT [-F PARENT_FMT]]\n"
-	"                   [--allow-external-backing] FILE [SIZE]\n"
+	"                   [--key-file F | --key-env V] [--allow-external-backing]\n"
+	"                   FILE [SIZE]\n"
 	"\n"
 	"Creates an empty image. SIZE takes K, M, G, T suffixes (powers of 1024);\n"
 	"with a parent it defaults to the parent's size. The default format is\n"
 	"keel. The parent is recorded relative to FILE's directory and must lie\n"
 	"inside it unless --allow-external-backing.\n"
+	"An encrypted image (-o encrypt=on, -f luks, qcow2's -o\n"
+	"encrypt.format=luks) takes its passphrase from --key-file F or the\n"
+	"environment variable --key-env V names (or the terminal, asked twice).\n"
 	"\n"
 	"keel options (-o): cluster_size=4K..2M (64K), compression=zstd|zlib|none\n"
 	"  (zstd), compression_level=N, dedup=on, encrypt=on\n"
