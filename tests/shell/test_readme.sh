@@ -4,7 +4,8 @@
 # (continuation lines joined, comments and pipes cut) must name a command
 # that `keel help CMD` knows, and every option it passes must appear in
 # that help text; a `-o key=...` list for a format (create -f FMT,
-# convert/measure -O FMT) must use keys that `-o help` lists for it.
+# convert/measure -O FMT) must use keys that `-o help` lists for it; and
+# every command `keel help` lists must have a README heading of its own.
 # Catches an option renamed or dropped in the code but not in the README.
 . "$(dirname "$0")/lib.sh"
 
@@ -83,6 +84,15 @@ check_lines() {
 check_lines "$TMP/lines" >"$TMP/problems"
 while read -r p; do bad "README: ${p#PROBLEM: }"; done <"$TMP/problems"
 [ -s "$TMP/problems" ] || ok "every README command line names commands, options and -o keys that exist"
+
+# every command `keel help` lists has a README section of its own
+missing=""
+for c in $("$KEEL" help | awk '/^commands:/ { f = 1; next } f && $1 ~ /^[a-z-]+$/ { print $1 }'); do
+	[ "$c" = help ] && continue
+	grep -qE "^#+ .*keel $c([ ,]|$)" "$readme" || missing="$missing $c"
+done
+[ -z "$missing" ] && ok "every command keel help lists has a README section" ||
+	bad "commands without a README section:$missing"
 
 # the check itself finds each kind of drift
 cat >"$TMP/made-up" <<'EOF2'
