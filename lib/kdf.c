@@ -20,10 +20,12 @@ int kl_scrypt(const void *pass, size_t pass_len, const uint8_t *salt, size_t sal
 	OSSL_PARAM params[7], *q = params;
 	/*
 	 * OpenSSL refuses to use more than maxmem: V is 128 * r * (N + 2)
-	 * bytes and B 128 * r * p. The callers bound N, r and p (from files,
-	 * they are untrusted), so the cap is what those need, plus slack.
+	 * bytes and B 128 * r * p. The callers refuse parameters that need
+	 * over 1 GiB (from files, they are untrusted) with their own message;
+	 * the ceiling here holds whatever a caller lets through.
 	 */
-	uint64_t maxmem = 128ULL * r * (n + 2) + 128ULL * r * p + (1ULL << 20);
+	uint64_t need = 128ULL * r * (n + 2) + 128ULL * r * p + (1ULL << 20);
+	uint64_t maxmem = KL_MIN(need, KL_SCRYPT_MAX_MEM);
 	int ok;
 
 	*q++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, (void *)pass, pass_len);

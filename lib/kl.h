@@ -415,9 +415,11 @@ void kl_uuid_format(const uint8_t u[16], char out[37]);
 bool kl_uuid_is_null(const uint8_t u[16]);
 
 /* ------------------------------------------------------------------ key derivation
- * (lib/kdf.c, OpenSSL's). kl_scrypt's N, r and p must be bounded by the
- * caller: it sizes OpenSSL's memory cap from them.
+ * (lib/kdf.c, OpenSSL's). kl_scrypt fails rather than use more than
+ * KL_SCRYPT_MAX_MEM: 1 GiB of scrypt memory (128 * r * N), which every
+ * keel format allows at most, plus OpenSSL's small extras.
  */
+#define KL_SCRYPT_MAX_MEM ((1ULL << 30) + (2ULL << 20))
 int kl_scrypt(const void *pass, size_t pass_len, const uint8_t *salt, size_t salt_len, uint64_t n,
 	      uint32_t r, uint32_t p, uint8_t *out, size_t out_len);
 int kl_hkdf_sha256(const uint8_t *ikm, size_t ikm_len, const uint8_t *salt, size_t salt_len,
