@@ -50,9 +50,14 @@ check_lines() {
 			echo "PROBLEM: '$line': keel help $cmd fails"
 			continue
 		fi
+		# the formats first: -o may come before -f or -O on the line
 		fmt="" ofmt="" prev=""
 		for tok in "${w[@]:2}"; do
 			case $prev in -f) fmt=$tok ;; -O) ofmt=$tok ;; esac
+			prev=$tok
+		done
+		prev=""
+		for tok in "${w[@]:2}"; do
 			if [ "$prev" = -o ] && [ "$tok" != help ]; then
 				# -o keys: checked against the format's own list where one is named
 				target=""
@@ -98,7 +103,7 @@ done
 cat >"$TMP/made-up" <<'EOF2'
 keel convert --no-such-option -O qcow2 a.raw b.qcow2
 keel convert -O qcow2 -o no_such_key=1 a.raw b.qcow2
-keel create -f vhd -o subformat=fixed,bogus=on a.vhd 1G
+keel create -o subformat=fixed,bogus=on -f vhd a.vhd 1G
 keel no-such-command a
 keel convert -O qcow2 -o compression_type=zstd -c a.raw b.qcow2
 EOF2
