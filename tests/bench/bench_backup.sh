@@ -23,7 +23,7 @@ run_tool() { # run_tool NAME CMD-TEMPLATE (NIGHT replaced by the file, N by the 
 		times+=("$t")
 		total=$(echo "$total + $t" | bc -l)
 	done
-	local median=$(printf '%s\n' "${times[@]:1}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+	local median=$(printf '%s\n' "${times[@]:1}" | median)
 	eval "${name}_total=$total ${name}_median=$median ${name}_first=${times[0]}"
 }
 

@@ -18,7 +18,6 @@ d=$BENCH_DIR/formats
 rm -rf "$d"; mkdir -p "$d"
 src=$NIGHTS_DIR/night0.raw
 runs=${BENCH_RUNS:-3}
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 printf '%-28s %10s %10s %10s %7s %7s\n' "read whole image -> raw" "keel (s)" "qemu-img" \
 	"qemu -t none" "k/q" "k/q_dur"
 for spec in qcow2:qcow2 qcow2-zstd:qcow2:-c,-o,compression_type=zstd vmdk:vmdk vmdk-stream:vmdk:-o,subformat=streamOptimized vpc:vpc vhdx:vhdx vdi:vdi; do

@@ -12,5 +12,7 @@ timeit() {
 	printf -v "$var" '%.3f' "$(echo "$t1 - $t0" | bc -l)"
 }
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
+# median: of the numbers on standard input, one a line
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 row() { printf '%-44s %10s %10s %8s\n' "$@"; }
 need() { command -v "$1" >/dev/null 2>&1 || { echo "SKIP: $1 not installed"; exit 0; }; }
